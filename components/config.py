@@ -54,6 +54,7 @@ class AutoencoderParams(_Section):
     batch_size: int = Field(64, ge=1)
     max_images: int = Field(300_000, ge=1, description="training budget in images seen")
     lr: float = Field(2e-3, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_images: int = Field(2_000, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
 
@@ -89,6 +90,7 @@ class DiffusionParams(_Section):
     batch_size: int = Field(128, ge=1)
     max_images: int = Field(300_000, ge=1, description="training budget in images seen")
     lr: float = Field(1e-3, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_images: int = Field(5_000, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)

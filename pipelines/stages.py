@@ -6,6 +6,7 @@ that fails leaves the previous outputs intact.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -98,10 +99,12 @@ def validate(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = VALIDATI
         }
         (tmp / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if not report.success:
-            # Keep the failing report for reading, but let the stage fail (and the DAG stop).
-            failed_copy = Path(out_dir).with_name(Path(out_dir).name + "_failed.json")
-            atomic_write_bytes(failed_copy, (tmp / "report.json").read_bytes())
-            raise_for_failures(report)
+            # Keep the failing report and its data docs for reading, leave the last good report in
+            # place, and let the stage fail (which stops the DAG).
+            failed_dir = Path(out_dir).with_name(Path(out_dir).name + "_failed")
+            shutil.rmtree(failed_dir, ignore_errors=True)
+            shutil.copytree(tmp, failed_dir)
+            raise_for_failures(dataclasses.replace(report, docs_index=str(failed_dir / "data_docs" / "index.html")))
     return summary
 
 

@@ -38,12 +38,13 @@ def train_autoencoder(
     gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     warmup_steps = math.ceil(cfg.warmup_images / cfg.batch_size)
+    total_steps = math.ceil(cfg.max_images / cfg.batch_size)
     history: list[dict] = []
     bar = tqdm(total=cfg.max_images, unit="img", desc="train_autoencoder", disable=not progress, mininterval=2.0)
     model.train()
     for step, idx in enumerate(batch_indices(len(data), cfg.batch_size, cfg.max_images, gen)):
         for group in opt.param_groups:
-            group["lr"] = warmup_lr(step, cfg.lr, warmup_steps)
+            group["lr"] = warmup_lr(step, cfg.lr, warmup_steps, total_steps if cfg.lr_schedule == "cosine" else None)
         x = data[idx].to(device)
         with autocast(device):
             loss, parts = model.loss(x, cfg.kl_weight, noise_gen)

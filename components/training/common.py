@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -50,9 +51,15 @@ def batch_indices(n: int, batch_size: int, max_images: int, generator: torch.Gen
                 return
 
 
-def warmup_lr(step: int, base_lr: float, warmup_steps: int) -> float:
-    """Linear warmup to ``base_lr`` over ``warmup_steps`` optimizer steps, then constant."""
-    return base_lr * min(1.0, (step + 1) / max(1, warmup_steps))
+def warmup_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int | None = None, final_fraction: float = 0.0) -> float:
+    """Linear warmup to ``base_lr`` over ``warmup_steps``; then constant, or, with ``total_steps``,
+    cosine decay to ``final_fraction * base_lr`` at the last step (Loshchilov & Hutter 2017, eq. 5)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if total_steps is None or total_steps <= warmup_steps:
+        return base_lr
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return base_lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def ema_model(model: torch.nn.Module, target_decay: float) -> AveragedModel:

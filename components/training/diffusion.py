@@ -49,6 +49,7 @@ def train_diffusion(
     batch_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     warmup_steps = math.ceil(cfg.warmup_images / cfg.batch_size)
+    total_steps = math.ceil(cfg.max_images / cfg.batch_size)
     std = torch.exp(0.5 * latent_logvar)
     curve: list[dict] = []
     running = 0.0
@@ -56,7 +57,7 @@ def train_diffusion(
     model.train()
     for step, idx in enumerate(batch_indices(len(labels), cfg.batch_size, cfg.max_images, batch_gen)):
         for group in opt.param_groups:
-            group["lr"] = warmup_lr(step, cfg.lr, warmup_steps)
+            group["lr"] = warmup_lr(step, cfg.lr, warmup_steps, total_steps if cfg.lr_schedule == "cosine" else None)
         mean, s, y = latent_mean[idx].to(device), std[idx].to(device), labels[idx].to(device)
         z0 = mean + s * torch.randn(mean.shape, generator=noise_gen, device=device)
         drop = torch.rand(y.shape, generator=noise_gen, device=device) < cfg.cond_dropout
