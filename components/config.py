@@ -47,12 +47,12 @@ class ValidateParams(_Section):
 
 
 class AutoencoderParams(_Section):
-    channels: tuple[int, ...] = (32, 64, 64)
+    channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = Field(4, ge=1)
     num_res_blocks: int = Field(1, ge=1)
     kl_weight: float = Field(1e-5, ge=0.0)
     batch_size: int = Field(64, ge=1)
-    max_images: int = Field(300_000, ge=1, description="training budget in images seen")
+    max_images: int = Field(40_000, ge=1, description="training budget in images seen")
     lr: float = Field(2e-3, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_images: int = Field(2_000, ge=0)
@@ -66,8 +66,8 @@ class AutoencoderParams(_Section):
 
 
 class UNetParams(_Section):
-    channels: tuple[int, ...] = (64, 128)
-    num_res_blocks: int = Field(2, ge=1)
+    channels: tuple[int, ...] = (64, 96)
+    num_res_blocks: int = Field(1, ge=1)
     attention_levels: tuple[bool, ...] = (False, True)
     num_heads: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -82,13 +82,13 @@ class UNetParams(_Section):
 class DiffusionParams(_Section):
     unet: UNetParams = UNetParams()
     num_timesteps: int = Field(1000, ge=2)
-    schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
-    beta_start: float = Field(1e-4, gt=0.0)
-    beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+    schedule: Literal["linear", "scaled_linear", "cosine"] = "scaled_linear"
+    beta_start: float = Field(0.00085, gt=0.0)
+    beta_end: float = Field(0.012, gt=0.0, lt=1.0)
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
     batch_size: int = Field(128, ge=1)
-    max_images: int = Field(300_000, ge=1, description="training budget in images seen")
+    max_images: int = Field(110_000, ge=1, description="training budget in images seen")
     lr: float = Field(1e-3, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_images: int = Field(5_000, ge=0)
