@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("LATENTFLOW_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 os.environ.update(
     DO_NOT_TRACK="true",
