@@ -85,7 +85,11 @@ class DiffusionParams(_Section):
     schedule: Literal["linear", "scaled_linear", "cosine"] = "scaled_linear"
     beta_start: float = Field(0.00085, gt=0.0)
     beta_end: float = Field(0.012, gt=0.0, lt=1.0)
+    zero_terminal_snr: bool = Field(False, description="rescale betas to zero terminal SNR (use with v_prediction)")
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    variance_type: Literal["fixed_small", "learned_range"] = "fixed_small"
+    vlb_weight: float = Field(0.001, ge=0.0, description="lambda of the hybrid loss (learned_range only)")
+    min_snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting; null = off")
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
     batch_size: int = Field(128, ge=1)
     max_images: int = Field(110_000, ge=1, description="training budget in images seen")
@@ -98,7 +102,7 @@ class DiffusionParams(_Section):
 
 
 class SampleParams(_Section):
-    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sampler: Literal["ddim", "ddpm", "dpmpp_2m"] = "ddim"
     steps: int = Field(50, ge=1)
     eta: float = Field(0.0, ge=0.0)
     guidance: float = Field(3.0, ge=0.0)

@@ -22,7 +22,8 @@ class LatentDiffusionGenerator:
         self.meta = diffusion_meta
         self.device = device
         sched = diffusion_meta["schedule"]
-        self.betas = make_betas(sched["schedule"], sched["num_timesteps"], sched["beta_start"], sched["beta_end"])
+        self.betas = make_betas(sched["schedule"], sched["num_timesteps"], sched["beta_start"], sched["beta_end"],
+                                zero_terminal_snr=sched.get("zero_terminal_snr", False))
         self.prediction_type = sched["prediction_type"]
         cfg = autoencoder.config
         self.image_shape = (cfg.image_size, cfg.image_size, cfg.in_channels)

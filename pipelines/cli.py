@@ -94,7 +94,7 @@ def sample(
     seed: Annotated[int | None, typer.Option(help="random seed; same seed, same images [params: base.seed]")] = None,
     out: Annotated[Path, typer.Option(help="output folder: OUT/<label>/<index>.png")] = Path("samples"),
     model: Annotated[str, typer.Option(help="model folder (autoencoder/ + diffusion/) or MLflow URI, e.g. models:/latentflow@champion")] = "models",
-    sampler: Annotated[str | None, typer.Option(help="ddim | ddpm [params: sample.sampler]")] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddim | ddpm | dpmpp_2m [params: sample.sampler]")] = None,
     steps: Annotated[int | None, typer.Option(help="sampler steps [params: sample.steps]")] = None,
     guidance: Annotated[float | None, typer.Option(help="classifier-free guidance scale; 1 = none [params: sample.guidance]")] = None,
     eta: Annotated[float | None, typer.Option(help="DDIM eta (0 deterministic, 1 DDPM-like) [params: sample.eta]")] = None,
@@ -117,8 +117,8 @@ def sample(
         raise typer.Exit(2) from None
     s = cfg.sample
     sampler = sampler or s.sampler
-    if sampler not in ("ddim", "ddpm"):
-        typer.secho(f"--sampler must be ddim or ddpm, got {sampler!r}", fg="red", err=True)
+    if sampler not in ("ddim", "ddpm", "dpmpp_2m"):
+        typer.secho(f"--sampler must be ddim, ddpm or dpmpp_2m, got {sampler!r}", fg="red", err=True)
         raise typer.Exit(2)
     try:
         stages.sample(

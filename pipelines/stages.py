@@ -164,7 +164,8 @@ def train_diffusion(params: Params, data_dir: Path = DATA_DIR, models_dir: Path 
     }
     save_checkpoint(Path(models_dir) / "diffusion", ema_unet, ema_unet.config.to_dict(), {
         "schedule": {"schedule": cfg.schedule, "num_timesteps": cfg.num_timesteps, "beta_start": cfg.beta_start,
-                     "beta_end": cfg.beta_end, "prediction_type": cfg.prediction_type},
+                     "beta_end": cfg.beta_end, "zero_terminal_snr": cfg.zero_terminal_snr,
+                     "prediction_type": cfg.prediction_type, "variance_type": cfg.variance_type},
         "class_names": ds.class_names,
         "training": params_dict(params)["train_diffusion"],
         "dataset_digest": ds.manifest["digest"],

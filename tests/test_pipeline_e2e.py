@@ -150,3 +150,14 @@ def test_failed_validation_stops_the_dag_and_names_the_expectation(tmp_path: Pat
     assert res.returncode != 0
     assert "expect_table_row_count_to_be_between" in res.stderr
     assert not (proj / "models").exists(), "training ran although validation failed"
+
+
+def test_same_params_data_and_seed_give_the_same_metrics(project: Path, tmp_path: Path):
+    """Reproducibility on the CPU: a second project with the same params reproduces the metrics and
+    the model weights bit for bit."""
+    other = make_project(tmp_path / "again", tiny_params())
+    res = run_cli(["dvc", "repro", "evaluate"], cwd=other, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((other / "metrics.json").read_text()) == json.loads((project / "metrics.json").read_text())
+    for part in ("autoencoder", "diffusion"):
+        assert (other / "models" / part / "model.safetensors").read_bytes() == (project / "models" / part / "model.safetensors").read_bytes()

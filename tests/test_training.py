@@ -71,3 +71,23 @@ def test_diffusion_training_reduces_loss_and_is_deterministic():
 def test_non_finite_loss_raises():
     with pytest.raises(NonFiniteLossError, match="step 7"):
         check_finite(torch.tensor(float("nan")), 7)
+
+
+def test_learned_variance_model_trains_and_samples_with_every_sampler():
+    from components.diffusion import make_betas, sample
+
+    labels = torch.arange(4).repeat(16)
+    mean = labels.float().reshape(-1, 1, 1, 1).expand(-1, 4, 4, 4) / 2 - 0.75
+    cfg = DiffusionParams.model_validate(
+        {"unet": {"channels": [16, 32], "num_res_blocks": 1, "num_heads": 2}, "batch_size": 32, "max_images": 640,
+         "warmup_images": 64, "log_every": 5, "variance_type": "learned_range", "min_snr_gamma": 5.0}
+    )
+    model, curve = train_diffusion(mean, torch.full_like(mean, -6.0), labels, 4, cfg, seed=0, device=torch.device("cpu"), progress=False)
+    assert model.config.out_channels == 8
+    assert all(np.isfinite(p["loss"]) for p in curve) and curve[-1]["loss"] < curve[0]["loss"]
+    betas = make_betas(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
+    x_T = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    for sampler in ("ddpm", "ddim", "dpmpp_2m"):
+        out = sample(model, x_T, betas=betas, sampler=sampler, num_steps=5, class_labels=torch.arange(4), guidance_scale=2.0,
+                     generator=torch.Generator().manual_seed(1))
+        assert out.shape == x_T.shape and torch.isfinite(out).all(), sampler

@@ -75,25 +75,75 @@ def ddpm(
 
     With a_t, a_prev the cumulative alphas of consecutive timesteps, beta_t = 1 - a_t/a_prev,
     mean = sqrt(a_prev) beta_t/(1-a_t) x0 + sqrt(1-beta_t)(1-a_prev)/(1-a_t) x_t, variance
-    beta-tilde = (1-a_prev)/(1-a_t) beta_t ("fixed_small"). Noise is drawn for every t > 0.
+    beta-tilde = (1-a_prev)/(1-a_t) beta_t ("fixed_small"), or, when the model returns 2C channels, the
+    learned interpolation exp(f log beta_t + (1-f) log beta-tilde), f = (v+1)/2 ("learned_range",
+    Nichol & Dhariwal 2021, eq. 15). Noise is drawn for every t > 0.
     ``eta`` is unused (DDPM is stochastic by definition); it is kept for the shared signature.
     """
     ac = alphas_cumprod.double()
+    c = x.shape[1]
     for i, t in enumerate(timesteps):
         a_t = ac[t]
         a_prev = ac[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(final_alpha, dtype=torch.float64)
         beta_t = 1 - a_t / a_prev
-        out = denoise(x, _t_batch(t, x))
-        x0, _ = to_x0_eps(prediction_type, out.double(), x.double(), a_t)
+        out = denoise(x, _t_batch(t, x)).double()
+        x0, _ = to_x0_eps(prediction_type, out[:, :c], x.double(), a_t)
         mean = (a_prev.sqrt() * beta_t / (1 - a_t)) * x0 + ((1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)) * x.double()
         if t > 0:
             var = ((1 - a_prev) / (1 - a_t) * beta_t).clamp(min=1e-20)
-            mean = mean + var.sqrt() * _randn_like(x, generator).double()
+            if out.shape[1] == 2 * c:  # learned_range: interpolate log beta-tilde and log beta (IDDPM eq. 15)
+                frac = (out[:, c:] + 1) / 2
+                std = torch.exp(0.5 * (frac * torch.log(beta_t) + (1 - frac) * torch.log(var)))
+            else:
+                std = var.sqrt()
+            mean = mean + std * _randn_like(x, generator).double()
         x = mean.to(x.dtype)
     return x
 
 
-SAMPLERS = {"ddim": ddim, "ddpm": ddpm}
+def dpmpp_2m(
+    denoise: Denoise,
+    x: torch.Tensor,
+    timesteps: Sequence[int],
+    alphas_cumprod: torch.Tensor,
+    *,
+    final_alpha: float = 1.0,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """DPM-Solver++(2M), multistep, midpoint form (Lu et al. 2022b, alg. 2; eq. 9 for the first order).
+
+    With alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t / sigma_t), h = lambda_t - lambda_s:
+    first order  x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) D0,
+    second order adds - 0.5 alpha_t (e^{-h} - 1) D1 with D1 = (h/h_0)(m0 - m1) (the previous x0 prediction).
+    The first step and the last step are first order when the run ends at alpha = 1 or has fewer than 15
+    steps (``lower_order_final``, as diffusers). Deterministic: ``eta`` and ``generator`` are unused.
+    """
+    ac = alphas_cumprod.double()
+    alphas = [ac[t] for t in timesteps] + [torch.tensor(final_alpha, dtype=torch.float64)]
+    n = len(timesteps)
+    prev_x0: torch.Tensor | None = None
+    lam_prev: torch.Tensor | None = None
+    for i, t in enumerate(timesteps):
+        a_s, a_t = alphas[i], alphas[i + 1]
+        out = denoise(x, _t_batch(t, x))
+        x0, _ = to_x0_eps(prediction_type, out.double(), x.double(), a_s)
+        lam_s = 0.5 * torch.log(a_s / (1 - a_s))
+        if a_t >= 1.0:  # the final sigma is zero: the update lands exactly on x0
+            x = x0.to(x.dtype)
+            break
+        lam_t = 0.5 * torch.log(a_t / (1 - a_t))
+        h = lam_t - lam_s
+        alpha_t, ratio = a_t.sqrt(), ((1 - a_t) / (1 - a_s)).sqrt()
+        first_order = prev_x0 is None or (i == n - 1 and n < 15)
+        d = x0 if first_order else x0 + 0.5 * (h / (lam_s - lam_prev)) * (x0 - prev_x0)
+        x = (ratio * x.double() - alpha_t * torch.expm1(-h) * d).to(x.dtype)
+        prev_x0, lam_prev = x0, lam_s
+    return x
+
+
+SAMPLERS = {"ddim": ddim, "ddpm": ddpm, "dpmpp_2m": dpmpp_2m}
 
 
 def guided(model, class_labels: torch.Tensor | None, guidance_scale: float) -> Denoise:
@@ -108,7 +158,10 @@ def guided(model, class_labels: torch.Tensor | None, guidance_scale: float) -> D
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+        c = x.shape[1]
+        out = uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c])
+        # learned variance channels (if any) come from the conditional pass, as in GLIDE
+        return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out
 
     return denoise
 
@@ -130,11 +183,12 @@ def sample(
     class_labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Run ``sampler`` ("ddim" | "ddpm") from ``x_T`` for ``num_steps`` steps and return x_0.
+    """Run ``sampler`` ("ddim" | "ddpm" | "dpmpp_2m") from ``x_T`` for ``num_steps`` steps and return x_0.
 
     ``model(x_t, t[, class_labels])`` returns the prediction of type ``prediction_type``; knob names
     follow diffusers' scheduler configs. ``set_alpha_to_one`` chooses the DDIM final alpha (1, or
-    alpha_bar_0); DDPM always ends at alpha 1, as in Ho et al.
+    alpha_bar_0; for DPM-Solver++ this is diffusers' ``final_sigmas_type`` "zero" or "sigma_min"); DDPM
+    always ends at alpha 1, as in Ho et al.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
@@ -142,6 +196,9 @@ def sample(
     timesteps = sampling_timesteps(len(betas), num_steps, timestep_spacing, steps_offset)
     final_alpha = 1.0 if (set_alpha_to_one or sampler == "ddpm") else float(ac[0])
     denoise = guided(model, class_labels, guidance_scale)
+    if sampler != "ddpm":  # deterministic samplers ignore learned-variance channels
+        full, c = denoise, x_T.shape[1]
+        denoise = lambda x, t: full(x, t)[:, :c]  # noqa: E731
     return SAMPLERS[sampler](
         denoise, x_T, timesteps, ac, final_alpha=final_alpha, eta=eta, generator=generator, prediction_type=prediction_type
     )

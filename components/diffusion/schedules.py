@@ -7,14 +7,32 @@ import math
 import torch
 
 
-def make_betas(schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """Betas of a named schedule, float32 ``[T]``.
+def make_betas(
+    schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, *, zero_terminal_snr: bool = False
+) -> torch.Tensor:
+    """Betas of a named schedule, float32 ``[T]``; optionally rescaled to zero terminal SNR.
 
     - ``linear``: Ho et al. 2020, sec. 4 (beta linear from 1e-4 to 0.02).
     - ``scaled_linear``: Rombach et al. 2022 (linear in sqrt(beta)), as diffusers' ``scaled_linear``.
     - ``cosine``: Nichol & Dhariwal 2021, eq. 17 (alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) * pi/2),
       s = 0.008), betas from eq. under 17, capped at 0.999.
     """
+    betas = _named_betas(schedule, num_timesteps, beta_start, beta_end)
+    return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alpha_bar) so that alpha_bar_T = 0 and alpha_bar_1 is unchanged
+    (Lin et al. 2024, alg. 1). The last beta becomes 1: pair it with v-prediction."""
+    sq = torch.cumprod(1 - betas.double(), dim=0).sqrt()
+    first, last = sq[0].clone(), sq[-1].clone()
+    sq = (sq - last) * first / (first - last)
+    ab = sq**2
+    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
+    return (1 - alphas).float()
+
+
+def _named_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     if schedule == "linear":
@@ -35,8 +53,12 @@ def make_betas(schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta
 
 
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
-    """alpha_bar_t = prod_{s<=t} (1 - beta_s) (Ho et al. 2020, notation above eq. 4), float64."""
-    return torch.cumprod(1.0 - betas.double(), dim=0)
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s) (Ho et al. 2020, notation above eq. 4), float64.
+
+    A zero terminal alpha_bar (zero-terminal-SNR schedules) is raised to 2**-24, as diffusers does, so
+    that x0 stays defined for epsilon-prediction at t = T - 1."""
+    ac = torch.cumprod(1.0 - betas.double(), dim=0)
+    return ac.clamp(min=2.0**-24) if ac[-1] < 2.0**-24 else ac
 
 
 def sampling_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading", steps_offset: int = 0) -> list[int]:

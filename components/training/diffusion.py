@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from components.config import DiffusionParams
-from components.diffusion import alphas_cumprod, make_betas, simple_loss
+from components.diffusion import diffusion_loss, make_betas
 from components.models.unet import UNet, UNetConfig
 from components.training.common import autocast, batch_indices, check_finite, ema_model, warmup_lr
 
@@ -24,7 +24,8 @@ def train_diffusion(
     device: torch.device,
     progress: bool = True,
 ) -> tuple[UNet, list[dict]]:
-    """Train on scaled latents ``z = scale * (mean + std * n)`` drawn afresh each batch (LDM, sec. 3.3).
+    """Train on scaled latents ``z = scale * (mean + std * n)`` drawn afresh each batch (LDM, sec. 3.3),
+    with :func:`components.diffusion.diffusion_loss` (simple, min-SNR or hybrid).
 
     Labels are replaced by the null class with probability ``cfg.cond_dropout`` (classifier-free
     guidance, Ho & Salimans 2022, alg. 1). Returns the EMA model and the loss curve.
@@ -32,7 +33,7 @@ def train_diffusion(
     _, c, h, _ = latent_mean.shape
     unet_cfg = UNetConfig(
         in_channels=c,
-        out_channels=c,
+        out_channels=2 * c if cfg.variance_type == "learned_range" else c,
         sample_size=h,
         num_classes=num_classes,
         channels=cfg.unet.channels,
@@ -44,7 +45,7 @@ def train_diffusion(
     torch.manual_seed(seed)
     model = UNet(unet_cfg).to(device)
     ema = ema_model(model, cfg.ema_decay)
-    ac = alphas_cumprod(make_betas(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)).float().to(device)
+    betas = make_betas(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end, zero_terminal_snr=cfg.zero_terminal_snr).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     batch_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -63,7 +64,10 @@ def train_diffusion(
         drop = torch.rand(y.shape, generator=noise_gen, device=device) < cfg.cond_dropout
         y = torch.where(drop, torch.full_like(y, -1), y)
         with autocast(device):
-            loss = simple_loss(model, z0, y, ac, cfg.prediction_type, noise_gen)
+            loss = diffusion_loss(
+                model, z0, y, betas, cfg.prediction_type, learned_variance=cfg.variance_type == "learned_range",
+                vlb_weight=cfg.vlb_weight, min_snr_gamma=cfg.min_snr_gamma, generator=noise_gen,
+            )
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
