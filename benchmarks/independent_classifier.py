@@ -6,7 +6,7 @@ reports its accuracy on the held-out real val split, then classifies a folder of
 `latentflow sample` (``DIR/<label>/<index>.png``) and reports the share labelled as requested.
 
     .venv/bin/latentflow sample --num-per-class 50 --seed 123 --out /tmp/s
-    .venv/bin/python benchmarks/independent_classifier.py --samples /tmp/s
+    .venv/bin/python -m benchmarks.independent_classifier --samples /tmp/s
 
 Results are printed and written to ``reports/independent_classifier.json``.
 """
