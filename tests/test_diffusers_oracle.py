@@ -76,7 +76,7 @@ def _scale(x: torch.Tensor) -> float:
     return float(x.abs().max())
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(12))
 def test_random_configurations_match_diffusers(seed):
     """Random steps, offsets, final alphas, etas and prediction types: DDIM, DDPM (fixed_small and
     learned_range) and DPM-Solver++(2M) within 2e-3 of the output's scale."""
@@ -85,19 +85,22 @@ def test_random_configurations_match_diffusers(seed):
     steps, offset = pick([5, 10, 14, 20, 37, 50]), pick([0, 1])
     set_alpha_to_one, eta = pick([True, False]), pick([0.0, 0.3, 1.0])
     prediction = pick(["epsilon", "sample", "v_prediction"])
-    betas = make_betas("linear", 1000)
+    schedule = pick(["linear", "scaled_linear", "cosine"])
+    sched_kw = {"beta_start": 0.00085, "beta_end": 0.012} if schedule == "scaled_linear" else {}
+    diff_kw = {"beta_schedule": DIFFUSERS_SCHEDULE[schedule], **sched_kw}
+    betas = make_betas(schedule, 1000, **sched_kw)
     xT = torch.randn(2, 4, 8, 8, generator=rng)
     g = lambda: torch.Generator().manual_seed(seed + 100)  # noqa: E731
 
-    ddim = DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=set_alpha_to_one, steps_offset=offset,
+    ddim = DDIMScheduler(num_train_timesteps=1000, clip_sample=False, **diff_kw, set_alpha_to_one=set_alpha_to_one, steps_offset=offset,
                          prediction_type=prediction)
     ref = _diffusers_loop(ddim, xT.clone(), steps, g(), eta=eta)
     ours = sample(model, xT.clone(), betas=betas, sampler="ddim", num_steps=steps, eta=eta, steps_offset=offset,
                   set_alpha_to_one=set_alpha_to_one, prediction_type=prediction, generator=g())
-    assert (ours - ref).abs().max() <= 2e-3 * _scale(ref), ("ddim", steps, offset, set_alpha_to_one, eta, prediction)
+    assert (ours - ref).abs().max() <= 2e-3 * _scale(ref), ("ddim", schedule, steps, offset, set_alpha_to_one, eta, prediction)
 
     for variance_type, fn in (("fixed_small", model), ("learned_range", learned_variance_model)):
-        ddpm = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, variance_type=variance_type, prediction_type=prediction)
+        ddpm = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, variance_type=variance_type, prediction_type=prediction, **diff_kw)
         ddpm.set_timesteps(steps)
         x, gen = xT.clone(), g()
         for t in ddpm.timesteps:
@@ -106,7 +109,7 @@ def test_random_configurations_match_diffusers(seed):
         assert (ours - x).abs().max() <= 2e-3 * _scale(x), ("ddpm", variance_type, steps, prediction)
 
     dpm = DPMSolverMultistepScheduler(num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
-                                      lower_order_final=True, prediction_type=prediction,
+                                      lower_order_final=True, prediction_type=prediction, **diff_kw,
                                       final_sigmas_type="zero" if set_alpha_to_one else "sigma_min")
     dpm.set_timesteps(timesteps=sampling_timesteps(1000, steps, "leading", offset))
     x = xT.clone()
