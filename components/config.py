@@ -111,10 +111,29 @@ class SampleParams(_Section):
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 
 
+class QualityGridParams(_Section):
+    samplers: tuple[Literal["ddim", "ddpm", "dpmpp_2m"], ...] = ("ddim", "dpmpp_2m")
+    steps: tuple[int, ...] = (10, 25)
+    num_per_class: int = Field(20, ge=1)
+
+
 class EvaluateParams(_Section):
     classifier_epochs: int = Field(6, ge=1)
     classifier_batch_size: int = Field(128, ge=1)
     classifier_lr: float = Field(2e-3, gt=0.0)
+    extractors: tuple[Literal["classifier", "effnet_lite0", "inception"], ...] = ("classifier", "effnet_lite0", "inception")
+    require_inception: bool = Field(False, description="fail when the Inception weights are missing (else skip it)")
+    inception_weights: str | None = Field(None, description="path to pt_inception-2015-12-05-6726825d.pth; default: torch hub cache")
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    pr_k: int = Field(3, ge=1)
+    quality_grid: QualityGridParams = QualityGridParams()
+
+    @model_validator(mode="after")
+    def _classifier_first(self) -> EvaluateParams:
+        if "classifier" not in self.extractors:
+            raise ValueError("evaluate.extractors must include 'classifier' (it gives class consistency)")
+        return self
 
 
 class RegisterParams(_Section):

@@ -76,9 +76,15 @@ def train_diffusion(params: ParamsOpt = Path("params.yaml")) -> None:
     _run_stage("train_diffusion", params)
 
 
+@app.command("reference_stats")
+def reference_stats(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Train the domain classifier; features and statistics of the real val split per extractor -> reference_stats/."""
+    _run_stage("reference_stats", params)
+
+
 @app.command()
 def evaluate(params: ParamsOpt = Path("params.yaml")) -> None:
-    """Score the samples: class consistency and Fréchet distance (classifier features) -> metrics.json."""
+    """Score the samples (class consistency; FD, KID, precision/recall per extractor) and quality vs steps -> metrics.json."""
     _run_stage("evaluate", params)
 
 

@@ -33,7 +33,7 @@ def tiny_params() -> dict:
     p["train_diffusion"].update(max_images=2560, batch_size=64, warmup_images=500, log_every=5)
     p["train_diffusion"]["unet"].update(channels=[32, 64])
     p["sample"].update(num_per_class=4, steps=10)
-    p["evaluate"].update(classifier_epochs=2)
+    p["evaluate"].update(classifier_epochs=2, kid_subsets=10, quality_grid={"samplers": ["ddim", "dpmpp_2m"], "steps": [3], "num_per_class": 2})
     return p
 
 

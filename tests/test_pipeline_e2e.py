@@ -15,7 +15,7 @@ from PIL import Image
 from pipelines.flow import stage_order
 from tests.conftest import ROOT, make_project, run_cli, tiny_params
 
-STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "evaluate", "register"]
+STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "reference_stats", "evaluate", "register"]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,18 @@ def test_repro_writes_every_output(project: Path):
     assert 0.0 <= metrics["class_consistency"] <= 1.0
     assert np.isfinite(metrics["fd_classifier"]) and metrics["fd_classifier"] >= 0
     assert metrics["protocol"]["num_generated"] == 40
+    for extractor in ("classifier", "effnet_lite0"):
+        for key in ("fd", "kid", "precision", "recall"):
+            assert np.isfinite(metrics[f"{key}_{extractor}"]), (key, extractor)
+        assert 0.0 <= metrics[f"precision_{extractor}"] <= 1.0 and 0.0 <= metrics[f"recall_{extractor}"] <= 1.0
+    assert metrics["protocol"]["extractors"]["effnet_lite0"]["feature_dim"] == 1280
+    ref = json.loads((project / "reference_stats/manifest.json").read_text())
+    assert ref["dataset_digest"] == manifest["digest"] and ref["num_reference"] == 60
+    if "inception" not in ref["extractors"]:  # no FID weights on this machine: skipped with instructions
+        assert "pt_inception" in ref["skipped"]["inception"]
+    rows = json.loads((project / "reports/quality_vs_steps.json").read_text())
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 3), ("dpmpp_2m", 3)]
+    assert (project / "reports/quality_vs_steps.png").stat().st_size > 1000
     curve = json.loads((project / "metrics/diffusion_loss.json").read_text())
     assert len(curve) >= 5 and all(np.isfinite(p["loss"]) for p in curve)
     ae = json.loads((project / "metrics/autoencoder.json").read_text())
@@ -161,3 +173,19 @@ def test_same_params_data_and_seed_give_the_same_metrics(project: Path, tmp_path
     assert json.loads((other / "metrics.json").read_text()) == json.loads((project / "metrics.json").read_text())
     for part in ("autoencoder", "diffusion"):
         assert (other / "models" / part / "model.safetensors").read_bytes() == (project / "models" / part / "model.safetensors").read_bytes()
+
+
+def test_evaluate_fails_fast_on_stale_reference_stats(project: Path, tmp_path: Path):
+    import shutil
+
+    proj = tmp_path / "stale"
+    shutil.copytree(project, proj, symlinks=True)
+    manifest_path = proj / "reference_stats/manifest.json"
+    ref = json.loads(manifest_path.read_text())
+    ref["dataset_digest"] = "0" * 64
+    manifest_path.write_text(json.dumps(ref))
+    before = (proj / "metrics.json").read_bytes()
+    res = run_cli(["latentflow", "evaluate"], cwd=proj)
+    assert res.returncode != 0
+    assert "re-run `latentflow reference_stats`" in res.stderr
+    assert (proj / "metrics.json").read_bytes() == before

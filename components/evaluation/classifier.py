@@ -99,3 +99,22 @@ def classify(model: Classifier, images: np.ndarray, batch_size: int = 500) -> tu
         feats.append(f.double())
         preds.append(model.head(f).argmax(1))
     return torch.cat(feats).numpy(), torch.cat(preds).numpy()
+
+
+class ClassifierExtractor:
+    """The domain classifier as a feature extractor (same interface as those in ``features.py``)."""
+
+    def __init__(self, model: Classifier, weights: str = "models/classifier"):
+        from components.evaluation.features import ExtractorInfo
+
+        self.model = model
+        self.info = ExtractorInfo(
+            name="classifier", feature_dim=model.config.feature_dim, resize="none (native resolution)",
+            weights=f"{weights} (trained on the real train split)",
+        )
+
+    def __call__(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        return classify(self.model, images, batch_size)[0]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return classify(self.model, images)[1]
