@@ -2,7 +2,7 @@
 
 For each sampler and step count: class consistency (the evaluator classifier's predictions) and the
 Fréchet distance in its feature space against the real val split, on the same initial noise and
-labels for every run. Writes ``reports/quality_vs_steps.json`` and ``.png``.
+labels for every run. Writes ``reports/benchmarks/quality_vs_steps.json`` and ``.png`` (the evaluate stage keeps its own, smaller grid in ``reports/``).
 
     .venv/bin/python -m benchmarks.quality_vs_steps --num-per-class 20
 """
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--steps", default="5,10,20,50,100,250,1000")
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=2024)
-    ap.add_argument("--out", type=Path, default=Path("reports/quality_vs_steps.json"))
+    ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/quality_vs_steps.json"))
     args = ap.parse_args()
 
     gen = LatentDiffusionGenerator.from_dir(args.models)

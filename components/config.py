@@ -125,7 +125,7 @@ class EvaluateParams(_Section):
     require_inception: bool = Field(False, description="fail when the Inception weights are missing (else skip it)")
     inception_weights: str | None = Field(None, description="path to pt_inception-2015-12-05-6726825d.pth; default: torch hub cache")
     kid_subsets: int = Field(100, ge=1)
-    kid_subset_size: int = Field(1000, ge=2)
+    kid_subset_size: int = Field(250, ge=2)
     pr_k: int = Field(3, ge=1)
     quality_grid: QualityGridParams = QualityGridParams()
 

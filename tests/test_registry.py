@@ -122,7 +122,7 @@ def champion_version(client: MlflowClient, name: str) -> str:
     [
         (0.5, None, True, 0.1, True),  # no champion
         (0.5, None, False, 0.1, True),
-        (0.5, 0.5, True, 0.0, True),  # equal and zero threshold: gain 0 >= 0
+        (0.5, 0.5, True, 0.0, False),  # equal does not beat the champion, even with a zero threshold
         (0.5, 0.5, True, 0.01, False),  # equal, positive threshold
         (0.5, 0.5, False, 0.01, False),
         (1.5, 1.0, True, 0.5, True),  # exactly min_improvement (exact in binary)

@@ -130,8 +130,9 @@ def decide_promotion(
 ) -> PromotionDecision:
     """Decide whether a new model replaces the champion.
 
-    No champion (None) -> promote. NaN new value -> never promote. Otherwise promote iff
-    ``new - champ >= min_improvement`` (higher is better) or ``champ - new >= min_improvement``.
+    No champion (None) -> promote. NaN new value -> never promote. Otherwise promote iff the new value
+    beats the champion (strictly) by at least ``min_improvement``: ``gain > 0 and gain >= min_improvement``
+    with ``gain = new - champ`` (higher is better) or ``champ - new`` (lower is better).
     """
     new_value = float(new_value)
     if math.isnan(new_value):
@@ -142,10 +143,10 @@ def decide_promotion(
                                  new_value, champion_value)
     gain = new_value - champion_value if greater_is_better else champion_value - new_value
     direction = "higher" if greater_is_better else "lower"
-    promote = gain >= min_improvement
+    promote = gain > 0 and gain >= min_improvement
     verdict = "promoting" if promote else "keeping champion"
     reason = (f"new {new_value:.6g} vs champion {champion_value:.6g} ({direction} is better): improvement "
-              f"{gain:.6g} {'>=' if promote else '<'} min_improvement {min_improvement:.6g}; {verdict}")
+              f"{gain:.6g} (needs > 0 and >= min_improvement {min_improvement:.6g}); {verdict}")
     return PromotionDecision(promote, reason, new_value, float(champion_value))
 
 
