@@ -28,6 +28,15 @@ def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
 
 
+def _steps(timesteps: Sequence[int], alphas_cumprod: torch.Tensor, final_alpha: float):
+    """Yield ``(t, alpha_bar_t, alpha_bar_prev)`` with the previous timestep taken from the list itself
+    (``final_alpha`` after the last step), which keeps every timestep spacing correct."""
+    ac = alphas_cumprod.double()
+    for i, t in enumerate(timesteps):
+        a_prev = ac[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(final_alpha, dtype=torch.float64)
+        yield t, ac[t], a_prev
+
+
 def ddim(
     denoise: Denoise,
     x: torch.Tensor,
@@ -46,10 +55,7 @@ def ddim(
     posterior variance. The previous timestep is the next entry of ``timesteps`` (correct for every
     spacing); after the last step ``a_prev = final_alpha``. One normal draw per step when eta > 0.
     """
-    ac = alphas_cumprod.double()
-    for i, t in enumerate(timesteps):
-        a_t = ac[t]
-        a_prev = ac[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(final_alpha, dtype=torch.float64)
+    for t, a_t, a_prev in _steps(timesteps, alphas_cumprod, final_alpha):
         out = denoise(x, _t_batch(t, x))
         x0, eps = to_x0_eps(prediction_type, out.double(), x.double(), a_t)
         sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
@@ -80,11 +86,8 @@ def ddpm(
     Nichol & Dhariwal 2021, eq. 15). Noise is drawn for every t > 0.
     ``eta`` is unused (DDPM is stochastic by definition); it is kept for the shared signature.
     """
-    ac = alphas_cumprod.double()
     c = x.shape[1]
-    for i, t in enumerate(timesteps):
-        a_t = ac[t]
-        a_prev = ac[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(final_alpha, dtype=torch.float64)
+    for t, a_t, a_prev in _steps(timesteps, alphas_cumprod, final_alpha):
         beta_t = 1 - a_t / a_prev
         out = denoise(x, _t_batch(t, x)).double()
         x0, _ = to_x0_eps(prediction_type, out[:, :c], x.double(), a_t)
@@ -120,13 +123,10 @@ def dpmpp_2m(
     The first step and the last step are first order when the run ends at alpha = 1 or has fewer than 15
     steps (``lower_order_final``, as diffusers). Deterministic: ``eta`` and ``generator`` are unused.
     """
-    ac = alphas_cumprod.double()
-    alphas = [ac[t] for t in timesteps] + [torch.tensor(final_alpha, dtype=torch.float64)]
     n = len(timesteps)
     prev_x0: torch.Tensor | None = None
     lam_prev: torch.Tensor | None = None
-    for i, t in enumerate(timesteps):
-        a_s, a_t = alphas[i], alphas[i + 1]
+    for i, (t, a_s, a_t) in enumerate(_steps(timesteps, alphas_cumprod, final_alpha)):
         out = denoise(x, _t_batch(t, x))
         x0, _ = to_x0_eps(prediction_type, out.double(), x.double(), a_s)
         lam_s = 0.5 * torch.log(a_s / (1 - a_s))

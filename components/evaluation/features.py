@@ -16,6 +16,7 @@ Nothing here downloads anything: weights are read from local files with ``torch.
 
 from __future__ import annotations
 
+import abc
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,15 +87,16 @@ def _to_unit_rgb(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     return x
 
 
-class _BatchedExtractor:
+class _BatchedExtractor(abc.ABC):
     """Validation, batching, eval mode and inference_mode shared by both extractors; subclasses define ``_features``."""
 
     info: ExtractorInfo
     device: torch.device
     model: nn.Module
 
+    @abc.abstractmethod
     def _features(self, x: torch.Tensor) -> torch.Tensor:  # x: float32 [B, 3, H, W] in [0, 1]
-        raise NotImplementedError
+        """Features of a batch of RGB images in [0, 1]."""
 
     def _run(self, images: np.ndarray, batch_size: int, fn: Callable[[torch.Tensor], torch.Tensor], width: int) -> np.ndarray:
         images = _check_images(images)
