@@ -1,0 +1,68 @@
+"""A tiny model trained by the project's Trainer, run as a subprocess by tests/test_training_loop.py
+(plain ``python`` or ``torchrun``). Prints ``step N`` after every optimizer step; rank 0 writes the
+final weights (safetensors) to ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from components.training.distributed import init_distributed, shutdown_distributed  # noqa: E402
+from components.training.loop import Batch, LoopConfig, Trainer  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--checkpoints", default=None)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--checkpoint-every", type=int, default=1, help="steps")
+    ap.add_argument("--sleep", type=float, default=0.0, help="seconds per step (gives a test time to kill)")
+    ap.add_argument("--nan-at", type=int, default=-1, help="make the loss NaN at this step")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    ctx = init_distributed(torch.device("cpu"))
+    torch.manual_seed(0)
+    x = torch.randn(200, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU(), torch.nn.Dropout(0.0),
+        torch.nn.Conv2d(8, 3, 3, padding=1),
+    )
+    cfg = LoopConfig(batch_size=a.batch_size, max_images=a.steps * a.batch_size, lr=1e-2, warmup_images=2 * a.batch_size,
+                     ema_decay=0.9, grad_accum=a.grad_accum, checkpoint_every_images=a.checkpoint_every * a.batch_size,
+                     keep_checkpoints=2, log_every=1)
+    trainer = Trainer(model, cfg, dataset_size=len(x), seed=7, ctx=ctx, checkpoint_dir=a.checkpoints, fingerprint="tiny", progress=False)
+
+    def loss_fn(net: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
+        g = batch.generator(ctx.device)
+        noise = batch.draw(torch.randn, (3, 8, 8), g)
+        scale = batch.draw(torch.rand, (), g)
+        xb = x[batch.indices] + scale[:, None, None, None] * noise
+        target = torch.roll(x[batch.indices], 1, dims=1) * (1 + y[batch.indices])[:, None, None, None].float()
+        loss = ((net(xb) - target) ** 2).mean()
+        if batch.step == a.nan_at:
+            loss = loss * float("nan")
+        print(f"step {batch.step}", flush=True)
+        time.sleep(a.sleep)
+        return loss, {}
+
+    trainer.run(loss_fn)
+    if ctx.is_main:
+        state = {f"model.{k}": v.contiguous() for k, v in trainer.model.state_dict().items()}
+        state.update({f"ema.{k}": v.contiguous() for k, v in trainer.ema.state_dict().items()})
+        save_file(state, a.out)
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()
