@@ -156,14 +156,21 @@ def diffusion_loss(
     vlb_weight: float = 0.001,
     min_snr_gamma: float | None = None,
     generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Training loss: L_simple (Ho et al. eq. 14) with the chosen target, optionally min-SNR-weighted,
     plus, for a learned-variance model (2C output channels), ``vlb_weight`` * L_vlb with a
-    stop-gradient on the mean (the hybrid loss, Nichol & Dhariwal 2021, eq. 16)."""
+    stop-gradient on the mean (the hybrid loss, Nichol & Dhariwal 2021, eq. 16).
+
+    ``t`` and ``noise`` are drawn from ``generator`` unless given (the training loop draws them per
+    global batch so that the split over processes does not change them)."""
     ac = alphas_cumprod(betas).float().to(x0.device)
     T = ac.shape[0]
-    t = torch.randint(0, T, (x0.shape[0],), generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if t is None:
+        t = torch.randint(0, T, (x0.shape[0],), generator=generator, device=x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = q_sample(x0, t, noise, ac)
     out = model(x_t, t, class_labels).float()
     c = x0.shape[1]
