@@ -187,3 +187,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def params_dict(params: Params) -> dict:
     """JSON-safe dict of the resolved config, with section names as in params.yaml."""
     return params.model_dump(mode="json", by_alias=True)
+    http_max_retries: int = Field(3, ge=0, le=10, description="HTTP retries per request against a tracking server")
+    http_backoff_factor: int = Field(1, ge=0, le=10, description="seconds; the wait doubles per retry")
+    http_timeout_s: int = Field(30, ge=1, description="timeout of one HTTP request to the tracking server")

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.tasks import exponential_backoff
 
 # Stages that only read inputs and rewrite their outputs atomically can be retried safely.
 IDEMPOTENT_STAGES = {"ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "evaluate"}
@@ -46,9 +47,14 @@ def _repro(stage: str, project_dir: str) -> str:
 
 
 def stage_task(stage: str):
-    """A Prefect task for one stage, with retries when the stage is idempotent."""
-    retries = 1 if stage in IDEMPOTENT_STAGES else 0
-    return task(_repro, name=f"dvc:{stage}", retries=retries, retry_delay_seconds=[5])
+    """A Prefect task for one stage; idempotent stages retry twice with exponential backoff (5 s, 10 s, jittered).
+
+    ``register`` does not retry: it creates MLflow runs and versions (its own HTTP retries are bounded
+    in ``register.http_*``), so a second attempt would register twice.
+    """
+    retries = 2 if stage in IDEMPOTENT_STAGES else 0
+    return task(_repro, name=f"dvc:{stage}", retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=5),
+                retry_jitter_factor=0.2)
 
 
 @flow(name="latentflow-pipeline", log_prints=True)

@@ -480,7 +480,7 @@ def _lock_hashes(lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
 def register(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL_METRICS, grid_path: Path = GRID_PATH,
              data_dir: Path = DATA_DIR, out_path: Path = REGISTRY_REPORT) -> dict:
     """Log the run to MLflow, register the generator and move ``champion`` if it wins."""
-    from components.registry.mlflow_registry import register_model
+    from components.registry.mlflow_registry import RetryPolicy, register_model
 
     cfg = params.register_
     metrics = json.loads(Path(metrics_path).read_text())
@@ -513,3 +513,6 @@ def register(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path =
     atomic_write_json(out_path, report)
     log.info("register: %s", report)
     return report
+            dataset={"name": f"{manifest['source']}-{manifest['digest'][:12]}", "digest": manifest["digest"], "source": str(data_dir),
+                     "source_type": "local", "profile": json.dumps({"digest": manifest["digest"], "counts": manifest.get("counts")})},
+            retry=RetryPolicy(cfg.http_max_retries, cfg.http_backoff_factor, cfg.http_timeout_s),

@@ -3,14 +3,22 @@
 Everything here talks to MLflow through an explicit ``MlflowClient`` and explicit
 run ids: no fluent active run and no global tracking URI is read or written, so
 the functions are safe to call from Prefect task threads.
+
+The model is logged with MLflow's *models from code* (``pyfunc_model.py``): nothing of ours is
+pickled, and loading a version needs only the installed package. Against a tracking server the
+HTTP retries are bounded (``RetryPolicy``); an outage ends in a ``RegistryError`` naming the step
+that failed, and a model version that was created but not fully tagged and aliased is deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +28,14 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus, Metric, Param, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModel, LoggedModelOutput, LoggedModelStatus, Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_NAME_IN_RUN = "model"
+MODEL_CODE_PATH = Path(__file__).with_name("pyfunc_model.py")
 PIP_REQUIREMENTS = ["torch", "numpy", "safetensors", "pandas", "pillow"]
 MAX_PARAM_LEN = 6000
 DEFAULTS: dict[str, Any] = {"num_images": 1, "sampler": "ddim", "steps": 50, "guidance": 3.0, "seed": 0}
@@ -180,7 +189,7 @@ def _log_pyfunc(client: MlflowClient, experiment_id: str, run_id: str, model_dir
         with tempfile.TemporaryDirectory() as tmp:
             local_path = Path(tmp, "model")
             mlflow.pyfunc.save_model(
-                path=str(local_path), python_model=LatentDiffusionPyfunc(),
+                path=str(local_path), python_model=str(MODEL_CODE_PATH),
                 artifacts={"model_dir": str(model_dir)}, signature=SIGNATURE, input_example=INPUT_EXAMPLE,
                 pip_requirements=PIP_REQUIREMENTS,
                 mlflow_model=Model(artifact_path=logged.artifact_location, run_id=run_id,
@@ -205,64 +214,154 @@ def _champion(client: MlflowClient, model_name: str, metric_tag: str) -> tuple[s
         return str(version), None
 
 
+class RegistryError(RuntimeError):
+    """The tracking server or its artifact store failed; the message names the step and the URI."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded HTTP retries for a tracking server (MLflow's ``MLFLOW_HTTP_REQUEST_*`` settings).
+
+    MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) wait minutes before an outage
+    surfaces; these bound it to roughly ``backoff_factor * 2**max_retries`` seconds per request.
+    """
+
+    max_retries: int = 3
+    backoff_factor: int = 1
+    timeout_s: int = 30
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Set the MLflow HTTP retry variables for the duration of the block, then restore them."""
+        values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": self.max_retries, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": self.backoff_factor,
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0.5, "MLFLOW_HTTP_REQUEST_TIMEOUT": self.timeout_s}
+        saved = {key: os.environ.get(key) for key in values}
+        os.environ.update({key: str(value) for key, value in values.items()})
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _dataset_input(dataset: dict[str, str]) -> DatasetInput:
+    """The training dataset as an MLflow dataset input (what ``mlflow.log_input`` records), by digest."""
+    entity = Dataset(name=dataset.get("name", "dataset"), digest=dataset["digest"][:36], source_type=dataset.get("source_type", "local"),
+                     source=dataset.get("source", "data/dataset"), profile=dataset.get("profile"))
+    return DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])
+
+
 def register_model(
     *, tracking_uri: str, experiment: str, model_name: str, model_dir: Path, params: dict,
     metrics: dict[str, float], artifacts: list[Path], primary_metric: str, greater_is_better: bool,
     min_improvement: float, tags: dict[str, str], run_name: str | None = None,
-    artifact_location: str | None = None,
+    artifact_location: str | None = None, dataset: dict[str, str] | None = None,
+    retry: RetryPolicy = RetryPolicy(),
 ) -> RegistrationResult:
     """Log a training result as an MLflow run + pyfunc model, register it and assign an alias.
 
     The new version becomes ``champion`` if ``decide_promotion`` says so against the current
-    champion's ``metric.<primary_metric>`` version tag, else ``challenger``. ``artifact_location``
-    is only used when the experiment has to be created. The run ends FINISHED, or FAILED (and
-    the exception is re-raised) on error.
+    champion's ``metric.<primary_metric>`` version tag, else ``challenger``; the decision, both
+    figures and the compared version are tagged on the version. ``tags`` (lineage: git commit,
+    dvc.lock hashes, dataset digest) go on the run and on the version; ``dataset`` (name, digest,
+    source) is logged as the run's training input. ``artifact_location`` is only used when the
+    experiment has to be created. The run ends FINISHED, or FAILED on error; a version created
+    before the error is deleted (no half-registered versions) and a ``RegistryError`` names the
+    step that failed.
     """
     if primary_metric not in metrics:
         raise KeyError(f"primary metric {primary_metric!r} not in metrics {sorted(metrics)}")
     client = MlflowClient(tracking_uri)
+    state: dict[str, Any] = {"step": "connect to the tracking server", "run_id": None, "version": None}
+    with retry.applied():
+        try:
+            return _register(client, state, experiment=experiment, model_name=model_name, model_dir=Path(model_dir), params=params,
+                             metrics=metrics, artifacts=artifacts, primary_metric=primary_metric, greater_is_better=greater_is_better,
+                             min_improvement=min_improvement, tags=tags, run_name=run_name, artifact_location=artifact_location,
+                             dataset=dataset)
+        except BaseException as exc:
+            _roll_back(client, model_name, state)
+            if isinstance(exc, MlflowException | OSError) and not isinstance(exc, FileNotFoundError):
+                raise RegistryError(
+                    f"MLflow registration failed while trying to {state['step']} (tracking URI {tracking_uri}, "
+                    f"{retry.max_retries} HTTP retries): {_short(exc)}. No model version was registered; check that the "
+                    "tracking server and its artifact store are up (infra/README.md) and re-run `latentflow register`."
+                ) from exc
+            raise
+
+
+def _short(exc: BaseException, limit: int = 600) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _roll_back(client: MlflowClient, model_name: str, state: dict[str, Any]) -> None:
+    """Best effort after a failure: delete the half-registered version, mark the run FAILED."""
+    if state["version"] is not None:
+        with contextlib.suppress(Exception):
+            client.delete_model_version(model_name, state["version"])
+    if state["run_id"] is not None:
+        with contextlib.suppress(Exception):
+            client.set_terminated(state["run_id"], RunStatus.to_string(RunStatus.FAILED))
+
+
+def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, model_name: str, model_dir: Path, params: dict,
+              metrics: dict[str, float], artifacts: list[Path], primary_metric: str, greater_is_better: bool, min_improvement: float,
+              tags: dict[str, str], run_name: str | None, artifact_location: str | None, dataset: dict[str, str] | None) -> RegistrationResult:
+    state["step"] = f"find or create experiment {experiment!r}"
     exp = client.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location)
-    run_id = client.create_run(experiment_id, tags=dict(tags), run_name=run_name).info.run_id
-    try:
-        flat = list(flatten_params(params).items())
-        for i in range(0, len(flat), 100):  # log_batch accepts at most 100 params per call
-            client.log_batch(run_id, params=[Param(k, v) for k, v in flat[i:i + 100]])
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-        for path in map(Path, artifacts):
-            if path.is_dir():
-                client.log_artifacts(run_id, str(path), artifact_path=path.name)
-            else:
-                client.log_artifact(run_id, str(path))
-        logged = _log_pyfunc(client, experiment_id, run_id, Path(model_dir))
+    state["step"] = "create the run"
+    run_id = state["run_id"] = client.create_run(experiment_id, tags=dict(tags), run_name=run_name).info.run_id
+    state["step"] = "log params, metrics and the dataset input"
+    flat = list(flatten_params(params).items())
+    for i in range(0, len(flat), 100):  # log_batch accepts at most 100 params per call
+        client.log_batch(run_id, params=[Param(k, v) for k, v in flat[i:i + 100]])
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    if dataset is not None:
+        client.log_inputs(run_id, datasets=[_dataset_input(dataset)])
+    state["step"] = "upload the run's artifacts"
+    for path in map(Path, artifacts):
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=path.name)
+        else:
+            client.log_artifact(run_id, str(path))
+    state["step"] = "log the pyfunc model (upload its artifacts)"
+    logged = _log_pyfunc(client, experiment_id, run_id, model_dir)
 
-        metric_tag = f"metric.{primary_metric}"
-        try:
-            client.create_registered_model(model_name)
-        except MlflowException as exc:
-            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
-        champ_version, champ_value = _champion(client, model_name, metric_tag)
-        decision = decide_promotion(float(metrics[primary_metric]), champ_value,
-                                    greater_is_better=greater_is_better, min_improvement=min_improvement)
-        # source = storage location, not "models:/m-<id>": DB-backed registry stores resolve the
-        # latter through the *global* tracking URI (MlflowClient()), which we must not depend on.
-        version = client.create_model_version(model_name, logged.artifact_location, run_id=run_id,
-                                              model_id=logged.model_id).version
-        version_tags = {
-            **tags, metric_tag: repr(decision.new_value), "promotion_reason": decision.reason,
-            "promotion_decision": "promoted" if decision.promote else "not promoted",
-            "compared_to_version": champ_version or "none", "champion_value": repr(champ_value),
-            "logged_model_id": logged.model_id,  # sqlalchemy registries do not persist model_id
-        }
-        for key, value in version_tags.items():
-            client.set_model_version_tag(model_name, str(version), key, str(value))
-        alias = CHAMPION if decision.promote else CHALLENGER  # set last: a champion always has its tags
-        client.set_registered_model_alias(model_name, alias, version)
-    except BaseException:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
+    state["step"] = f"read registered model {model_name!r} and its champion"
+    metric_tag = f"metric.{primary_metric}"
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    champ_version, champ_value = _champion(client, model_name, metric_tag)
+    decision = decide_promotion(float(metrics[primary_metric]), champ_value,
+                                greater_is_better=greater_is_better, min_improvement=min_improvement)
+    state["step"] = "create the model version"
+    # source = storage location, not "models:/m-<id>": DB-backed registry stores resolve the
+    # latter through the *global* tracking URI (MlflowClient()), which we must not depend on.
+    version = state["version"] = client.create_model_version(model_name, logged.artifact_location, run_id=run_id,
+                                                             model_id=logged.model_id).version
+    version_tags = {
+        **tags, metric_tag: repr(decision.new_value), "promotion_reason": decision.reason,
+        "promotion_decision": "promoted" if decision.promote else "not promoted",
+        "compared_to_version": champ_version or "none", "champion_value": repr(champ_value),
+        "logged_model_id": logged.model_id,  # sqlalchemy registries do not persist model_id
+    }
+    state["step"] = f"tag model version {version}"
+    for key, value in version_tags.items():
+        client.set_model_version_tag(model_name, str(version), key, str(value))
+    alias = CHAMPION if decision.promote else CHALLENGER  # set last: a champion always has its tags
+    state["step"] = f"set alias {alias!r} on version {version}"
+    client.set_registered_model_alias(model_name, alias, version)
+    state["version"] = None  # complete: nothing to roll back from here on
+    state["step"] = "finish the run"
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return RegistrationResult(run_id, model_name, str(version), alias, decision, f"models:/{model_name}/{version}")
 
