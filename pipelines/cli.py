@@ -33,15 +33,34 @@ def _setup() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _run_stage(name: str, params_path: Path, **kwargs) -> None:
-    """Load params, run one stage, and turn known errors into a one-line message and exit code 1."""
+def _with_max_time(params, stage: str, minutes: float | None):
+    """``params`` with ``<stage>.runtime.max_time_minutes`` replaced (the ``--max-time`` option)."""
+    if minutes is None:
+        return params
+    section = getattr(params, stage)
+    runtime = section.runtime.model_copy(update={"max_time_minutes": minutes})
+    return params.model_copy(update={stage: section.model_copy(update={"runtime": runtime})})
+
+
+def _run_stage(name: str, params_path: Path, max_time: float | None = None, **kwargs) -> None:
+    """Load params, run one stage, and turn known errors into a one-line message and exit code 1.
+
+    A training stage whose ``runtime.num_processes`` is above 1 relaunches itself under torchrun."""
     from components.config import ConfigError, load_params
 
     _setup()
+    from components.training.distributed import launch_torchrun, under_torchrun
     from pipelines import stages
 
     try:
         params = load_params(params_path)
+        if name.startswith("train_"):
+            params = _with_max_time(params, name, max_time)
+            nproc = getattr(params, name).runtime.num_processes
+            if nproc > 1 and not under_torchrun():
+                extra = ["--max-time", str(max_time)] if max_time is not None else []
+                launch_torchrun(nproc, ["-m", "pipelines.cli", name, "--params", str(params_path), *extra])
+                return
         getattr(stages, name)(params, **kwargs)
     except ConfigError as exc:
         typer.secho(f"latentflow {name}: {exc}", fg="red", err=True)
@@ -64,16 +83,29 @@ def validate(params: ParamsOpt = Path("params.yaml")) -> None:
     _run_stage("validate", params)
 
 
-@app.command("train_autoencoder")
-def train_autoencoder(params: ParamsOpt = Path("params.yaml")) -> None:
-    """Train the KL autoencoder (f=4) -> models/autoencoder, metrics/autoencoder.json."""
-    _run_stage("train_autoencoder", params)
+MaxTimeOpt = Annotated[
+    float | None,
+    typer.Option("--max-time", help="wall-clock budget in minutes: stop early with a resumable checkpoint "
+                 "(overrides runtime.max_time_minutes); rerun the stage to continue"),
+]
+
+_TRAINING_HELP = (
+    "\n\nRuns in one process, or under torchrun (DDP) when runtime.num_processes > 1. Resumes automatically from "
+    "the newest checkpoint in checkpoints/<stage>/ written with the same params and data (every "
+    "runtime.checkpoint_every_images images)."
+)
 
 
-@app.command("train_diffusion")
-def train_diffusion(params: ParamsOpt = Path("params.yaml")) -> None:
-    """Train the class-conditional latent U-Net with EMA -> models/diffusion, loss curve."""
-    _run_stage("train_diffusion", params)
+@app.command("train_autoencoder", help="Train the autoencoder (KL, VQ or plain; f=4 or 8) -> models/autoencoder, "
+             "metrics/autoencoder.json." + _TRAINING_HELP)
+def train_autoencoder(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOpt = None) -> None:
+    _run_stage("train_autoencoder", params, max_time=max_time)
+
+
+@app.command("train_diffusion", help="Train the class-conditional latent U-Net with EMA -> models/diffusion, loss curve."
+             + _TRAINING_HELP)
+def train_diffusion(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOpt = None) -> None:
+    _run_stage("train_diffusion", params, max_time=max_time)
 
 
 @app.command("reference_stats")

@@ -1,0 +1,197 @@
+"""Latent vs pixel-space diffusion, per sample, at (near) equal class consistency.
+
+Trains a pixel-space model of ours (the same U-Net family, loss, schedule and loop as ``train_diffusion``,
+on the 32x32 images instead of the autoencoder's latents; one more U-Net level for the 4x larger side),
+then samples both with the same sampler, steps and guidance and reports, for each: class consistency
+(the project's classifier, ``models/classifier``), sampling images/s (the LDM's time includes decoding)
+and peak memory. Each sampling run happens in a fresh subprocess so its peak RSS (or CUDA peak
+allocation) is its own; the RSS of a subprocess that only loads the model is reported as the baseline.
+
+    python -m benchmarks.ldm_vs_pixel                 # needs a finished `dvc repro` (models/, data/)
+    python -m benchmarks.ldm_vs_pixel --pixel-max-images 50000 --pixel-channels 32,64,96
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.config import load_params, params_dict
+from components.diffusion import diffusion_loss, make_betas, sample
+from components.io import atomic_write_json
+from components.models.summary import model_summary
+from components.models.unet import UNet, UNetConfig
+from components.training.checkpoint import load_unet, save_checkpoint
+from components.training.common import to_model_range, to_uint8
+from components.training.distributed import DistContext
+from components.training.loop import Batch, LoopConfig, Trainer
+
+
+def train_pixel_model(args) -> None:
+    """Train the pixel-space U-Net with the train_diffusion section's settings (budget and widths overridable)."""
+    from components.data.artifact import read_dataset
+
+    params = load_params(args.params)
+    cfg = params.train_diffusion
+    ds = read_dataset(args.data)
+    images = to_model_range(ds.images["train"])
+    labels = torch.from_numpy(ds.labels["train"])
+    channels = tuple(int(c) for c in args.pixel_channels.split(","))
+    unet_params = cfg.unet.model_copy(update={"channels": channels, "attention_levels": None if cfg.unet.attention_levels is None
+                                              else (False,) * (len(channels) - 1) + (True,)})
+    c, h = images.shape[1], images.shape[2]
+    torch.manual_seed(params.base.seed)
+    model = UNet(UNetConfig.from_params(unet_params, in_channels=c, out_channels=c, sample_size=h, num_classes=ds.num_classes))
+    betas = make_betas(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end, zero_terminal_snr=cfg.zero_terminal_snr)
+    loop = LoopConfig.from_section(cfg, max_images=args.pixel_max_images, checkpoint_every_images=0)
+    trainer = Trainer(model, loop, dataset_size=len(labels), seed=params.base.seed, ctx=DistContext(), desc="pixel model")
+
+    def loss_fn(net, b: Batch):
+        g = b.generator(torch.device("cpu"))
+        drop = b.draw(torch.rand, (), g) < cfg.cond_dropout
+        t = b.draw(torch.randint, (), g, low=0, high=cfg.num_timesteps)
+        eps = b.draw(torch.randn, tuple(images.shape[1:]), g)
+        y = torch.where(drop, torch.full_like(labels[b.indices], -1), labels[b.indices])
+        return diffusion_loss(net, images[b.indices], y, betas, cfg.prediction_type, t=t, noise=eps), {}
+
+    result = trainer.run(loss_fn)
+    ema = trainer.final_model()
+    save_checkpoint(args.pixel_dir, ema, ema.config.to_dict(), {
+        "schedule": {"schedule": cfg.schedule, "num_timesteps": cfg.num_timesteps, "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
+                     "zero_terminal_snr": cfg.zero_terminal_snr, "prediction_type": cfg.prediction_type, "variance_type": "fixed_small"},
+        "training": {**params_dict(params)["train_diffusion"], "max_images": args.pixel_max_images},
+        "train_seconds": result.train_seconds,
+    })
+
+
+def _generate(args, kind: str, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    device = torch.device(args.device)
+    if kind == "ldm":
+        from components.generation import LatentDiffusionGenerator
+
+        gen = LatentDiffusionGenerator.from_dir(args.models, args.device)
+        t0 = time.perf_counter()
+        images = gen.generate(labels.tolist(), seed=args.seed, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                              batch_size=args.batch_size)
+        return images, time.perf_counter() - t0
+    unet, meta = load_unet(args.pixel_dir, device)
+    s = meta["schedule"]
+    betas = make_betas(s["schedule"], s["num_timesteps"], s["beta_start"], s["beta_end"], zero_terminal_snr=s["zero_terminal_snr"])
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    noise = torch.randn((len(labels), *shape), generator=torch.Generator().manual_seed(args.seed))
+    t0 = time.perf_counter()
+    out = []
+    with torch.no_grad():
+        for b, start in enumerate(range(0, len(labels), args.batch_size)):
+            x = sample(unet, noise[start : start + args.batch_size].to(device), betas=betas, sampler=args.sampler, num_steps=args.steps,
+                       prediction_type=s["prediction_type"], generator=torch.Generator().manual_seed(args.seed + 1 + b),
+                       class_labels=torch.as_tensor(labels[start : start + args.batch_size], device=device), guidance_scale=args.guidance)
+            out.append(to_uint8(x))
+    return np.concatenate(out), time.perf_counter() - t0
+
+
+def measure(args) -> None:
+    """(subprocess) sample with one model and print a JSON line: seconds, class predictions, peak memory."""
+    from components.evaluation.classifier import Classifier, ClassifierConfig, classify
+    from components.training.checkpoint import read_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    labels = np.arange(args.num_per_class * 10) % 10
+    if args.measure == "baseline":
+        load_unet(Path(args.models) / "diffusion"), load_unet(args.pixel_dir)
+        out = {}
+    else:
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        images, seconds = _generate(args, args.measure, labels)
+        state, meta = read_checkpoint(Path(args.models) / "classifier")
+        clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
+        clf.load_state_dict(state)
+        _, pred = classify(clf.eval(), images)
+        out = {"seconds": seconds, "images": len(labels), "class_consistency": float((pred == labels).mean()),
+               "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None}
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_measure(args, kind: str) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.ldm_vs_pixel", "--measure", kind, *sys.argv[1:]]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if r.returncode or not lines:
+        raise SystemExit(f"measuring {kind} failed:\n{r.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", default="data/dataset")
+    ap.add_argument("--models", default="models", help="folder with autoencoder/, diffusion/, classifier/")
+    ap.add_argument("--pixel-dir", default="models_bench/pixel", help="pixel-space model checkpoint (trained if missing)")
+    ap.add_argument("--pixel-channels", default="32,64,96")
+    ap.add_argument("--pixel-max-images", type=int, default=None, help="default: train_diffusion.max_images (the LDM's budget)")
+    ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--num-per-class", type=int, default=20)
+    ap.add_argument("--sampler", default="ddim")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--measure", choices=["ldm", "pixel", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="reports/benchmarks/ldm_vs_pixel.json")
+    args = ap.parse_args()
+    if args.measure:
+        measure(args)
+        return
+    if args.pixel_max_images is None:
+        args.pixel_max_images = load_params(args.params).train_diffusion.max_images
+        sys.argv += ["--pixel-max-images", str(args.pixel_max_images)]
+    if args.retrain or not (Path(args.pixel_dir) / "model.safetensors").is_file():
+        train_pixel_model(args)
+    ldm_unet, _ = load_unet(Path(args.models) / "diffusion")
+    pix_unet, pix_meta = load_unet(args.pixel_dir)
+    one = torch.zeros(1, dtype=torch.long)
+    sizes = {
+        "ldm": model_summary(ldm_unet, torch.zeros(1, ldm_unet.config.in_channels, ldm_unet.config.sample_size, ldm_unet.config.sample_size), one, one),
+        "pixel": model_summary(pix_unet, torch.zeros(1, pix_unet.config.in_channels, pix_unet.config.sample_size, pix_unet.config.sample_size), one, one),
+    }
+    baseline = run_measure(args, "baseline")
+    runs: dict[str, list[dict]] = {"ldm": [], "pixel": []}
+    for _ in range(args.repeats):  # alternate so background load hits both alike
+        for kind in ("ldm", "pixel"):
+            runs[kind].append(run_measure(args, kind))
+            print(kind, runs[kind][-1], flush=True)
+    summary = {}
+    for kind, rs in runs.items():
+        secs = float(np.median([r["seconds"] for r in rs]))
+        summary[kind] = {**sizes[kind], "img_s": rs[0]["images"] / secs, "class_consistency": rs[0]["class_consistency"],
+                         "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in rs])),
+                         "cuda_peak_mb": rs[0]["cuda_peak_mb"], "runs_seconds": [r["seconds"] for r in rs]}
+    result = {
+        "device": args.device, "threads": args.threads or torch.get_num_threads(), "sampler": args.sampler, "steps": args.steps,
+        "guidance": args.guidance, "images_per_run": args.num_per_class * 10, "repeats": args.repeats,
+        "pixel_training": {"channels": args.pixel_channels, "max_images": args.pixel_max_images, "train_seconds": pix_meta.get("train_seconds")},
+        "baseline_rss_mb": baseline["peak_rss_mb"], **summary,
+        "speedup_per_sample": summary["ldm"]["img_s"] / summary["pixel"]["img_s"],
+        "macs_ratio": sizes["pixel"]["macs_per_forward"] / sizes["ldm"]["macs_per_forward"],
+        "class_consistency_gap": summary["ldm"]["class_consistency"] - summary["pixel"]["class_consistency"],
+    }
+    atomic_write_json(Path(args.out), result)
+    print(json.dumps({k: result[k] for k in ("speedup_per_sample", "macs_ratio", "class_consistency_gap")}))
+
+
+if __name__ == "__main__":
+    main()
