@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-all flow lint install clean-outputs
+.PHONY: run test test-all flow lint install clean-outputs servers deploy ui-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ test: $(STAMP)  ## the default test suite (includes a tiny end-to-end dvc repro)
 
 test-all: $(STAMP)  ## every test, slow ones included
 	$(BIN)/python -m pytest -q
+
+servers: $(STAMP)  ## local S3 (moto) + MLflow (proxied S3 artifacts) + Prefect servers on 127.0.0.1, as in the tests; Ctrl-C stops them
+	$(BIN)/python -m tests.servers $(SERVERS_DIR)
+
+deploy: $(STAMP)  ## create the process pool and the deployments of prefect.yaml on $$PREFECT_API_URL (team setup: README)
+	$(BIN)/prefect work-pool inspect cpu >/dev/null 2>&1 || $(BIN)/prefect work-pool create cpu --type process
+	$(BIN)/prefect --no-prompt deploy --name retrain-cpu --name train-cpu
+
+ui-check: $(STAMP)  ## screenshot of the MLflow model page -> reports/mlflow_ui_champion.png (MLFLOW_TRACKING_URI=http://...)
+	$(BIN)/python -m components.registry.browser --tracking-uri "$${MLFLOW_TRACKING_URI:?set MLFLOW_TRACKING_URI}" --model latentflow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

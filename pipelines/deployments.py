@@ -107,7 +107,8 @@ def retrain(project_dir: str = ".", train_deployment: str | None = None, train_p
                                timeout=train_timeout_s, poll_interval=2)
         if not child.state or not child.state.is_completed():
             raise RuntimeError(f"training deployment {train_deployment} ended {child.state.name if child.state else 'without a state'} "
-                               f"(flow run {child.id}); outputs of the previous good run are unchanged")
+                               f"(flow run {child.id}: {child.state.message if child.state else ''}); nothing was pulled back, "
+                               "the outputs of the previous good run are unchanged")
         handoff_download(project, key, "out")
         dvc_pull(project)
         done += train

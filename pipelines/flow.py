@@ -24,7 +24,7 @@ def stage_order(project_dir: str | Path = ".") -> list[str]:
 
     with Repo(str(project_dir)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        names = {stage: stage.addressing for stage in graph.nodes}
+        names = {stage: stage.name for stage in graph.nodes}  # not .addressing: that is relative to the cwd
     declared = list(_declared_stages(Path(project_dir) / "dvc.yaml"))
     order = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: declared.index(names[s]) if names[s] in declared else len(declared))
     return [names[s] for s in order]

@@ -246,7 +246,13 @@ def main() -> None:
     print(f"S3 (moto)     {servers.s3_endpoint}  buckets {MLFLOW_BUCKET}, {DVC_BUCKET}; credentials: {', '.join(S3_CREDENTIALS)} as in tests/servers.py")
     print(f"MLflow        {servers.mlflow_uri}")
     print(f"Prefect API   {servers.prefect_api}")
-    print(f"logs          {root / 'logs'}   (Ctrl-C stops everything)", flush=True)
+    print(f"logs          {root / 'logs'}   (Ctrl-C or SIGTERM stops everything)", flush=True)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a background job ignores SIGINT unless told otherwise
+        signal.signal(sig, interrupt)
     try:
         signal.pause()
     except KeyboardInterrupt:

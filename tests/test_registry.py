@@ -292,3 +292,48 @@ def test_load_generator_from_uri_uses_explicit_tracking_uri(store, served):
     by_version = load_generator_from_uri(f"models:/{served}/1", tracking_uri=store["tracking_uri"])
     assert by_version.image_shape == IMAGE_SHAPE
     assert mlflow.get_tracking_uri() == BOGUS_URI
+
+
+def test_failure_after_version_creation_leaves_no_half_registered_version(store, monkeypatch):
+    """An error while tagging/aliasing a new version deletes it, fails the run and names the step."""
+    from mlflow.exceptions import MlflowException
+
+    from components.registry.mlflow_registry import RegistryError
+
+    client, name = store["client"], "half-registered"
+    assert register(store, name, "fid", 5.0, greater_is_better=False, min_improvement=0.0).alias == "champion"
+
+    def outage(self, *args, **kwargs):
+        raise MlflowException("API request failed: Max retries exceeded (simulated outage)")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", outage)
+    with pytest.raises(RegistryError, match=r"while trying to set alias 'champion' on version 2 .*No model version was registered"):
+        register(store, name, "fid", 1.0, greater_is_better=False, min_improvement=0.0, run_name="half-run")
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert champion_version(client, name) == "1"
+    exp = client.get_experiment_by_name("latentflow-test")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'half-run'")
+    assert run.info.status == "FAILED"
+
+
+def test_model_is_logged_from_code_not_pickled(store):
+    result = register(store, "from-code", "fid", 3.0, greater_is_better=False, min_improvement=0.0)
+    version = store["client"].get_model_version("from-code", result.version)
+    root = Path(store["root"], "artifacts")
+    model_dirs = [p.parent for p in root.rglob("MLmodel") if result.run_id in p.read_text() or version.source.endswith(p.parent.name)]
+    assert model_dirs
+    files = {p.name for p in model_dirs[0].rglob("*") if p.is_file()}
+    assert "pyfunc_model.py" in files and not any(f.endswith((".pkl", ".cloudpickle")) for f in files)
+    assert "python_model.pkl" not in model_dirs[0].joinpath("MLmodel").read_text()
+
+
+def test_retry_policy_bounds_and_restores_the_environment(monkeypatch):
+    from components.registry.mlflow_registry import RetryPolicy
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    with RetryPolicy(max_retries=2, backoff_factor=1, timeout_s=9).applied():
+        from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+        assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 2 and MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 9
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7" and "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ

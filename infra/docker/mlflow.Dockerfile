@@ -1,0 +1,5 @@
+# MLflow tracking server with the PostgreSQL driver and boto3 (proxied S3/MinIO artifacts).
+FROM python:3.11-slim
+RUN pip install --no-cache-dir "mlflow==3.17.2" "boto3==1.43.117" "psycopg2-binary==2.9.10"
+EXPOSE 5000
+CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
