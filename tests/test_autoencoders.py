@@ -1,0 +1,282 @@
+"""Autoencoder variants (KL f=4 / f=8, VQ, plain), the vector quantiser, the PatchGAN losses, the adaptive
+weight, the perceptual loss, the latent scale factor and checkpoints of every kind."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from components.config import AutoencoderParams
+from components.models.autoencoder import AutoencoderConfig, KLAutoencoder, VQAutoencoder, build_autoencoder
+from components.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
+from components.models.vq import VectorQuantizer
+from components.training.autoencoder import (
+    autoencoder_summary,
+    encode_dataset,
+    latent_std,
+    reconstruction_metrics,
+    train_autoencoder,
+)
+from components.training.checkpoint import CheckpointError, load_autoencoder, save_checkpoint
+from components.training.common import to_model_range
+
+VARIANTS = {
+    "kl_f4": dict(regularizer="kl", channels=(8, 16, 16)),
+    "kl_f8": dict(regularizer="kl", channels=(8, 16, 16, 16)),
+    "vq_f4": dict(regularizer="vq", channels=(8, 16, 16), codebook_size=32),
+    "vq_f4_straight_through": dict(regularizer="vq", channels=(8, 16, 16), codebook_size=32, vq_ema=False),
+    "none_f4": dict(regularizer="none", channels=(8, 16, 16)),
+}
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
+    """Zero-initialised output convolutions would hide missing gradients; give every weight a random value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def _images(n: int = 48, size: int = 16, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Structured uint8 images: coloured squares at varying positions on a dark background."""
+    rng = np.random.default_rng(seed)
+    imgs = np.full((n, size, size, channels), 20, dtype=np.uint8)
+    for i in range(n):
+        r, c = rng.integers(0, size - 6, 2)
+        imgs[i, r : r + 6, c : c + 6] = rng.integers(120, 256, channels)
+    return imgs
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_builds_trains_and_round_trips(name: str, tmp_path: Path):
+    cfg = AutoencoderConfig(in_channels=3, image_size=16, **VARIANTS[name])
+    model = build_autoencoder(cfg, scale_factor=0.5)
+    _randomise(model)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    model.train()
+    recon, reg, _ = model(x, torch.Generator().manual_seed(2))
+    assert recon.shape == x.shape and reg.ndim == 0 and torch.isfinite(reg)
+    (F.mse_loss(recon, x) + reg).backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().sum() > 0, f"no gradient reaches {n}"
+    # latent shape follows f = 2 ** (levels - 1)
+    model.eval()
+    post = model.encode(x)
+    assert post.mean.shape == (4, *cfg.latent_shape)
+    assert cfg.latent_shape[1] == 16 // cfg.downsampling_factor
+    # save / load: identical outputs, scale factor and kind restored
+    save_checkpoint(tmp_path / "ae", model, cfg.to_dict(), {"scale_factor": 0.5})
+    assert json.loads((tmp_path / "ae" / "config.json").read_text())["model"]["kind"] == cfg.kind
+    loaded, _ = load_autoencoder(tmp_path / "ae")
+    assert type(loaded) is type(model) and loaded.config == cfg
+    assert torch.equal(loaded.reconstruct(x), model.reconstruct(x))
+    z = torch.randn(2, *cfg.latent_shape, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(loaded.decode(z), model.decode(z))
+    assert float(loaded.scale_factor) == 0.5
+
+
+def test_kinds_are_distinguished_and_mismatches_are_clear(tmp_path: Path):
+    kinds = {AutoencoderConfig(regularizer=r).kind for r in ("kl", "vq", "none")}
+    assert kinds == {"kl_autoencoder", "vq_autoencoder", "plain_autoencoder"}
+    with pytest.raises(ValueError, match="regularizer"):
+        AutoencoderConfig(regularizer="vae")
+    with pytest.raises(ValueError, match="build_autoencoder"):
+        KLAutoencoder(AutoencoderConfig(regularizer="vq"))
+    # a checkpoint written before `regularizer` existed (kind only) is a KL one
+    old = AutoencoderConfig(channels=(8, 16, 16)).to_dict()
+    del old["regularizer"], old["codebook_size"], old["commitment_beta"], old["vq_ema"], old["vq_decay"]
+    assert AutoencoderConfig.from_dict(old).regularizer == "kl"
+    # weights of one kind under the config of another: CheckpointError, not a crash deep in torch
+    vq = build_autoencoder(AutoencoderConfig(channels=(8, 16, 16), regularizer="vq"))
+    save_checkpoint(tmp_path / "bad", vq, AutoencoderConfig(channels=(8, 16, 16), regularizer="none").to_dict())
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_autoencoder(tmp_path / "bad")
+    save_checkpoint(tmp_path / "other", torch.nn.Linear(1, 1), {"kind": "unet"})
+    with pytest.raises(CheckpointError, match="not an autoencoder"):
+        load_autoencoder(tmp_path / "other")
+
+
+def test_params_validation_names_the_key():
+    with pytest.raises(ValueError, match="regularizer"):
+        AutoencoderParams(regularizer="vae")
+    with pytest.raises(ValueError, match="disc_start_images"):
+        AutoencoderParams(disc_weight=0.5, disc_start_images=50_000, max_images=40_000)
+    with pytest.raises(ValueError, match="perceptual_input_size"):
+        AutoencoderParams(perceptual_input_size=48)
+    with pytest.raises(ValueError, match="codebook_size"):
+        AutoencoderParams(codebook_size=1)
+    with pytest.raises(ValueError, match="vq_decay"):
+        AutoencoderParams(vq_decay=1.0)
+
+
+# ------------------------------------------------------------------------------------ quantiser
+def _nearest(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Brute-force nearest code of each position (the reference for the quantiser's argmin)."""
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    return torch.cdist(flat, codebook).argmin(1).reshape(z.shape[0], *z.shape[2:])
+
+
+def test_straight_through_gradient_reaches_the_encoder():
+    q = VectorQuantizer(8, 3, beta=0.25, ema=True)
+    q.init_from(torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)), torch.Generator().manual_seed(0))
+    q.eval()
+    z = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out, _, info = q(z)
+    assert torch.equal(info["indices"], _nearest(z.detach(), q.codebook))
+    assert torch.allclose(out, q.lookup(info["indices"]), atol=1e-6)  # forward value: the codes
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    (out * w).sum().backward()
+    assert torch.equal(z.grad, w)  # backward: identity (sg[z_q - z])
+    # and through a whole VQ autoencoder the reconstruction loss moves the encoder
+    ae = VQAutoencoder(AutoencoderConfig(in_channels=1, image_size=16, channels=(8, 16, 16), regularizer="vq", codebook_size=16))
+    _randomise(ae)
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    ae.train()
+    recon, _, _ = ae(x, torch.Generator().manual_seed(0))
+    F.mse_loss(recon, x).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ae.encoder.parameters())
+
+
+@pytest.mark.parametrize("ema", [True, False])
+def test_vq_loss_matches_direct_computation(ema: bool):
+    beta = 0.3
+    q = VectorQuantizer(6, 2, beta=beta, ema=ema)
+    codes = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-1.0, 2.0], [3.0, -1.0], [0.5, -2.0], [-2.0, -2.0]])
+    q.codebook.data.copy_(codes)
+    q.initialised.fill_(True)
+    q.eval()  # no EMA step, so the loss is computed against the codes above
+    z = torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(0)) * 1.5
+    _, loss, info = q(z)
+    nearest = codes[_nearest(z, codes)].permute(0, 3, 1, 2)
+    sq = ((z - nearest) ** 2).mean()
+    assert info["commitment"].item() == pytest.approx(sq.item(), rel=1e-6)
+    # eq. 3 of van den Oord et al.: codebook term (absent with EMA) + beta * commitment, element means
+    expected = (beta if ema else 1 + beta) * sq
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_ema_update_moves_codes_towards_assigned_vectors():
+    decay = 0.9
+    q = VectorQuantizer(3, 2, beta=0.25, ema=True, decay=decay)
+    codes = torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]])
+    q.init_from(codes.T.reshape(1, 2, 1, 3))  # 3 vectors, 3 codes: the codebook is these, in some order
+    assert sorted(map(tuple, q.codebook.tolist())) == sorted(map(tuple, codes.tolist()))
+    assert torch.equal(q.cluster_size, torch.ones(3))
+    q.codebook.copy_(codes)
+    q.embed_sum.copy_(codes)
+    # 8 vectors around (1, 1): all nearest to code 0
+    z = (torch.tensor([1.0, 1.0]) + 0.1 * torch.randn(8, 2, generator=torch.Generator().manual_seed(0))).T.reshape(1, 2, 2, 4)
+    q.train()
+    q(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    n = torch.tensor([decay + (1 - decay) * 8, decay, decay])
+    m = torch.stack([decay * codes[0] + (1 - decay) * flat.sum(0), decay * codes[1], decay * codes[2]])
+    total = n.sum()
+    expected = m / ((n + q.eps) / (total + 3 * q.eps) * total)[:, None]
+    assert torch.allclose(q.codebook, expected, atol=1e-6)
+    before = torch.linalg.norm(codes[0] - flat.mean(0))
+    after = torch.linalg.norm(q.codebook[0] - flat.mean(0))
+    assert after < 0.6 * before  # moved towards the mean of its vectors
+    assert torch.allclose(q.codebook[1:], codes[1:], atol=1e-3)  # unused codes stay put
+    dists = [after]
+    for _ in range(20):
+        q(z)
+        dists.append(torch.linalg.norm(q.codebook[0] - flat.mean(0)))
+    assert all(b < a for a, b in itertools.pairwise(dists))  # keeps approaching, geometrically
+    assert dists[-1] < 0.15 * before
+
+
+# ---------------------------------------------------------------------------------------- GAN
+def test_hinge_losses_and_patch_logits():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    # 0.5 * (mean(relu(1 - [2, .5])) + mean(relu(1 + [-2, .5]))) = 0.5 * (0.25 + 0.75)
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5)
+    assert hinge_g_loss(fake).item() == pytest.approx(0.75)
+    assert hinge_d_loss(torch.full((4,), 3.0), torch.full((4,), -3.0)).item() == 0.0  # beyond the margins
+    disc = PatchDiscriminator(3, width=8, num_layers=2)
+    logits = disc(torch.randn(2, 3, 32, 32))
+    assert logits.shape[:2] == (2, 1) and logits.shape[-1] > 1  # one logit per patch
+
+
+def test_adaptive_weight_is_the_gradient_norm_ratio():
+    w = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    rec = (3.0 * w).sum()  # d/dw = 3 everywhere
+    g = (0.5 * w**2).sum()  # d/dw = w
+    lam = adaptive_weight(rec, g, w)
+    expected = (3.0 * torch.ones(4, 5)).norm() / (w.detach().norm() + 1e-4)
+    assert lam.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert not lam.requires_grad
+    assert adaptive_weight((3.0 * w).sum(), 0.0 * w.sum(), w).item() == pytest.approx(1e4)  # clamped
+
+
+# -------------------------------------------------------------------------------- perceptual
+def test_perceptual_loss_zero_on_identity_and_grows_with_distortion():
+    from components.models.perceptual import EffNetPerceptualLoss
+
+    loss = EffNetPerceptualLoss(64)
+    loss.train()  # stays frozen in inference mode
+    assert not loss.training and all(not p.requires_grad for p in loss.parameters())
+    x = torch.from_numpy(_images(4, 32)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(loss(x, x), torch.zeros(4), atol=1e-6)
+    small, large = loss(x, x + 0.05 * noise), loss(x, x + 0.5 * noise)
+    assert (small > 0).all() and (large > small).all()
+    y = (x + 0.3 * noise).requires_grad_(True)
+    loss(x, y).sum().backward()
+    assert y.grad.abs().sum() > 0
+    gray = x[:, :1]
+    assert loss(gray, gray + 0.3 * noise[:, :1]).shape == (4,)  # grayscale is replicated to RGB
+
+
+# ------------------------------------------------------------------------------------ training
+TINY = dict(channels=(8, 16, 16), batch_size=8, max_images=192, lr=3e-3, warmup_images=16, latent_channels=3)
+
+
+@pytest.mark.parametrize("regularizer", ["kl", "vq", "none"])
+def test_scale_factor_is_one_over_latent_std(regularizer: str):
+    imgs = _images(24)
+    cfg = AutoencoderParams(regularizer=regularizer, codebook_size=16, **{**TINY, "max_images": 48})
+    model, _ = train_autoencoder(imgs, cfg, seed=0, device=torch.device("cpu"), progress=False)
+    mean, logvar = encode_dataset(model, to_model_range(imgs), torch.device("cpu"))
+    if regularizer == "kl":
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
+    else:
+        assert torch.isneginf(logvar).all()  # deterministic: the diffusion model sees exactly the encoder output
+        with torch.no_grad():
+            z = model.encoder(to_model_range(imgs))
+    assert float(model.scale_factor) == pytest.approx(1.0 / float(z.std()), rel=1e-5)
+    assert latent_std(model, to_model_range(imgs), torch.device("cpu"), 0) == pytest.approx(float(z.std()), rel=1e-6)
+
+
+def test_gan_and_perceptual_training_is_deterministic_and_switches_on_at_start():
+    imgs = _images(32)
+    cfg = AutoencoderParams(regularizer="kl", perceptual_weight=0.1, perceptual_input_size=32, disc_weight=0.5,
+                            disc_start_images=48, disc_layers=1, **{**TINY, "max_images": 96})
+    m1, hist = train_autoencoder(imgs, cfg, seed=0, device=torch.device("cpu"), progress=False, log_every=1)
+    m2, _ = train_autoencoder(imgs, cfg, seed=0, device=torch.device("cpu"), progress=False, log_every=1)
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    before = [h for h in hist if h["images"] <= 48]
+    after = [h for h in hist if h["images"] > 48]
+    assert before and after
+    assert all("g_loss" not in h for h in before)
+    assert all(np.isfinite(h["g_loss"]) and np.isfinite(h["d_loss"]) and h["adaptive_weight"] >= 0 for h in after)
+    assert all(h["perceptual"] > 0 for h in hist)
+
+
+def test_vq_training_learns_and_uses_codes():
+    imgs = _images(48)
+    cfg = AutoencoderParams(regularizer="vq", codebook_size=32, **{**TINY, "max_images": 480})
+    model, hist = train_autoencoder(imgs, cfg, seed=0, device=torch.device("cpu"), progress=False)
+    assert hist[-1]["mse"] < 0.5 * hist[0]["mse"]
+    assert hist[-1]["perplexity"] > 2.0  # more than a couple of codes in use
+    assert reconstruction_metrics(model, imgs, torch.device("cpu"))["val_psnr"] > 15.0
+    s = autoencoder_summary(model)
+    assert s["parameters"] > 0 and s["macs_per_forward"] == s["encoder_macs"] + s["decoder_macs"] > 0
