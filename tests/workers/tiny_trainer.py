@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from components.training.distributed import init_distributed, shutdown_distributed  # noqa: E402
-from components.training.loop import Batch, LoopConfig, Trainer  # noqa: E402
+from components.training.distributed import init_distributed, shutdown_distributed
+from components.training.loop import Batch, LoopConfig, Trainer
 
 
 def main() -> None:
@@ -28,12 +28,13 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", type=int, default=1, help="steps")
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds per step (gives a test time to kill)")
     ap.add_argument("--nan-at", type=int, default=-1, help="make the loss NaN at this step")
+    ap.add_argument("--device", default="cpu", help="cpu (gloo) | cuda (NCCL; benchmarks/gpu_check.py)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    ctx = init_distributed(torch.device("cpu"))
+    ctx = init_distributed(torch.device(a.device))
     torch.manual_seed(0)
-    x = torch.randn(200, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    y = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(2))
+    x = torch.randn(200, 3, 8, 8, generator=torch.Generator().manual_seed(1)).to(ctx.device)
+    y = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(2)).to(ctx.device)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU(), torch.nn.Dropout(0.0),
         torch.nn.Conv2d(8, 3, 3, padding=1),
@@ -45,10 +46,11 @@ def main() -> None:
 
     def loss_fn(net: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
         g = batch.generator(ctx.device)
-        noise = batch.draw(torch.randn, (3, 8, 8), g)
-        scale = batch.draw(torch.rand, (), g)
-        xb = x[batch.indices] + scale[:, None, None, None] * noise
-        target = torch.roll(x[batch.indices], 1, dims=1) * (1 + y[batch.indices])[:, None, None, None].float()
+        noise = batch.draw(torch.randn, (3, 8, 8), g, device=ctx.device)
+        scale = batch.draw(torch.rand, (), g, device=ctx.device)
+        idx = batch.indices.to(ctx.device)
+        xb = x[idx] + scale[:, None, None, None] * noise
+        target = torch.roll(x[idx], 1, dims=1) * (1 + y[idx])[:, None, None, None].float()
         loss = ((net(xb) - target) ** 2).mean()
         if batch.step == a.nan_at:
             loss = loss * float("nan")
@@ -58,8 +60,8 @@ def main() -> None:
 
     trainer.run(loss_fn)
     if ctx.is_main:
-        state = {f"model.{k}": v.contiguous() for k, v in trainer.model.state_dict().items()}
-        state.update({f"ema.{k}": v.contiguous() for k, v in trainer.ema.state_dict().items()})
+        state = {f"model.{k}": v.cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+        state.update({f"ema.{k}": v.cpu().contiguous() for k, v in trainer.ema.state_dict().items()})
         save_file(state, a.out)
     shutdown_distributed()
 
