@@ -1,0 +1,319 @@
+"""The team setup against real servers on 127.0.0.1 (started and stopped by this module).
+
+S3 (moto's server mode), an ``mlflow server`` (SQLite backend, proxied S3 artifacts) and
+``prefect server start`` run for the whole module; a ``prefect worker`` on a process pool runs the
+retraining deployment, which sends the training stages to a second deployment (``run_deployment``)
+working in a separate clone of the project: the two exchange artifacts through the DVC remote on S3.
+The tests run in file order; the last two stop MLflow (restarted) and S3 (left down).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import ROOT, make_project, tiny_params
+from tests.servers import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, TeamServers, base_env
+
+pytestmark = pytest.mark.timeout(600)
+MODEL = "latentflow"
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess, servers: TeamServers | None = None) -> str:
+    assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n" + (
+        servers.logs_tail() if servers else "")
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    team = TeamServers(tmp_path_factory.mktemp("servers"))
+    try:
+        yield team.start()
+    finally:
+        team.stop()
+
+
+def team_params(servers: TeamServers) -> dict:
+    """The tiny params at half the training images, one feature extractor, one quality-grid point; registering to the server."""
+    p = tiny_params()
+    p["train_autoencoder"].update(max_images=640, warmup_images=100)
+    p["train_diffusion"].update(max_images=1280, warmup_images=200)
+    p["evaluate"].update(extractors=["classifier"], quality_grid={"samplers": ["ddim"], "steps": [3], "num_per_class": 2})
+    p["register"].update(tracking_uri=servers.mlflow_uri, http_max_retries=2, http_backoff_factor=1, http_timeout_s=20)
+    return p
+
+
+@pytest.fixture(scope="session")
+def client_env(servers) -> dict[str, str]:
+    """A team member's shell: Prefect API, S3 credentials for DVC, no MLflow S3 settings."""
+    return {**servers.prefect_env(), **S3_CREDENTIALS}
+
+
+@pytest.fixture(scope="session")
+def project(servers, client_env, tmp_path_factory) -> Path:
+    """A committed project whose default DVC remote is s3://lf-dvc/store on the S3 server, plus prefect.yaml."""
+    proj = tmp_path_factory.mktemp("team") / "project"
+    make_project(proj, team_params(servers))
+    shutil.copy(ROOT / "prefect.yaml", proj / "prefect.yaml")
+    ok(run(["dvc", "remote", "add", "-d", "storage", f"s3://{DVC_BUCKET}/store"], proj, client_env))
+    ok(run(["dvc", "remote", "modify", "storage", "endpointurl", servers.s3_endpoint], proj, client_env))
+    assert "AWS" not in (proj / ".dvc/config").read_text() and "secret" not in (proj / ".dvc/config").read_text()
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    ok(run([*git, "add", "-A"], proj, client_env))
+    ok(run([*git, "commit", "-q", "-m", "team setup"], proj, client_env))
+    return proj
+
+
+@pytest.fixture(scope="session")
+def retrained(servers, client_env, project, tmp_path_factory) -> dict:
+    """Deploy from prefect.yaml onto a process pool, trigger the retraining deployment, let a worker run it."""
+    gpu_clone = tmp_path_factory.mktemp("gpu-node") / "project"  # the "other machine" of the training stage
+    ok(run(["git", "clone", "-q", str(project), str(gpu_clone)], project.parent, client_env))
+    ok(run(["prefect", "work-pool", "create", "cpu", "--type", "process"], project, client_env), servers)
+    ok(run(["prefect", "--no-prompt", "deploy", "--name", "retrain-cpu", "--name", "train-cpu"], project, client_env), servers)
+    servers.start_worker("cpu", client_env, cwd=project)
+    trigger = (
+        "import json, sys\n"
+        "from prefect.deployments import run_deployment\n"
+        "fr = run_deployment('latentflow-retrain/retrain-cpu', parameters=json.loads(sys.argv[1]), timeout=480, poll_interval=1)\n"
+        "print(json.dumps({'id': str(fr.id), 'type': fr.state.type.value if fr.state else None, 'name': fr.state.name if fr.state else None}))\n"
+    )
+    parameters = {"train_deployment": "latentflow-stages/train-cpu", "train_project_dir": str(gpu_clone)}
+    out = ok(run([sys.executable, "-c", trigger, json.dumps(parameters)], project, client_env, timeout=540), servers)
+    result = json.loads(out.strip().splitlines()[-1])
+    if result["type"] != "COMPLETED":
+        logs = run(["prefect", "flow-run", "logs", result["id"]], project, client_env).stdout
+        pytest.fail(f"retraining flow run ended {result}:\n{logs[-6000:]}\n{servers.logs_tail()}")
+    return {"flow_run": result, "gpu_clone": gpu_clone}
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def cached_files(project: Path) -> dict[str, str]:
+    """md5 of every file under the DVC-cached outputs recorded in dvc.lock."""
+    from pipelines.remote import uncached_outputs
+
+    uncached = set(uncached_outputs(project))
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    outs = {o["path"] for entry in lock.values() for o in entry.get("outs", []) if o["path"] not in uncached}
+    files = {}
+    for out in sorted(outs):
+        path = project / out
+        for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            files[f.relative_to(project).as_posix()] = md5(f)
+    return files
+
+
+# ------------------------------------------------------------------------------------------------ deployment
+
+
+def test_retraining_deployment_runs_on_the_process_pool(servers, client_env, project, retrained):
+    inspect = ok(run(["prefect", "deployment", "inspect", "latentflow-retrain/retrain-cpu"], project, client_env))
+    assert "0 3 * * 1" in inspect and "'work_pool_name': 'cpu'" in inspect
+    pool = ok(run(["prefect", "work-pool", "inspect", "cpu"], project, client_env))
+    assert "type='process'" in pool or "'type': 'process'" in pool, pool
+    # the training stages ran in the other clone (its own flow run), the rest here; both ends hold the same weights
+    clone = retrained["gpu_clone"]
+    for part in ("autoencoder", "diffusion"):
+        assert md5(clone / "models" / part / "model.safetensors") == md5(project / "models" / part / "model.safetensors")
+    assert not (clone / "metrics.json").exists(), "evaluation must run on the CPU side, not on the training node"
+    code = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        "        flows = {f.id: f.name for f in await c.read_flows()}\n"
+        "        print(json.dumps(sorted({(flows[r.flow_id], r.state_type.value) for r in await c.read_flow_runs()})))\n"
+        "asyncio.run(main())\n"
+    )
+    runs = json.loads(ok(run([sys.executable, "-c", code], project, client_env)).strip().splitlines()[-1])
+    assert ["latentflow-retrain", "COMPLETED"] in runs and ["latentflow-stages", "COMPLETED"] in runs, runs
+    registry = json.loads((project / "reports/registry.json").read_text())
+    assert registry["alias"] == "champion" and registry["tracking_uri"] == servers.mlflow_uri
+    status = ok(run(["dvc", "status"], project, client_env))
+    assert "up to date" in status.lower(), status
+
+
+def test_registered_model_lands_in_s3_with_lineage(servers, project, retrained):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(servers.mlflow_uri)
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert version.source.startswith("mlflow-artifacts:"), version.source  # proxied: clients need no S3 credentials
+    keys = servers.s3_objects(MLFLOW_BUCKET)
+    run_id = version.run_id
+    assert any(k.endswith("/MLmodel") for k in keys)
+    assert any(k.endswith("diffusion/model.safetensors") for k in keys) and any(k.endswith("autoencoder/model.safetensors") for k in keys)
+    assert any(run_id in k and k.endswith("samples_grid.png") for k in keys)
+    assert any(run_id in k and k.endswith("quality_vs_steps.png") for k in keys)
+    assert any(k.endswith("pyfunc_model.py") for k in keys) and not any(k.endswith(".pkl") for k in keys), "models from code: nothing pickled"
+    manifest = json.loads((project / "data/dataset/manifest.json").read_text())
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    expected_md5 = next(o["md5"] for o in lock["train_diffusion"]["outs"] if o["path"] == "models/diffusion")
+    run = client.get_run(run_id)
+    for tags in (version.tags, run.data.tags):
+        assert tags["dataset_digest"] == manifest["digest"]
+        assert tags["dvc.train_diffusion.models/diffusion"] == expected_md5
+        assert len(tags["git_commit"].removesuffix("-dirty")) == 40
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == manifest["digest"][:36] and manifest["digest"] in dataset_input.dataset.profile
+    assert run.data.params["sample.steps"] == "10" and "class_consistency" in run.data.metrics
+
+
+def test_dvc_pull_into_an_empty_cache_restores_every_output(servers, client_env, project, retrained, tmp_path):
+    assert servers.s3_objects(DVC_BUCKET), "dvc push left nothing on the remote"
+    fresh = tmp_path / "fresh"
+    ok(run(["git", "clone", "-q", str(project), str(fresh)], tmp_path, client_env))
+    shutil.copy(project / "dvc.lock", fresh / "dvc.lock")  # dvc.lock is committed in a real repo
+    assert not (fresh / ".dvc/cache").exists()
+    ok(run(["dvc", "pull"], fresh, client_env, timeout=300))
+    expected = cached_files(project)
+    assert {"models/diffusion/model.safetensors", "models/autoencoder/model.safetensors", "data/dataset/manifest.json"} <= set(expected)
+    assert cached_files(fresh) == expected
+
+
+def test_gpu_pool_and_training_deployment_on_the_server(servers, client_env, project, retrained):
+    """The Kubernetes pool's base job template is accepted by the server and train-gpu deploys onto it with gpu=1."""
+    template = ROOT / "infra/k8s/gpu-work-pool-template.json"
+    ok(run(["prefect", "work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template", str(template)], project, client_env), servers)
+    env = {**client_env, "LATENTFLOW_GIT_URL": "https://git.example.com/team/latentflow.git", "LATENTFLOW_CUDA_IMAGE": "registry.example.com/latentflow:cuda"}
+    ok(run(["prefect", "--no-prompt", "deploy", "--name", "train-gpu"], project, env), servers)
+    code = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        "        d = await c.read_deployment_by_name('latentflow-stages/train-gpu')\n"
+        "        pool = await c.read_work_pool('gpu')\n"
+        "        print(json.dumps({'pool': d.work_pool_name, 'vars': d.job_variables, 'pull': d.pull_steps,"
+        " 'gpu': pool.base_job_template['variables']['properties']['gpu'], 'type': pool.type}))\n"
+        "asyncio.run(main())\n"
+    )
+    info = json.loads(ok(run([sys.executable, "-c", code], project, client_env)).strip().splitlines()[-1])
+    assert info["pool"] == "gpu" and info["type"] == "kubernetes" and info["gpu"]["default"] == 1
+    assert info["vars"] == {"gpu": 1, "image": "registry.example.com/latentflow:cuda"}
+    assert info["pull"][0]["prefect.deployments.steps.git_clone"]["repository"] == "https://git.example.com/team/latentflow.git"
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+
+def test_promotion_rule_against_the_server(servers, project, retrained):
+    """FID-family metric (lower is better): a worse model becomes challenger, a better one champion; decision tagged."""
+    from mlflow import MlflowClient
+
+    from components.registry.mlflow_registry import register_model
+
+    client, name = MlflowClient(servers.mlflow_uri), "latentflow-fid"
+    metrics = json.loads((project / "metrics.json").read_text())
+    fd = float(metrics["fd_classifier"])
+
+    def register(value: float):
+        return register_model(tracking_uri=servers.mlflow_uri, experiment="latentflow", model_name=name, model_dir=project / "models",
+                              params={"note": "promotion test"}, metrics={"fd_classifier": value}, artifacts=[], primary_metric="fd_classifier",
+                              greater_is_better=False, min_improvement=0.5, tags={"git_commit": "test"})
+
+    first, worse, better = register(fd + 1.0), register(fd + 1.2), register(fd)
+    assert (first.alias, worse.alias, better.alias) == ("champion", "challenger", "champion")
+    assert str(client.get_model_version_by_alias(name, "champion").version) == better.version
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == worse.version
+    worse_tags, better_tags = client.get_model_version(name, worse.version).tags, client.get_model_version(name, better.version).tags
+    assert worse_tags["promotion_decision"] == "not promoted" and better_tags["promotion_decision"] == "promoted"
+    assert worse_tags["compared_to_version"] == better_tags["compared_to_version"] == first.version
+    assert float(better_tags["champion_value"]) == pytest.approx(fd + 1.0) and float(better_tags["metric.fd_classifier"]) == pytest.approx(fd)
+    assert "lower is better" in better_tags["promotion_reason"]
+
+
+def test_champion_predicts_in_a_fresh_process(servers, retrained, tmp_path):
+    """models:/latentflow@champion loads with only the installed package and the tracking URI (no S3 credentials)."""
+    code = (
+        "import io, json, mlflow.pyfunc, numpy as np, pandas as pd\n"
+        "from PIL import Image\n"
+        "model = mlflow.pyfunc.load_model('models:/latentflow@champion')\n"
+        "out = model.predict(pd.DataFrame({'class_label': [3, 7], 'num_images': [2, 1], 'sampler': ['ddim', 'dpmpp_2m'],"
+        " 'steps': [4, 4], 'guidance': [2.0, 2.0], 'seed': [5, 6]}))\n"
+        "images = [np.asarray(Image.open(io.BytesIO(b))) for b in out['image']]\n"
+        "print(json.dumps({'labels': out['class_label'].tolist(), 'shapes': [list(i.shape) for i in images],"
+        " 'dtypes': sorted({str(i.dtype) for i in images}), 'std': [float(i.std()) for i in images],"
+        " 'hw': out[['height', 'width', 'channels']].values.tolist()}))\n"
+    )
+    env = {**base_env(), "MLFLOW_TRACKING_URI": servers.mlflow_uri}
+    assert not any(k.startswith("AWS_") for k in env)
+    result = json.loads(ok(run([sys.executable, "-c", code], tmp_path, env, timeout=240)).strip().splitlines()[-1])
+    assert result["labels"] == [3, 3, 7] and result["dtypes"] == ["uint8"]
+    assert result["shapes"] == [[32, 32]] * 3 and result["hw"] == [[32, 32, 1]] * 3
+    assert all(s > 1.0 for s in result["std"]), "blank images"
+    # the CLI samples from the registry too
+    res = run(["latentflow", "sample", "--model", f"models:/{MODEL}@champion", "--num-per-class", "1", "--steps", "3", "--out", "out"],
+              tmp_path, env, timeout=240)
+    ok(res)
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [f"{c}/0.png" for c in range(10)]
+
+
+def test_mlflow_ui_shows_the_champion(servers, retrained, tmp_path):
+    """Headless Chromium renders the registered model page: title, the version row's `@ champion` chip, a real screenshot."""
+    from components.registry.browser import check_model_page
+
+    check = check_model_page(servers.mlflow_uri, MODEL, tmp_path / "mlflow_ui_champion.png")
+    assert check.title == f"Model: {MODEL} - MLflow"
+    assert check.aliases == ["champion"]
+    image = np.asarray(Image.open(io.BytesIO(check.screenshot.read_bytes())).convert("L"), dtype=np.float64)
+    assert image.shape[0] >= 600 and image.shape[1] >= 1000
+    assert image.std() > 20, "blank screenshot"
+    (ROOT / "reports").mkdir(exist_ok=True)
+    shutil.copy(check.screenshot, ROOT / "reports" / "mlflow_ui_champion.png")
+
+
+# ------------------------------------------------------------------------------------------------ outages (last)
+
+
+def _versions(servers: TeamServers) -> list[str]:
+    from mlflow import MlflowClient
+
+    return sorted(str(v.version) for v in MlflowClient(servers.mlflow_uri).search_model_versions(f"name='{MODEL}'"))
+
+
+def test_mlflow_outage_fails_clearly_and_registers_nothing(servers, project, retrained):
+    before = _versions(servers)
+    servers.procs["mlflow"].stop()
+    try:
+        res = run(["latentflow", "register"], project, base_env(), timeout=240)
+    finally:
+        servers.start_mlflow()  # same port, same SQLite store
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "MLflow registration failed while trying to" in res.stderr and servers.mlflow_uri in res.stderr
+    assert "2 HTTP retries" in res.stderr and "No model version was registered" in res.stderr
+    assert _versions(servers) == before
+
+
+def test_s3_outage_fails_clearly_and_leaves_no_half_registered_version(servers, project, retrained):
+    from mlflow import MlflowClient
+
+    before = _versions(servers)
+    servers.procs["s3"].stop()  # left down: this is the module's last test
+    res = run(["latentflow", "register"], project, base_env(), timeout=300)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "MLflow registration failed while trying to upload" in res.stderr, res.stderr[-3000:]
+    assert "No model version was registered" in res.stderr
+    assert _versions(servers) == before
+    client = MlflowClient(servers.mlflow_uri)
+    (latest,) = client.search_runs([client.get_experiment_by_name("latentflow").experiment_id], order_by=["attributes.start_time DESC"],
+                                   max_results=1)
+    assert latest.info.status == "FAILED"
