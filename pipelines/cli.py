@@ -62,6 +62,10 @@ def _run_stage(name: str, params_path: Path, max_time: float | None = None, **kw
                 launch_torchrun(nproc, ["-m", "pipelines.cli", name, "--params", str(params_path), *extra])
                 return
         getattr(stages, name)(params, **kwargs)
+        if name.startswith("train_"):
+            from components.training.distributed import shutdown_distributed
+
+            shutdown_distributed()
     except ConfigError as exc:
         typer.secho(f"latentflow {name}: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None

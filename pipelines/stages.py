@@ -33,6 +33,21 @@ EVAL_METRICS = Path("metrics.json")
 REFERENCE_DIR = Path("reference_stats")
 QUALITY_PATH = Path("reports/quality_vs_steps.json")
 REGISTRY_REPORT = Path("reports/registry.json")
+CHECKPOINTS_DIR = Path("checkpoints")  # resumable training state, one folder per training stage (not a DVC output)
+
+
+def training_fingerprint(params: Params, stage: str, *inputs: str | Path) -> str:
+    """Hash of what a training run's result depends on: its params section (less ``runtime``, which changes
+    how it runs, not what it learns), the seed, and the contents of its input files. A resumable checkpoint is
+    only resumed by a run with the same fingerprint."""
+    import hashlib
+
+    section = {k: v for k, v in params_dict(params)[stage].items() if k != "runtime"}
+    h = hashlib.sha256(json.dumps({"seed": params.base.seed, stage: section}, sort_keys=True).encode())
+    for item in inputs:
+        p = Path(item)
+        h.update(p.read_bytes() if p.is_file() else str(item).encode())
+    return h.hexdigest()
 
 
 def _torch(params: Params):
@@ -144,10 +159,12 @@ def train_diffusion(params: Params, data_dir: Path = DATA_DIR, models_dir: Path 
     import torch
 
     from components.data.artifact import read_dataset
+    from components.models.summary import model_summary
     from components.training.autoencoder import encode_dataset
     from components.training.checkpoint import load_autoencoder, save_checkpoint
     from components.training.common import to_model_range
     from components.training.diffusion import train_diffusion as fit
+    from components.training.distributed import init_distributed
 
     device = _torch(params)
     cfg = params.train_diffusion
@@ -159,14 +176,29 @@ def train_diffusion(params: Params, data_dir: Path = DATA_DIR, models_dir: Path 
     scale = float(autoencoder.scale_factor)
     # z = scale * (mean + std * n): scale the mean, shift log-variance by 2 log(scale).
     mean, logvar = mean * scale, logvar + 2 * np.log(scale)
-    t0 = time.perf_counter()
-    ema_unet, curve = fit(mean, logvar, torch.from_numpy(ds.labels["train"]), ds.num_classes, cfg, seed=params.base.seed, device=device)
+    ctx = init_distributed(device)
+    fingerprint = training_fingerprint(params, "train_diffusion", ds.manifest["digest"], Path(models_dir) / "autoencoder" / "model.safetensors")
+    ema_unet, run = fit(mean, logvar, torch.from_numpy(ds.labels["train"]), ds.num_classes, cfg, seed=params.base.seed, ctx=ctx,
+                        checkpoint_dir=CHECKPOINTS_DIR / "train_diffusion", fingerprint=fingerprint, progress=ctx.is_main)
+    if not ctx.is_main:  # rank 0 writes the outputs
+        return {}
+    curve = run.history
+    train_seconds = run.train_seconds
+    ucfg, dev = ema_unet.config, next(ema_unet.parameters()).device
+    one = torch.zeros(1, dtype=torch.long, device=dev)
+    size = model_summary(ema_unet, torch.zeros(1, ucfg.in_channels, ucfg.sample_size, ucfg.sample_size, device=dev), one, one)
     metrics = {
         "final_loss": curve[-1]["loss"] if curve else float("nan"),
-        "train_seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": train_seconds,
         "parameters": sum(p.numel() for p in ema_unet.parameters()),
-        "images_seen": cfg.max_images,
+        "macs_per_forward": size["macs_per_forward"],
+        "images_seen": run.images_seen,
+        "processes": ctx.world_size,
+        "resumed_from_step": run.resumed_from_step,
+        "stopped_by_max_time": run.stopped_by_max_time,
     }
+    print(f"train_diffusion: U-Net {ucfg.preset or 'custom'} {ucfg.channels}, levels {ucfg.level_blocks}: "
+          f"{metrics['parameters']:,} parameters, {metrics['macs_per_forward']:,} MACs per forward", flush=True)
     save_checkpoint(Path(models_dir) / "diffusion", ema_unet, ema_unet.config.to_dict(), {
         "schedule": {"schedule": cfg.schedule, "num_timesteps": cfg.num_timesteps, "beta_start": cfg.beta_start,
                      "beta_end": cfg.beta_end, "zero_terminal_snr": cfg.zero_terminal_snr,
@@ -509,6 +541,9 @@ def register(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path =
             params=params_dict(params), metrics=numeric,
             artifacts=[p for p in (Path(grid_path), Path(metrics_path), QUALITY_PATH.with_suffix(".png")) if p.is_file()],
             primary_metric=cfg.primary_metric, greater_is_better=cfg.greater_is_better, min_improvement=cfg.min_improvement, tags=tags,
+            dataset={"name": f"{manifest['source']}-{manifest['digest'][:12]}", "digest": manifest["digest"], "source": str(data_dir),
+                     "source_type": "local", "profile": json.dumps({"digest": manifest["digest"], "counts": manifest.get("counts")})},
+            retry=RetryPolicy(cfg.http_max_retries, cfg.http_backoff_factor, cfg.http_timeout_s),
         )
     report = {"model_name": result.model_name, "version": result.version, "alias": result.alias, "model_uri": result.model_uri,
               "run_id": result.run_id, "promoted": result.decision.promote, "reason": result.decision.reason,
@@ -516,6 +551,3 @@ def register(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path =
     atomic_write_json(out_path, report)
     log.info("register: %s", report)
     return report
-            dataset={"name": f"{manifest['source']}-{manifest['digest'][:12]}", "digest": manifest["digest"], "source": str(data_dir),
-                     "source_type": "local", "profile": json.dumps({"digest": manifest["digest"], "counts": manifest.get("counts")})},
-            retry=RetryPolicy(cfg.http_max_retries, cfg.http_backoff_factor, cfg.http_timeout_s),
