@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.models.unet_presets import BLOCK_NAMES, PRESET_NAMES, check_block_list, resolve_layout
 
 
 class _Section(BaseModel):
@@ -82,16 +84,37 @@ class AutoencoderParams(_Section):
 
 
 class UNetParams(_Section):
-    channels: tuple[int, ...] = (64, 96)
-    num_res_blocks: int = Field(1, ge=1)
-    attention_levels: tuple[bool, ...] = (False, True)
+    """U-Net layout: a named ``preset`` (seed 004's five layouts) or an explicit ``blocks`` list
+    (one list for every level, or one per level), never both; see ``components/models/unet_presets.py``."""
+
+    preset: Literal[PRESET_NAMES] | None = Field("res-res-clsAtn-chnAtn", description="named layout; null = use blocks")
+    blocks: tuple[str, ...] | tuple[tuple[str, ...], ...] | None = Field(None, description=f"per-level block list of {BLOCK_NAMES}")
+    channels: tuple[int, ...] = Field((64, 96), min_length=1)
+    attention_levels: tuple[bool, ...] | None = Field(None, description="levels whose atn blocks are kept; null = all")
     num_heads: int = Field(4, ge=1)
+    num_class_tokens: int = Field(4, ge=1, description="learned tokens per class for clsAtn blocks")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _blocks_imply_no_preset(cls, data):
+        # explicit blocks with the preset left unset (Python API): the blocks win over the default preset
+        if isinstance(data, dict) and data.get("blocks") is not None and "preset" not in data:
+            data = {**data, "preset": None}
+        return data
+
+    @field_validator("blocks", mode="before")
+    @classmethod
+    def _block_names(cls, v):
+        if v is None or isinstance(v, str):
+            return v if v is None else check_block_list(v, None)  # a bare string is rejected there
+        if isinstance(v, list | tuple) and v and all(isinstance(b, list | tuple) for b in v):
+            return tuple(check_block_list(b, f"level {i}") for i, b in enumerate(v))
+        return check_block_list(v, None)
+
     @model_validator(mode="after")
-    def _levels(self) -> UNetParams:
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError("train_diffusion.unet.attention_levels must have one entry per channels level")
+    def _layout(self) -> UNetParams:
+        resolve_layout(self.preset, self.blocks, self.channels, self.attention_levels, key="train_diffusion.unet")
         return self
 
 

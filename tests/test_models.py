@@ -19,7 +19,7 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 def test_unet_shapes_conditioning_and_null_class():
-    cfg = UNetConfig(channels=(16, 32), num_res_blocks=1, attention_levels=(False, True), num_heads=2)
+    cfg = UNetConfig.from_layout(preset="res-res-clsAtn-atn-chnAtn", channels=(16, 32), attention_levels=(False, True), num_heads=2)
     model = UNet(cfg).eval()
     _randomise(model)
     x = torch.randn(3, 4, 8, 8)
@@ -35,7 +35,7 @@ def test_unet_shapes_conditioning_and_null_class():
 
 
 def test_unet_backward_reaches_every_parameter():
-    model = UNet(UNetConfig(channels=(16, 32), num_res_blocks=1, num_heads=2))
+    model = UNet(UNetConfig.from_layout(preset="res-conv-clsAtn-chnAtn", channels=(16, 32), num_heads=2))
     _randomise(model)
     model(torch.randn(2, 4, 8, 8), torch.tensor([3, 7]), torch.tensor([0, 1])).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -58,7 +58,7 @@ def test_autoencoder_downsampling_factor(channels, latent):
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path: Path):
-    unet = UNet(UNetConfig(channels=(16, 32), num_res_blocks=1, num_heads=2)).eval()
+    unet = UNet(UNetConfig.from_layout(preset="res-res-clsAtn-atn-chnAtn", channels=(16, 32), num_heads=2)).eval()
     _randomise(unet, 1)
     ae = KLAutoencoder(AutoencoderConfig(channels=(8, 16, 16)), scale_factor=0.37).eval()
     _randomise(ae, 2)

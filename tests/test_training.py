@@ -57,7 +57,7 @@ def test_diffusion_training_reduces_loss_and_is_deterministic():
     mean = labels.float().reshape(-1, 1, 1, 1).expand(-1, 4, 4, 4) / 2 - 0.75 + 0.0 * torch.randn(128, 4, 4, 4, generator=g)
     logvar = torch.full_like(mean, -6.0)
     cfg = DiffusionParams.model_validate(
-        {"unet": {"channels": [16, 32], "num_res_blocks": 1, "num_heads": 2}, "batch_size": 32, "max_images": 1920,
+        {"unet": {"preset": "res-clsAtn-chnAtn", "channels": [16, 32], "num_heads": 2}, "batch_size": 32, "max_images": 1920,
          "warmup_images": 64, "log_every": 5, "lr": 2e-3}
     )
     cpu = torch.device("cpu")
@@ -79,7 +79,7 @@ def test_learned_variance_model_trains_and_samples_with_every_sampler():
     labels = torch.arange(4).repeat(16)
     mean = labels.float().reshape(-1, 1, 1, 1).expand(-1, 4, 4, 4) / 2 - 0.75
     cfg = DiffusionParams.model_validate(
-        {"unet": {"channels": [16, 32], "num_res_blocks": 1, "num_heads": 2}, "batch_size": 32, "max_images": 640,
+        {"unet": {"preset": "res-clsAtn-chnAtn", "channels": [16, 32], "num_heads": 2}, "batch_size": 32, "max_images": 640,
          "warmup_images": 64, "log_every": 5, "variance_type": "learned_range", "min_snr_gamma": 5.0}
     )
     model, curve = train_diffusion(mean, torch.full_like(mean, -6.0), labels, 4, cfg, seed=0, device=torch.device("cpu"), progress=False)

@@ -1,8 +1,17 @@
-"""Class-conditional U-Net for latent diffusion (Ronneberger et al. 2015; Ho et al. 2020, appendix B).
+"""Class-conditional U-Net for latent diffusion, assembled from per-level block layouts
+(Ronneberger et al. 2015; Ho et al. 2020, appendix B; layouts after seed 004, see ``unet_presets``).
 
-Time embedding (sinusoidal + MLP) plus a learned class embedding, summed and injected into every
-residual block by scale-shift; self-attention on the levels that ask for it. Class ``num_classes``
-is the null class of classifier-free guidance (Ho & Salimans 2022); negative labels map to it.
+Structure, for levels ``i = 0..L-1`` with widths ``channels[i]``::
+
+    conv_in -> [level_i blocks -> skip_i -> downsample (not after the last)]  (down path)
+            -> mid blocks (layout + chnAtn + layout)                          (middle)
+            -> [concat(h, skip_i) -> level_i blocks -> upsample (not at i=0)] (up path)
+            -> GroupNorm-SiLU-conv_out (C or 2C channels)
+
+Embeddings: sinusoidal time embedding + MLP, plus a learned class embedding, summed and injected
+into every ``res`` / ``conv`` block by scale-shift; ``clsAtn`` blocks attend to
+``num_class_tokens`` learned tokens of the label. Class ``num_classes`` is the null class of
+classifier-free guidance (Ho & Salimans 2022); negative labels map to it.
 """
 
 from __future__ import annotations
@@ -13,87 +22,184 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.models.blocks import Downsample, ResBlock, SelfAttention, Upsample, group_norm, timestep_embedding
+from components.config import ConfigError, UNetParams
+from components.models.blocks import (
+    ChannelAttention,
+    ClassCrossAttention,
+    ConvNeXtBlock,
+    Downsample,
+    ResBlock,
+    SelfAttention,
+    Upsample,
+    group_norm,
+    timestep_embedding,
+)
+from components.models.unet_presets import PRESETS, check_block_list, resolve_layout
+
+_DEFAULT_PRESET = "res-res-clsAtn-chnAtn"
 
 
 @dataclass(frozen=True)
 class UNetConfig:
+    """The fully resolved U-Net: what ``config.json`` stores and :class:`UNet` is rebuilt from.
+
+    ``level_blocks[i]`` is the block list of level ``i`` (used on the down and the up path),
+    ``mid_blocks`` the middle's. ``preset`` is only a record of where the layout came from.
+    """
+
     in_channels: int = 4
     out_channels: int = 4
     sample_size: int = 8
     num_classes: int = 10
-    channels: tuple[int, ...] = (64, 128)
-    num_res_blocks: int = 2
-    attention_levels: tuple[bool, ...] = (False, True)
+    channels: tuple[int, ...] = (64, 96)
+    level_blocks: tuple[tuple[str, ...], ...] = (PRESETS[_DEFAULT_PRESET].blocks,) * 2
+    mid_blocks: tuple[str, ...] = (*PRESETS[_DEFAULT_PRESET].blocks, "chnAtn", *PRESETS[_DEFAULT_PRESET].blocks)
     num_heads: int = 4
+    num_class_tokens: int = 4
     dropout: float = 0.0
+    preset: str | None = _DEFAULT_PRESET
     kind: str = field(default="unet", init=False)
+
+    def __post_init__(self) -> None:
+        try:
+            if len(self.level_blocks) != len(self.channels):
+                raise ValueError(f"level_blocks has {len(self.level_blocks)} levels, channels {len(self.channels)}")
+            for i, blocks in enumerate(self.level_blocks):
+                check_block_list(blocks, f"level_blocks[{i}]")
+            check_block_list(self.mid_blocks, "mid_blocks")
+            used = {b for blocks in (*self.level_blocks, self.mid_blocks) for b in blocks}
+            if used & {"atn", "clsAtn"}:
+                bad = [c for c in self.channels if c % self.num_heads]
+                if bad:
+                    raise ValueError(f"channels {bad} not divisible by num_heads={self.num_heads} (needed by atn/clsAtn blocks)")
+            if self.num_class_tokens < 1:
+                raise ValueError(f"num_class_tokens must be >= 1, got {self.num_class_tokens}")
+        except ValueError as exc:
+            raise ConfigError(f"U-Net config: {exc}") from None
+
+    @classmethod
+    def from_layout(
+        cls,
+        *,
+        preset: str | None = None,
+        blocks=None,
+        channels: tuple[int, ...] = (64, 96),
+        attention_levels: tuple[bool, ...] | None = None,
+        **kwargs,
+    ) -> UNetConfig:
+        """Resolve a preset or an explicit block list (see :func:`resolve_layout`) into a config."""
+        try:
+            layout = resolve_layout(preset, blocks, tuple(channels), attention_levels, key="unet")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(channels=layout.channels, level_blocks=layout.level_blocks, mid_blocks=layout.mid_blocks, preset=preset, **kwargs)
+
+    @classmethod
+    def from_params(cls, p: UNetParams, *, in_channels: int, out_channels: int, sample_size: int, num_classes: int) -> UNetConfig:
+        """The config of ``train_diffusion.unet`` for data of the given shape and class count."""
+        return cls.from_layout(
+            preset=p.preset,
+            blocks=p.blocks,
+            channels=p.channels,
+            attention_levels=p.attention_levels,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            sample_size=sample_size,
+            num_classes=num_classes,
+            num_heads=p.num_heads,
+            num_class_tokens=p.num_class_tokens,
+            dropout=p.dropout,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
+        if "level_blocks" not in d:
+            raise ConfigError(
+                "U-Net config has no level_blocks: it was saved before block layouts (num_res_blocks="
+                f"{d.get('num_res_blocks')!r}); retrain it with `dvc repro train_diffusion`"
+            )
         d = {k: v for k, v in d.items() if k != "kind"}
         d["channels"] = tuple(d["channels"])
-        d["attention_levels"] = tuple(d["attention_levels"])
+        d["level_blocks"] = tuple(tuple(b) for b in d["level_blocks"])
+        d["mid_blocks"] = tuple(d["mid_blocks"])
         return cls(**d)
 
 
-class _Level(nn.Module):
+class _Stage(nn.Module):
+    """One sequence of blocks; passes each block the input it takes (embedding, class tokens or none)."""
+
     def __init__(self, blocks: list[nn.Module]):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, emb) if isinstance(block, ResBlock) else block(x)
+            if isinstance(block, ResBlock | ConvNeXtBlock):
+                x = block(x, emb)
+            elif isinstance(block, ClassCrossAttention):
+                x = block(x, tokens)
+            else:
+                x = block(x)
         return x
 
 
 class UNet(nn.Module):
-    """``forward(x_t, t, class_labels) -> prediction`` of the same shape as ``x_t``."""
+    """``forward(x_t, t, class_labels) -> prediction`` with ``config.out_channels`` channels."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
         c0 = config.channels[0]
-        emb_dim = 4 * c0
+        self.emb_dim = emb_dim = 4 * c0
         self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(config.num_classes + 1, emb_dim)
+        uses_cls = any("clsAtn" in blocks for blocks in (*config.level_blocks, config.mid_blocks))
+        # num_class_tokens learned tokens per class (null class included) for the clsAtn blocks
+        self.class_tokens = nn.Embedding(config.num_classes + 1, config.num_class_tokens * emb_dim) if uses_cls else None
         self.conv_in = nn.Conv2d(config.in_channels, c0, 3, padding=1)
 
-        def unit(cin: int, cout: int, attn: bool) -> list[nn.Module]:
-            mods: list[nn.Module] = [ResBlock(cin, cout, emb_dim, config.dropout)]
-            if attn:
-                mods.append(SelfAttention(cout, config.num_heads))
-            return mods
-
         self.down = nn.ModuleList()
-        skip_ch = [c0]
+        self.downsample = nn.ModuleList()
         ch = c0
-        for i, (cout, attn) in enumerate(zip(config.channels, config.attention_levels, strict=True)):
-            for _ in range(config.num_res_blocks):
-                self.down.append(_Level(unit(ch, cout, attn)))
-                ch = cout
-                skip_ch.append(ch)
-            if i < len(config.channels) - 1:
-                self.down.append(_Level([Downsample(ch)]))
-                skip_ch.append(ch)
-        self.mid = _Level([ResBlock(ch, ch, emb_dim), SelfAttention(ch, config.num_heads), ResBlock(ch, ch, emb_dim)])
+        n = len(config.channels)
+        for i, (cout, blocks) in enumerate(zip(config.channels, config.level_blocks, strict=True)):
+            self.down.append(self._stage(blocks, ch, cout))
+            ch = cout
+            self.downsample.append(Downsample(ch) if i < n - 1 else nn.Identity())
+        self.mid = self._stage(config.mid_blocks, ch, ch)
         self.up = nn.ModuleList()
-        for i in reversed(range(len(config.channels))):
-            cout, attn = config.channels[i], config.attention_levels[i]
-            for j in range(config.num_res_blocks + 1):
-                mods = unit(ch + skip_ch.pop(), cout, attn)
-                ch = cout
-                if i > 0 and j == config.num_res_blocks:
-                    mods.append(Upsample(ch))
-                self.up.append(_Level(mods))
+        self.upsample = nn.ModuleList()
+        for i in reversed(range(n)):
+            cout = config.channels[i]
+            self.up.append(self._stage(config.level_blocks[i], ch + cout, cout))
+            ch = cout
+            self.upsample.append(Upsample(ch) if i > 0 else nn.Identity())
         self.norm_out = group_norm(ch)
         self.conv_out = nn.Conv2d(ch, config.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    def _stage(self, names: tuple[str, ...], cin: int, cout: int) -> _Stage:
+        cfg, mods = self.config, []
+        for name in names:
+            if name == "res":
+                mods.append(ResBlock(cin, cout, self.emb_dim, cfg.dropout))
+                cin = cout
+            elif name == "conv":
+                mods.append(ConvNeXtBlock(cin, cout, self.emb_dim, cfg.dropout))
+                cin = cout
+            elif name == "clsAtn":
+                mods.append(ClassCrossAttention(cin, self.emb_dim, cfg.num_heads))
+            elif name == "atn":
+                mods.append(SelfAttention(cin, cfg.num_heads))
+            elif name == "chnAtn":
+                mods.append(ChannelAttention(cin))
+            else:  # unreachable: UNetConfig validates the names
+                raise ConfigError(f"unknown block {name!r}")
+        return _Stage(mods)
 
     @property
     def null_class(self) -> int:
@@ -108,12 +214,16 @@ class UNet(nn.Module):
         else:
             labels = torch.where(class_labels < 0, self.null_class, class_labels).long()
         emb = emb + self.class_emb(labels)
+        tokens = None
+        if self.class_tokens is not None:
+            tokens = self.class_tokens(labels).reshape(x.shape[0], self.config.num_class_tokens, self.emb_dim)
         h = self.conv_in(x)
-        skips = [h]
-        for level in self.down:
-            h = level(h, emb)
+        skips = []
+        for stage, down in zip(self.down, self.downsample, strict=True):
+            h = stage(h, emb, tokens)
             skips.append(h)
-        h = self.mid(h, emb)
-        for level in self.up:
-            h = level(torch.cat([h, skips.pop()], dim=1), emb)
+            h = down(h)
+        h = self.mid(h, emb, tokens)
+        for stage, up in zip(self.up, self.upsample, strict=True):
+            h = up(stage(torch.cat([h, skips.pop()], dim=1), emb, tokens))
         return self.conv_out(F.silu(self.norm_out(h)))

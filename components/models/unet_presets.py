@@ -1,0 +1,119 @@
+"""U-Net block layouts: the block names, seed 004's five named presets, and the layout resolution.
+
+Pure Python (no torch), so ``components.config`` can validate ``params.yaml`` without importing torch.
+
+A *layout* is the list of blocks that makes one U-Net level, e.g. ``[res, res, clsAtn, chnAtn]``.
+As in seed 004 (gmongaras' "Diffusion models from scratch", ImageNet 64x64), the same list builds
+every level of the down path, every level of the up path and, twice around a channel attention,
+the middle: ``mid = layout + [chnAtn] + layout``. Block names:
+
+- ``res``: residual block, GroupNorm-SiLU-conv twice, time+class embedding by scale-shift;
+- ``conv``: ConvNeXt block (depthwise 7x7, norm, pointwise MLP), embedding by scale-shift;
+- ``clsAtn``: class cross-attention: pixels attend to learned class tokens;
+- ``atn``: multi-head self-attention over pixels;
+- ``chnAtn``: efficient channel attention (squeeze-excitation style channel gates).
+
+The first block of a level must be ``res`` or ``conv``: it changes the channel count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BLOCK_NAMES: tuple[str, ...] = ("res", "conv", "clsAtn", "atn", "chnAtn")
+CHANNEL_CHANGING: tuple[str, ...] = ("res", "conv")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named layout: the per-level block list and a width multiplier applied to ``channels``."""
+
+    blocks: tuple[str, ...]
+    width_mult: float = 1.0
+    note: str = ""
+
+
+# Seed 004's five U-Net block layouts. "res-large" is res-clsAtn-chnAtn with 192 instead of 128
+# top-level channels (1.5x); here it multiplies the configured channels by 1.5.
+PRESETS: dict[str, Preset] = {
+    "res-conv-clsAtn-chnAtn": Preset(("res", "conv", "clsAtn", "chnAtn"), note="Res-Conv"),
+    "res-clsAtn-chnAtn": Preset(("res", "clsAtn", "chnAtn"), note="Res"),
+    "res-res-clsAtn-chnAtn": Preset(("res", "res", "clsAtn", "chnAtn"), note="Res-Res"),
+    "res-res-clsAtn-atn-chnAtn": Preset(("res", "res", "clsAtn", "atn", "chnAtn"), note="Res-Res-Atn"),
+    "res-large": Preset(("res", "clsAtn", "chnAtn"), width_mult=1.5, note="Res Large: 1.5x channels (seed: 192 vs 128)"),
+}
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A fully resolved U-Net layout: what ``UNetConfig`` stores and the U-Net is built from."""
+
+    channels: tuple[int, ...]
+    level_blocks: tuple[tuple[str, ...], ...]
+    mid_blocks: tuple[str, ...]
+
+
+def check_block_list(blocks, where: str | None) -> tuple[str, ...]:
+    """Validate one level's block list; raise ``ValueError`` naming ``where`` (if given) and the valid names."""
+    pre = f"{where}: " if where else ""
+    if isinstance(blocks, str) or not isinstance(blocks, list | tuple):
+        raise ValueError(f"{pre}expected a list of block names such as [res, res, clsAtn, chnAtn], got {blocks!r}")
+    blocks = tuple(blocks)
+    if not blocks:
+        raise ValueError(f"{pre}empty block list; start it with one of {', '.join(CHANNEL_CHANGING)}")
+    for name in blocks:
+        if name not in BLOCK_NAMES:
+            raise ValueError(f"{pre}unknown block {name!r}; valid block names: {', '.join(BLOCK_NAMES)}")
+    if blocks[0] not in CHANNEL_CHANGING:
+        raise ValueError(
+            f"{pre}the first block must be one of {', '.join(CHANNEL_CHANGING)} (it changes the channel count), got {blocks[0]!r}"
+        )
+    return blocks
+
+
+def scale_channels(channels: tuple[int, ...], mult: float, multiple: int = 8) -> tuple[int, ...]:
+    """``channels * mult`` rounded to a multiple of ``multiple`` (unchanged when ``mult == 1``)."""
+    if mult == 1.0:
+        return tuple(channels)
+    return tuple(max(multiple, int(round(c * mult / multiple)) * multiple) for c in channels)
+
+
+def resolve_layout(
+    preset: str | None,
+    blocks,
+    channels: tuple[int, ...],
+    attention_levels: tuple[bool, ...] | None,
+    key: str = "train_diffusion.unet",
+) -> Layout:
+    """Resolve ``preset`` / ``blocks`` / ``channels`` / ``attention_levels`` into a :class:`Layout`.
+
+    ``blocks`` is one list (used at every level) or one list per level; it is exclusive with
+    ``preset``. ``attention_levels[i] == False`` drops the ``atn`` blocks of level ``i`` (the middle
+    keeps them). Raises ``ValueError`` naming the offending key.
+    """
+    if preset is not None and blocks is not None:
+        raise ValueError(f"{key}: set either preset ({preset!r}) or blocks, not both (set preset: null to give blocks)")
+    if preset is None and blocks is None:
+        raise ValueError(f"{key}: set a preset ({', '.join(PRESET_NAMES)}) or an explicit blocks list")
+    n = len(channels)
+    if n < 1:
+        raise ValueError(f"{key}.channels: give at least one level")
+    if attention_levels is not None and len(attention_levels) != n:
+        raise ValueError(f"{key}.attention_levels must have one entry per channels level ({n}), got {len(attention_levels)}")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"{key}.preset: unknown preset {preset!r}; valid presets: {', '.join(PRESET_NAMES)}")
+        per_level = [PRESETS[preset].blocks] * n
+        channels = scale_channels(channels, PRESETS[preset].width_mult)
+    elif isinstance(blocks, list | tuple) and blocks and all(isinstance(b, list | tuple) for b in blocks):
+        if len(blocks) != n:
+            raise ValueError(f"{key}.blocks: {len(blocks)} per-level lists for {n} channels levels; give one list per level or one list for all")
+        per_level = [check_block_list(b, f"{key}.blocks[{i}]") for i, b in enumerate(blocks)]
+    else:
+        per_level = [check_block_list(blocks, f"{key}.blocks")] * n
+    levels = tuple(
+        tuple(b for b in blk if b != "atn" or attention_levels is None or attention_levels[i]) for i, blk in enumerate(per_level)
+    )
+    mid = (*per_level[-1], "chnAtn", *per_level[-1])
+    return Layout(channels=tuple(int(c) for c in channels), level_blocks=levels, mid_blocks=mid)
