@@ -130,16 +130,24 @@ def train_autoencoder(params: Params, data_dir: Path = DATA_DIR, out_dir: Path =
     """Train the autoencoder (``regularizer``: kl | vq | none); save checkpoint (with ``kind`` and the latent
     scale factor), reconstruction metrics, parameter count and MACs, and the loss history."""
     from components.data.artifact import read_dataset
-    from components.training.autoencoder import autoencoder_summary, reconstruction_metrics
-    from components.training.autoencoder import train_autoencoder as fit
+    from components.training.autoencoder import autoencoder_summary, fit_autoencoder, reconstruction_metrics
     from components.training.checkpoint import save_checkpoint
+    from components.training.distributed import init_distributed
 
     device = _torch(params)
     ds = read_dataset(data_dir)
-    t0 = time.perf_counter()
-    model, history = fit(ds.images["train"], params.train_autoencoder, seed=params.base.seed, device=device)
-    metrics = reconstruction_metrics(model, ds.images["val"], device)
-    metrics.update(scale_factor=float(model.scale_factor), train_seconds=round(time.perf_counter() - t0, 1),
+    ctx = init_distributed(device)
+    # resumable state lives beside the models folder: <project>/checkpoints/train_autoencoder
+    ckpt_dir = Path(out_dir).resolve().parent.parent / CHECKPOINTS_DIR / "train_autoencoder"
+    fingerprint = training_fingerprint(params, "train_autoencoder", ds.manifest["digest"])
+    model, run = fit_autoencoder(ds.images["train"], params.train_autoencoder, seed=params.base.seed, ctx=ctx,
+                                 checkpoint_dir=ckpt_dir, fingerprint=fingerprint, progress=ctx.is_main)
+    if not ctx.is_main:  # rank 0 writes the outputs
+        return {}
+    history = run.history
+    metrics = reconstruction_metrics(model, ds.images["val"], ctx.device)
+    metrics.update(scale_factor=float(model.scale_factor), train_seconds=run.train_seconds, images_seen=run.images_seen,
+                   processes=ctx.world_size, resumed_from_step=run.resumed_from_step, stopped_by_max_time=run.stopped_by_max_time,
                    **autoencoder_summary(model))
     save_checkpoint(out_dir, model, model.config.to_dict(), {
         "scale_factor": float(model.scale_factor),
@@ -179,7 +187,8 @@ def train_diffusion(params: Params, data_dir: Path = DATA_DIR, models_dir: Path 
     ctx = init_distributed(device)
     fingerprint = training_fingerprint(params, "train_diffusion", ds.manifest["digest"], Path(models_dir) / "autoencoder" / "model.safetensors")
     ema_unet, run = fit(mean, logvar, torch.from_numpy(ds.labels["train"]), ds.num_classes, cfg, seed=params.base.seed, ctx=ctx,
-                        checkpoint_dir=CHECKPOINTS_DIR / "train_diffusion", fingerprint=fingerprint, progress=ctx.is_main)
+                        checkpoint_dir=Path(models_dir).resolve().parent / CHECKPOINTS_DIR / "train_diffusion",
+                        fingerprint=fingerprint, progress=ctx.is_main)
     if not ctx.is_main:  # rank 0 writes the outputs
         return {}
     curve = run.history

@@ -61,8 +61,9 @@ def test_diffusion_training_reduces_loss_and_is_deterministic():
          "warmup_images": 64, "log_every": 5, "lr": 2e-3}
     )
     cpu = torch.device("cpu")
-    m1, curve = train_diffusion(mean, logvar, labels, 4, cfg, seed=1, device=cpu, progress=False)
+    m1, run = train_diffusion(mean, logvar, labels, 4, cfg, seed=1, device=cpu, progress=False)
     m2, _ = train_diffusion(mean, logvar, labels, 4, cfg, seed=1, device=cpu, progress=False)
+    curve = run.history
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True))
     assert curve[-1]["loss"] < 0.7 * curve[0]["loss"]
     assert not m1.training
@@ -82,7 +83,8 @@ def test_learned_variance_model_trains_and_samples_with_every_sampler():
         {"unet": {"preset": "res-clsAtn-chnAtn", "channels": [16, 32], "num_heads": 2}, "batch_size": 32, "max_images": 640,
          "warmup_images": 64, "log_every": 5, "variance_type": "learned_range", "min_snr_gamma": 5.0}
     )
-    model, curve = train_diffusion(mean, torch.full_like(mean, -6.0), labels, 4, cfg, seed=0, device=torch.device("cpu"), progress=False)
+    model, run = train_diffusion(mean, torch.full_like(mean, -6.0), labels, 4, cfg, seed=0, device=torch.device("cpu"), progress=False)
+    curve = run.history
     assert model.config.out_channels == 8
     assert all(np.isfinite(p["loss"]) for p in curve) and curve[-1]["loss"] < curve[0]["loss"]
     betas = make_betas(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)

@@ -10,18 +10,20 @@ The discriminator takes one hinge step per generator step once ``disc_start_imag
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from components.config import AutoencoderParams
 from components.models.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from components.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from components.models.summary import model_summary
-from components.training.common import autocast, batch_indices, check_finite, to_model_range, warmup_lr
+from components.training.common import autocast, check_finite, to_model_range, warmup_lr
+from components.training.distributed import DistContext
+from components.training.loop import Batch, LoopConfig, LoopResult, Trainer
 
 
 def autoencoder_config(cfg: AutoencoderParams, in_channels: int, image_size: int) -> AutoencoderConfig:
@@ -39,24 +41,37 @@ def autoencoder_config(cfg: AutoencoderParams, in_channels: int, image_size: int
     return model_cfg
 
 
-def train_autoencoder(
+def train_autoencoder(train_images: np.ndarray, cfg: AutoencoderParams, **kwargs) -> tuple[Autoencoder, list[dict]]:
+    """:func:`fit_autoencoder`, returning the model and its loss history."""
+    model, result = fit_autoencoder(train_images, cfg, **kwargs)
+    return model, result.history
+
+
+def fit_autoencoder(
     train_images: np.ndarray,
     cfg: AutoencoderParams,
     *,
     seed: int,
-    device: torch.device,
+    device: torch.device | None = None,
+    ctx: DistContext | None = None,
+    checkpoint_dir: str | Path | None = None,
+    fingerprint: str = "",
     progress: bool = True,
     log_every: int = 25,
-) -> tuple[Autoencoder, list[dict]]:
+) -> tuple[Autoencoder, LoopResult]:
     """Train the autoencoder of ``cfg.regularizer`` on uint8 images ``[N, H, W, C]`` for ``cfg.max_images``
-    images seen. Returns the model (``scale_factor`` = 1/std of the training latents) and the loss history
-    (one point every ``log_every`` steps)."""
+    images seen, under :class:`~components.training.loop.Trainer` (DDP under torchrun, resumable from
+    ``checkpoint_dir``; the discriminator and its optimizer are checkpointed too). Returns the model
+    (``scale_factor`` = 1/std of the training latents), the loss history (one point every ``log_every``
+    steps, in the result) and the run's :class:`~components.training.loop.LoopResult`."""
     _, h, w, c = train_images.shape
     if h != w:
         raise ValueError(f"images must be square, got {h}x{w}; set ingest.image_size")
     model_cfg = autoencoder_config(cfg, c, h)
+    ctx = ctx or DistContext(device=device or torch.device("cpu"))
+    device = ctx.device
     torch.manual_seed(seed)
-    model = build_autoencoder(model_cfg).to(device)
+    model = build_autoencoder(model_cfg)
     disc = PatchDiscriminator(c, num_layers=cfg.disc_layers).to(device) if cfg.disc_weight > 0 else None
     perceptual = None
     if cfg.perceptual_weight > 0:
@@ -64,61 +79,66 @@ def train_autoencoder(
 
         perceptual = EffNetPerceptualLoss(cfg.perceptual_input_size).to(device)
     data = to_model_range(train_images)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    loop = LoopConfig.from_section(cfg, ema_decay=None, log_every=log_every)
+    trainer = Trainer(model, loop, dataset_size=len(data), seed=seed, ctx=ctx, checkpoint_dir=checkpoint_dir,
+                      fingerprint=fingerprint, desc=f"train_autoencoder ({cfg.regularizer})", progress=progress)
     disc_lr = cfg.disc_lr or cfg.lr
-    opt_d = torch.optim.Adam(disc.parameters(), lr=disc_lr, betas=(0.5, 0.9)) if disc is not None else None
-    gen = torch.Generator().manual_seed(seed)
-    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    warmup_steps = math.ceil(cfg.warmup_images / cfg.batch_size)
-    total_steps = math.ceil(cfg.max_images / cfg.batch_size)
+    opt_d = None
+    disc_net = disc
+    if disc is not None:
+        opt_d = torch.optim.Adam(disc.parameters(), lr=disc_lr, betas=(0.5, 0.9))
+        trainer.extra_state.update(discriminator=disc, discriminator_optimizer=opt_d)
+        if ctx.distributed:
+            disc_net = torch.nn.parallel.DistributedDataParallel(disc)
     reg_weight = cfg.kl_weight if cfg.regularizer == "kl" else 1.0
-    history: list[dict] = []
-    bar = tqdm(total=cfg.max_images, unit="img", desc=f"train_autoencoder ({cfg.regularizer})", disable=not progress, mininterval=2.0)
-    model.train()
-    for step, idx in enumerate(batch_indices(len(data), cfg.batch_size, cfg.max_images, gen)):
-        lr_factor = warmup_lr(step, 1.0, warmup_steps, total_steps if cfg.lr_schedule == "cosine" else None)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor
-        x = data[idx].to(device)
-        gan_on = disc is not None and step * cfg.batch_size >= cfg.disc_start_images
-        with autocast(device):
-            recon, reg, parts = model(x, noise_gen)
-            mse = F.mse_loss(recon, x)
-            rec_loss = mse
-            if perceptual is not None:
-                p_loss = perceptual(x, recon).mean()
-                rec_loss = rec_loss + cfg.perceptual_weight * p_loss
-                parts["perceptual"] = p_loss.detach()
-            loss = rec_loss + reg_weight * reg
-            if gan_on:
-                g_loss = hinge_g_loss(disc(recon))
-                lam = adaptive_weight(rec_loss, g_loss, model.last_layer())
-                loss = loss + cfg.disc_weight * lam * g_loss
-                parts.update(g_loss=g_loss.detach(), adaptive_weight=lam)
-        check_finite(loss, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        if gan_on:
-            for group in opt_d.param_groups:
-                group["lr"] = disc_lr * lr_factor
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x, recon) of the step's micro-batches, for the discriminator
+
+    def gan_on(step: int) -> bool:
+        return disc is not None and step * cfg.batch_size >= cfg.disc_start_images
+
+    def loss_fn(net: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
+        # the posterior / codebook draws of this rank's micro-batch (seeded by step and rank)
+        g = torch.Generator(device=device).manual_seed(batch.seed + ctx.rank * 7919 + int(batch.rows[0]))
+        x = data[batch.indices].to(device)
+        recon, reg, parts = net(x, g)
+        mse = F.mse_loss(recon.float(), x)
+        rec_loss = mse
+        if perceptual is not None:
+            p_loss = perceptual(x, recon).mean()
+            rec_loss = rec_loss + cfg.perceptual_weight * p_loss
+            parts["perceptual"] = p_loss.detach()
+        loss = rec_loss + reg_weight * reg
+        if gan_on(batch.step):
+            g_loss = hinge_g_loss(disc(recon))  # the generator loss does not update the discriminator
+            lam = adaptive_weight(rec_loss, g_loss, model.last_layer())
+            loss = loss + cfg.disc_weight * lam * g_loss
+            parts.update(g_loss=g_loss.detach(), adaptive_weight=lam)
+            pending.append((x, recon.detach()))
+        return loss, {"mse": mse.detach(), "reg": reg.detach(), **parts}
+
+    def disc_step(step_done: int) -> dict | None:
+        """One hinge step of the discriminator on the step's real and reconstructed images (LDM, appendix G)."""
+        if not pending:
+            return None
+        lr_factor = warmup_lr(step_done - 1, 1.0, trainer.warmup_steps, trainer.total_steps if cfg.lr_schedule == "cosine" else None)
+        for group in opt_d.param_groups:
+            group["lr"] = disc_lr * lr_factor
+        opt_d.zero_grad(set_to_none=True)
+        d_total = 0.0
+        for x, recon in pending:
             with autocast(device):
-                d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
-            check_finite(d_loss, step)
-            opt_d.zero_grad(set_to_none=True)
+                d_loss = hinge_d_loss(disc_net(x), disc_net(recon)) / len(pending)
+            check_finite(d_loss, step_done - 1)
             d_loss.backward()
-            opt_d.step()
-            parts["d_loss"] = d_loss.detach()
-        bar.update(len(idx))
-        if step % log_every == 0:
-            history.append({"step": step, "images": (step + 1) * cfg.batch_size, "loss": loss.item(), "mse": mse.item(),
-                            "reg": reg.item(), **{k: float(v) for k, v in parts.items()}})
-            bar.set_postfix(mse=f"{mse.item():.4f}")
-    bar.close()
-    model.eval()
+            d_total += d_loss.item()
+        opt_d.step()
+        pending.clear()
+        return {"d_loss": d_total}
+
+    result = trainer.run(loss_fn, after_step=disc_step if disc is not None else None)
+    model = trainer.final_model()
     model.scale_factor.fill_(1.0 / latent_std(model, data, device, seed))
-    return model, history
+    return model, result
 
 
 @torch.no_grad()

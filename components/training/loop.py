@@ -111,6 +111,7 @@ class LoopResult:
 
 
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+AfterStepFn = Callable[[int], dict[str, float] | None]
 
 
 class Trainer:
@@ -228,8 +229,11 @@ class Trainer:
         return int(state["step"]), list(state["history"])
 
     # ---------------------------------------------------------------------------------- loop
-    def run(self, loss_fn: LossFn) -> LoopResult:
-        """Train until ``max_images`` images are seen (or ``max_time_minutes`` runs out)."""
+    def run(self, loss_fn: LossFn, after_step: AfterStepFn | None = None) -> LoopResult:
+        """Train until ``max_images`` images are seen (or ``max_time_minutes`` runs out).
+
+        ``after_step(step)`` runs after each optimizer step (e.g. a discriminator update on what the loss
+        function kept); what it returns joins the step's logs."""
         cfg, ctx = self.cfg, self.ctx
         resumed = self._try_resume()
         start, history = resumed if resumed else (0, [])
@@ -269,11 +273,13 @@ class Trainer:
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
+            if after_step is not None:
+                logs = {**logs, **(after_step(step) or {})}
             step += 1
             running += mean_loss.item()
             running_n += 1
             bar.update(cfg.batch_size)
-            if step % cfg.log_every == 0 or step == self.total_steps:
+            if step % cfg.log_every == 0 or step in (1, self.total_steps):
                 history.append({"step": step, "images": step * cfg.batch_size, "loss": running / running_n,
                                 **{k: float(v) for k, v in logs.items()}})
                 bar.set_postfix(loss=f"{running / running_n:.4f}")
