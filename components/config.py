@@ -48,6 +48,20 @@ class ValidateParams(_Section):
     min_image_std: float = Field(1.0, ge=0.0)
 
 
+class RuntimeParams(_Section):
+    """How a training stage runs (not what it learns): processes, accumulation, checkpoints, budget, speed knobs."""
+
+    num_processes: int = Field(1, ge=1, description=">1: the stage relaunches itself under torchrun (DDP; gloo on CPU, NCCL on CUDA)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (batch_size is the global batch)")
+    checkpoint_every_images: int = Field(20_000, ge=0, description="resumable checkpoint interval in images seen; 0 = only at the end")
+    keep_checkpoints: int = Field(2, ge=1, description="newest resumable checkpoints kept")
+    resume: bool = Field(True, description="resume from the newest checkpoint of the same params and data")
+    max_time_minutes: float | None = Field(None, gt=0.0, description="wall-clock budget; stops early with a checkpoint")
+    compile: bool = Field(False, description="torch.compile the model")
+    channels_last: bool = Field(False, description="channels_last memory format (faster convolutions on GPUs)")
+    fused_optimizer: bool = Field(True, description="fused AdamW on CUDA (the CPU keeps the faster foreach path)")
+
+
 class AutoencoderParams(_Section):
     regularizer: Literal["kl", "vq", "none"] = Field("kl", description="kl (LDM KL-reg) | vq (codebook) | none (plain MSE baseline)")
     channels: tuple[int, ...] = (16, 32, 64)
@@ -70,6 +84,7 @@ class AutoencoderParams(_Section):
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_images: int = Field(2_000, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
+    runtime: RuntimeParams = RuntimeParams()
 
     @model_validator(mode="after")
     def _factor(self) -> AutoencoderParams:
@@ -136,6 +151,7 @@ class DiffusionParams(_Section):
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_images: int = Field(5_000, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
+    runtime: RuntimeParams = RuntimeParams()
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
     log_every: int = Field(50, ge=1, description="steps between loss-curve points")
 
@@ -182,6 +198,9 @@ class RegisterParams(_Section):
     primary_metric: str = "class_consistency"
     greater_is_better: bool = True
     min_improvement: float = Field(0.0, ge=0.0)
+    http_max_retries: int = Field(3, ge=0, le=10, description="HTTP retries per request against a tracking server")
+    http_backoff_factor: int = Field(1, ge=0, le=10, description="seconds; the wait doubles per retry")
+    http_timeout_s: int = Field(30, ge=1, description="timeout of one HTTP request to the tracking server")
 
 
 class Params(_Section):
@@ -226,6 +245,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def params_dict(params: Params) -> dict:
     """JSON-safe dict of the resolved config, with section names as in params.yaml."""
     return params.model_dump(mode="json", by_alias=True)
-    http_max_retries: int = Field(3, ge=0, le=10, description="HTTP retries per request against a tracking server")
-    http_backoff_factor: int = Field(1, ge=0, le=10, description="seconds; the wait doubles per retry")
-    http_timeout_s: int = Field(30, ge=1, description="timeout of one HTTP request to the tracking server")
