@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-all flow lint install clean-outputs servers deploy ui-check
+.PHONY: run test test-all flow lint install clean-outputs servers deploy ui-check run-cifar10
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ install: $(STAMP)
 
 run: $(STAMP)  ## the default pipeline: ingest -> ... -> register (dvc repro)
 	$(BIN)/dvc repro
+
+run-cifar10: $(STAMP)  ## the CIFAR-10 preset (RGB) in runs/cifar10 (dvc repro there)
+	$(BIN)/latentflow init-run cifar10 --dest runs/cifar10
+	cd runs/cifar10 && dvc repro
 
 flow: $(STAMP)  ## the same pipeline as a Prefect flow (local ephemeral mode)
 	$(BIN)/latentflow flow

@@ -181,6 +181,28 @@ def run(force: Annotated[bool, typer.Option(help="re-run every stage (dvc repro 
     raise typer.Exit(subprocess.call(["dvc", "repro", *(["--force"] if force else [])]))
 
 
+@app.command("init-run")
+def init_run(
+    preset: Annotated[str, typer.Argument(help="a folder name under presets/, e.g. cifar10")],
+    dest: Annotated[Path | None, typer.Option(help="run directory; default runs/<preset>")] = None,
+    repro: Annotated[bool, typer.Option(help="then run `dvc repro` in it")] = False,
+) -> None:
+    """Lay out a run directory for a params preset (dvc.yaml + params.yaml = project params merged with
+    presets/<preset>/params.yaml); `cd` there and run `dvc repro`."""
+    from components.config import ConfigError
+    from pipelines.presets import init_run_dir
+
+    _setup()
+    try:
+        out = init_run_dir(preset, dest or Path("runs") / preset)
+    except (ConfigError, ValueError, OSError) as exc:
+        typer.secho(f"latentflow init-run: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"run directory ready: {out}\n  cd {out} && dvc repro")
+    if repro:
+        raise typer.Exit(subprocess.call(["dvc", "repro"], cwd=out))
+
+
 @app.command()
 def flow(
     stages: Annotated[list[str] | None, typer.Option("--stage", help="run only these stages (repeatable)")] = None,

@@ -122,3 +122,23 @@ def test_rgb_pyfunc_returns_three_channel_images(rgb_run):
     assert len(out) == 2 and (out["channels"] == 3).all() and (out["height"] == 32).all()
     img = np.asarray(Image.open(io.BytesIO(out["image"].iloc[0])))
     assert img.shape == (32, 32, 3)
+
+
+def test_cifar_preset_run_directory(tmp_path: Path):
+    import yaml
+
+    from components.config import ConfigError, load_params
+    from pipelines.presets import PRESETS_DIR, init_run_dir, list_presets
+
+    assert "cifar10" in list_presets()
+    run = init_run_dir("cifar10", tmp_path / "run")
+    params = load_params(run / "params.yaml")
+    assert params.ingest.source == "image_folder" and params.ingest.channels == 3
+    assert Path(params.ingest.root).is_absolute() and Path(params.ingest.root).resolve() == CIFAR_TAR.resolve()
+    preset = yaml.safe_load((PRESETS_DIR / "cifar10" / "params.yaml").read_text())
+    assert params.train_autoencoder.max_images == preset["train_autoencoder"]["max_images"]  # the preset wins
+    assert (run / "dvc.yaml").read_text() == (Path(__file__).resolve().parents[1] / "dvc.yaml").read_text()
+    assert "no_scm = true" in (run / ".dvc" / "config").read_text()
+    init_run_dir("cifar10", run)  # idempotent: refreshes params.yaml / dvc.yaml
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        init_run_dir("nope", tmp_path / "other")
