@@ -11,17 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_project, run_cli, tiny_params
 from safetensors.torch import load_file
 
 from components.training.state import checkpoint_dirs
+from tests.conftest import make_project, run_cli, tiny_params
 
 
 def _params() -> dict:
     p = tiny_params()
-    p["train_autoencoder"].update(max_images=768, batch_size=32)
+    p["train_autoencoder"].update(max_images=768, batch_size=32, channels=[8, 16, 16])
     p["train_autoencoder"]["runtime"] = {"checkpoint_every_images": 128}  # every 4 steps of 24
     p["train_diffusion"].update(max_images=1536, batch_size=64)
+    p["train_diffusion"]["unet"].update(preset="res-clsAtn-chnAtn", channels=[16, 32], num_heads=2)
     p["train_diffusion"]["runtime"] = {"checkpoint_every_images": 256}  # every 4 steps of 24
     return p
 
