@@ -157,6 +157,10 @@ def sample(
     except ConfigError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
+    if cfg.base.num_threads:  # the stages apply base.num_threads; so does sampling
+        import torch
+
+        torch.set_num_threads(cfg.base.num_threads)
     s = cfg.sample
     sampler = sampler or s.sampler
     if sampler not in ("ddim", "ddpm", "dpmpp_2m"):
