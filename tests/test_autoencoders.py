@@ -26,6 +26,16 @@ from components.training.autoencoder import (
 from components.training.checkpoint import CheckpointError, load_autoencoder, save_checkpoint
 from components.training.common import to_model_range
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one thread is as fast, and on a shared CPU two OpenMP threads spin-wait (10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 VARIANTS = {
     "kl_f4": dict(regularizer="kl", channels=(8, 16, 16)),
     "kl_f8": dict(regularizer="kl", channels=(8, 16, 16, 16)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -69,10 +70,19 @@ def test_bad_tar_layouts_name_the_problem(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def rgb_run(tmp_path_factory) -> tuple[Path, Params]:
+def rgb_run(tmp_path_factory) -> Iterator[tuple[Path, Params]]:
     if not CIFAR_TAR.is_file():
         pytest.fail(f"{CIFAR_TAR} is missing: it ships in the shared data folder (set LATENTFLOW_SHARED_DATA to its folder)")
+    import torch
+
+    threads = torch.get_num_threads()
+    yield _rgb_run(tmp_path_factory)
+    torch.set_num_threads(threads)  # the stages set base.num_threads for the process
+
+
+def _rgb_run(tmp_path_factory) -> tuple[Path, Params]:
     p = tiny_params()
+    p["base"]["num_threads"] = 1  # tiny models; two OpenMP threads spin-wait on a shared CPU
     p["ingest"].update(source="image_folder", root=str(CIFAR_TAR), channels=3, max_per_class=12)
     p["validate"].update(min_rows_train=50, min_rows_val=10)
     p["train_autoencoder"].update(max_images=320, batch_size=16, warmup_images=32, channels=[8, 16, 16])
