@@ -102,7 +102,7 @@ class UNetParams(_Section):
     """U-Net layout: a named ``preset`` (seed 004's five layouts) or an explicit ``blocks`` list
     (one list for every level, or one per level), never both; see ``components/models/unet_presets.py``."""
 
-    preset: Literal[PRESET_NAMES] | None = Field("res-res-clsAtn-chnAtn", description="named layout; null = use blocks")
+    preset: Literal[PRESET_NAMES] | None = Field("res-clsAtn-chnAtn", description="named layout; null = use blocks")
     blocks: tuple[str, ...] | tuple[tuple[str, ...], ...] | None = Field(None, description=f"per-level block list of {BLOCK_NAMES}")
     channels: tuple[int, ...] = Field((64, 96), min_length=1)
     attention_levels: tuple[bool, ...] | None = Field(None, description="levels whose atn blocks are kept; null = all")

@@ -36,7 +36,7 @@ from components.models.blocks import (
 )
 from components.models.unet_presets import PRESETS, check_block_list, resolve_layout
 
-_DEFAULT_PRESET = "res-res-clsAtn-chnAtn"
+_DEFAULT_PRESET = "res-clsAtn-chnAtn"  # params.yaml's default, chosen by benchmarks/unet_layouts.py
 
 
 @dataclass(frozen=True)
