@@ -78,6 +78,9 @@ def ldm_section(r: dict | None) -> list[str]:
 def gpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["## GPU check", "", "No GPU was lent to the session that wrote this report; `bash benchmarks/gpu_check.sh` on one.", ""]
+    if r.get("dry_run"):
+        return ["## GPU check", "", "Only `bash benchmarks/gpu_check.sh --dry-run` ran (on the CPU, "
+                f"{'passed' if r.get('ok') else 'FAILED'}): no GPU was lent to the session that wrote this report.", ""]
     lines = ["## GPU check", "", f"Device: {r['device']}, torch {r['torch']}.", "",
              "| model | batch | channels_last | train img/s | peak MB | bf16 vs fp32 loss |", "|---|---|---|---|---|---|"]
     for t in r["train"]:
