@@ -98,6 +98,15 @@ def _generate(args, kind: str, labels: np.ndarray) -> tuple[np.ndarray, float]:
     return np.concatenate(out), time.perf_counter() - t0
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (``VmHWM``; unlike ``ru_maxrss`` it is not inherited across exec
+    from the forking parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(args) -> None:
     """(subprocess) sample with one model and print a JSON line: seconds, class predictions, peak memory."""
     from components.evaluation.classifier import Classifier, ClassifierConfig, classify
@@ -119,7 +128,7 @@ def measure(args) -> None:
         _, pred = classify(clf.eval(), images)
         out = {"seconds": seconds, "images": len(labels), "class_consistency": float((pred == labels).mean()),
                "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None}
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(out), flush=True)
 
 
