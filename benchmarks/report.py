@@ -72,6 +72,10 @@ def ldm_section(r: dict | None) -> list[str]:
         f"**Speed-up per sample: {r['speedup_per_sample']:.1f}x** (MACs ratio {r['macs_ratio']:.1f}x); class consistency gap "
         f"(LDM - pixel) {r['class_consistency_gap']:+.3f}.",
         "",
+        *([f"**Not at equal class consistency** (gap {r['class_consistency_gap']:+.3f}): the pixel model needs a larger training "
+           "budget (`--pixel-max-images`) before this speed-up answers the question; the MACs ratio above does not depend on it."]
+          if abs(r["class_consistency_gap"]) > 0.02 else []),
+        "",
     ]
 
 
