@@ -20,11 +20,11 @@ from tests.conftest import make_project, run_cli, tiny_params
 
 def _params() -> dict:
     p = tiny_params()
-    p["train_autoencoder"].update(max_images=1280, batch_size=32, channels=[8, 16, 16])
-    p["train_autoencoder"]["runtime"] = {"checkpoint_every_images": 64}  # every 2 steps of 40
-    p["train_diffusion"].update(max_images=2560, batch_size=64)
+    p["train_autoencoder"].update(max_images=1920, batch_size=32, channels=[8, 16, 16])
+    p["train_autoencoder"]["runtime"] = {"checkpoint_every_images": 64}  # every 2 steps of 60
+    p["train_diffusion"].update(max_images=3840, batch_size=64)
     p["train_diffusion"]["unet"].update(preset="res-clsAtn-chnAtn", channels=[16, 32], num_heads=2)
-    p["train_diffusion"]["runtime"] = {"checkpoint_every_images": 128}  # every 2 steps of 40
+    p["train_diffusion"]["runtime"] = {"checkpoint_every_images": 128}  # every 2 steps of 60
     return p
 
 
@@ -44,7 +44,7 @@ def _kill_at_random_step(root: Path, stage: str, steps: int) -> int:
     """Start ``stage``; once a random step is passed, SIGKILL it at once (between or during steps; on an idle CPU a
     tiny step takes tens of ms, so no extra delay, or the run could end first). Returns the newest checkpoint's step."""
     rng = random.Random()
-    after = rng.randint(4, steps // 2)
+    after = rng.randint(4, steps // 3)  # at least 40 steps left, so the run cannot end before the kill
     ckpt_root = root / "checkpoints" / stage
     proc = subprocess.Popen(["latentflow", stage], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -61,7 +61,7 @@ def _kill_at_random_step(root: Path, stage: str, steps: int) -> int:
     return max(done)
 
 
-@pytest.mark.parametrize(("stage", "model", "steps"), [("train_autoencoder", "autoencoder", 40), ("train_diffusion", "diffusion", 40)])
+@pytest.mark.parametrize(("stage", "model", "steps"), [("train_autoencoder", "autoencoder", 60), ("train_diffusion", "diffusion", 60)])
 def test_sigkill_then_resume_is_bit_identical(project: Path, stage: str, model: str, steps: int) -> None:
     root = project
     shutil.rmtree(root / "models" / "autoencoder")
@@ -98,6 +98,6 @@ def test_train_diffusion_with_two_processes_launches_torchrun_and_matches(projec
     assert metrics["processes"] == 2 and metrics["resumed_from_step"] is None
     one, two = load_file(str(root / "straight_diffusion" / "model.safetensors")), load_file(str(root / "models" / "diffusion" / "model.safetensors"))
     # Adam turns reduction-order noise in near-zero gradients into updates of up to lr (1e-3) per step; seen: 4e-5
-    # after 24 steps (40 now). A real divergence (other samples or noise per rank, no gradient averaging) moves weights by ~1e-2.
+    # after 24 steps. A real divergence (other samples or noise per rank, no gradient averaging) moves weights by ~1e-2.
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-3, atol=2e-4, msg=f"{k} differs between 1 and 2 processes")
