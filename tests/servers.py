@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 BIN = Path(sys.executable).parent
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "latentflow-test", "AWS_SECRET_ACCESS_KEY": "latentflow-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -147,16 +148,8 @@ class TeamServers:
     @contextlib.contextmanager
     def s3_credentials(self) -> Iterator[None]:
         """The S3 credentials in this process's environment for the duration of the block."""
-        saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
-        os.environ.update(S3_CREDENTIALS)
-        try:
+        with mock.patch.dict(os.environ, S3_CREDENTIALS):
             yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def s3_objects(self, bucket: str) -> list[str]:
         with self.s3_credentials():

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import mlflow.artifacts
 import mlflow.pyfunc
@@ -235,16 +236,8 @@ class RetryPolicy:
         """Set the MLflow HTTP retry variables for the duration of the block, then restore them."""
         values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": self.max_retries, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": self.backoff_factor,
                   "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0.5, "MLFLOW_HTTP_REQUEST_TIMEOUT": self.timeout_s}
-        saved = {key: os.environ.get(key) for key in values}
-        os.environ.update({key: str(value) for key, value in values.items()})
-        try:
+        with mock.patch.dict(os.environ, {key: str(value) for key, value in values.items()}):
             yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def _dataset_input(dataset: dict[str, str]) -> DatasetInput:
