@@ -1,14 +1,19 @@
-"""Latent vs pixel-space diffusion, per sample, at (near) equal class consistency.
+"""Latent vs pixel-space diffusion, per sample, at equal class consistency.
 
-Trains a pixel-space model of ours (the same U-Net family, loss, schedule and loop as ``train_diffusion``,
-on the 32x32 images instead of the autoencoder's latents; one more U-Net level for the 4x larger side),
-then samples both with the same sampler, steps and guidance and reports, for each: class consistency
-(the project's classifier, ``models/classifier``), sampling images/s (the LDM's time includes decoding)
-and peak memory. Each sampling run happens in a fresh subprocess so its peak RSS (or CUDA peak
-allocation) is its own; the RSS of a subprocess that only loads the model is reported as the baseline.
+Trains a pixel-space model of ours (the same U-Net family, loss and loop as ``train_diffusion``, on the
+32x32 images instead of the autoencoder's latents; one more U-Net level for the 4x larger side, DDPM's
+pixel-space noise schedule, x0 clipped to [-1, 1] while sampling), then samples both with the same sampler,
+steps and guidance and reports, for each: class consistency (the project's classifier, ``models/classifier``),
+sampling images/s (the LDM's time includes decoding) and peak memory.
 
-    python -m benchmarks.ldm_vs_pixel                 # needs a finished `dvc repro` (models/, data/)
-    python -m benchmarks.ldm_vs_pixel --pixel-max-images 50000 --pixel-channels 32,64,96
+Equal class consistency: sampling cost does not depend on how long a model trained, so with
+``--ldm-budgets`` the LDM is also trained (the pipeline's stage, same autoencoder) at growing budgets until
+its class consistency reaches the pixel model's, and the speed-up is quoted against that LDM; the
+pipeline's LDM (``--models``) is measured alongside. Each sampling run happens in a fresh subprocess so its
+peak RSS (or CUDA peak allocation) is its own; the RSS of a subprocess that only loads the models is the
+baseline.
+
+    python -m benchmarks.ldm_vs_pixel --pixel-max-images 110000 --ldm-budgets 5000,10000,20000,40000
 """
 
 from __future__ import annotations
@@ -85,12 +90,47 @@ def train_pixel_model(args) -> None:
     })
 
 
+def train_ldm(args, max_images: int) -> Path:
+    """The pipeline's ``train_diffusion`` stage at a smaller budget, on the same autoencoder, into
+    ``<bench dir>/ldm_<max_images>/`` (a model folder ``LatentDiffusionGenerator`` loads)."""
+    import shutil
+
+    from pipelines import stages
+
+    out = Path(args.pixel_dir).parent / f"ldm_{max_images}"
+    if (out / "diffusion" / "model.safetensors").is_file() and not args.retrain:
+        return out
+    shutil.copytree(Path(args.models) / "autoencoder", out / "autoencoder", dirs_exist_ok=True)
+    params = load_params(args.params)
+    cfg = params.train_diffusion
+    runtime = cfg.runtime.model_copy(update={"resume": False})
+    params = params.model_copy(update={"train_diffusion": cfg.model_copy(update={"max_images": max_images, "runtime": runtime})})
+    stages.train_diffusion(params, data_dir=Path(args.data), models_dir=out, metrics_dir=out / "metrics")
+    return out
+
+
+def match_ldm_budget(args, target: float) -> tuple[str, list[dict]]:
+    """Train the LDM at growing budgets (``--ldm-budgets``) until its class consistency reaches ``target``
+    (the pixel model's); return the folder of the budget closest to it and the sweep."""
+    sweep, best = [], None
+    for budget in sorted(int(b) for b in args.ldm_budgets.split(",")):
+        folder = str(train_ldm(args, budget))
+        cc = run_measure(args, "ldm", ["--ldm-dir", folder])["class_consistency"]
+        sweep.append({"max_images": budget, "class_consistency": cc, "dir": folder})
+        print(f"LDM trained on {budget:,} images: class consistency {cc:.3f} (pixel model {target:.3f})", flush=True)
+        if best is None or abs(cc - target) < abs(best["class_consistency"] - target):
+            best = sweep[-1]
+        if cc >= target:
+            break
+    return best["dir"], sweep
+
+
 def _generate(args, kind: str, labels: np.ndarray) -> tuple[np.ndarray, float]:
     device = torch.device(args.device)
     if kind == "ldm":
         from components.generation import LatentDiffusionGenerator
 
-        gen = LatentDiffusionGenerator.from_dir(args.models, args.device)
+        gen = LatentDiffusionGenerator.from_dir(args.ldm_dir or args.models, args.device)
         t0 = time.perf_counter()
         images = gen.generate(labels.tolist(), seed=args.seed, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                               batch_size=args.batch_size)
@@ -106,7 +146,8 @@ def _generate(args, kind: str, labels: np.ndarray) -> tuple[np.ndarray, float]:
         for b, start in enumerate(range(0, len(labels), args.batch_size)):
             x = sample(unet, noise[start : start + args.batch_size].to(device), betas=betas, sampler=args.sampler, num_steps=args.steps,
                        prediction_type=s["prediction_type"], generator=torch.Generator().manual_seed(args.seed + 1 + b),
-                       class_labels=torch.as_tensor(labels[start : start + args.batch_size], device=device), guidance_scale=args.guidance)
+                       class_labels=torch.as_tensor(labels[start : start + args.batch_size], device=device), guidance_scale=args.guidance,
+                       clip_sample=args.pixel_clip_sample or None)
             out.append(to_uint8(x))
     return np.concatenate(out), time.perf_counter() - t0
 
@@ -145,8 +186,8 @@ def measure(args) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_measure(args, kind: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.ldm_vs_pixel", "--measure", kind, *sys.argv[1:]]
+def run_measure(args, kind: str, extra: list[str] = ()) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.ldm_vs_pixel", "--measure", kind, *sys.argv[1:], *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode or not lines:
@@ -163,11 +204,17 @@ def main() -> None:
     ap.add_argument("--pixel-channels", default="32,64,96")
     ap.add_argument("--pixel-schedule", default="linear,0.0001,0.02",
                     help="pixel model's noise schedule: name,beta_start,beta_end (default: DDPM's pixel-space schedule)")
+    ap.add_argument("--pixel-clip-sample", type=float, default=1.0,
+                    help="clamp the pixel model's x0 predictions to [-r, r] while sampling (DDPM's pixel-space practice); 0 = off")
     ap.add_argument("--pixel-max-images", type=int, default=None, help="default: train_diffusion.max_images (the LDM's budget)")
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--ldm-budgets", default="",
+                    help="comma-separated LDM training budgets (images) to try, smallest first, for an LDM at the pixel model's class "
+                         "consistency (the pipeline's LDM, --models, is measured too); empty = compare with --models only")
+    ap.add_argument("--ldm-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--num-per-class", type=int, default=20)
-    ap.add_argument("--sampler", default="ddim")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--sampler", default="ddpm", help="same for both models (default ddpm: the pixel model's DDIM samples are poor)")
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -185,7 +232,7 @@ def main() -> None:
         sys.argv += ["--pixel-max-images", str(args.pixel_max_images)]
     if args.retrain or not (Path(args.pixel_dir) / "model.safetensors").is_file():
         train_pixel_model(args)
-    ldm_unet, _ = load_unet(Path(args.models) / "diffusion")
+    ldm_unet, ldm_meta = load_unet(Path(args.models) / "diffusion")
     pix_unet, pix_meta = load_unet(args.pixel_dir)
     one = torch.zeros(1, dtype=torch.long)
     sizes = {
@@ -193,27 +240,44 @@ def main() -> None:
         "pixel": model_summary(pix_unet, torch.zeros(1, pix_unet.config.in_channels, pix_unet.config.sample_size, pix_unet.config.sample_size), one, one),
     }
     baseline = run_measure(args, "baseline")
-    runs: dict[str, list[dict]] = {"ldm": [], "pixel": []}
-    for _ in range(args.repeats):  # alternate so background load hits both alike
-        for kind in ("ldm", "pixel"):
-            runs[kind].append(run_measure(args, kind))
+    runs: dict[str, list[dict]] = {"ldm": [], "pixel": [run_measure(args, "pixel")]}
+    print("pixel", runs["pixel"][-1], flush=True)
+    ldm_dirs: dict[str, list[str]] = {"ldm": []}
+    sweep: list[dict] = []
+    if args.ldm_budgets:  # an LDM at the pixel model's class consistency
+        matched, sweep = match_ldm_budget(args, runs["pixel"][0]["class_consistency"])
+        ldm_dirs["ldm_matched"], runs["ldm_matched"] = ["--ldm-dir", matched], []
+    for rep in range(args.repeats):  # alternate so background load hits every model alike
+        for kind, extra in ldm_dirs.items():
+            runs[kind].append(run_measure(args, "ldm", extra))
             print(kind, runs[kind][-1], flush=True)
+        if rep:
+            runs["pixel"].append(run_measure(args, "pixel"))
+            print("pixel", runs["pixel"][-1], flush=True)
     summary = {}
     for kind, rs in runs.items():
         secs = float(np.median([r["seconds"] for r in rs]))
-        summary[kind] = {**sizes[kind], "img_s": rs[0]["images"] / secs, "class_consistency": rs[0]["class_consistency"],
+        summary[kind] = {**sizes["pixel" if kind == "pixel" else "ldm"], "img_s": rs[0]["images"] / secs,
+                         "class_consistency": float(np.mean([r["class_consistency"] for r in rs])),
                          "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in rs])),
                          "cuda_peak_mb": rs[0]["cuda_peak_mb"], "runs_seconds": [r["seconds"] for r in rs]}
+    if sweep:
+        chosen = next(s for s in sweep if str(s["dir"]) == ldm_dirs["ldm_matched"][1])
+        summary["ldm_matched"]["max_images"] = chosen["max_images"]
+    compared = "ldm_matched" if sweep else "ldm"
     result = {
         "device": args.device, "threads": args.threads or torch.get_num_threads(), "sampler": args.sampler, "steps": args.steps,
         "guidance": args.guidance, "images_per_run": args.num_per_class * 10, "repeats": args.repeats,
+        "pixel_clip_sample": args.pixel_clip_sample or None,
         "pixel_training": {"channels": args.pixel_channels, "schedule": pix_meta["schedule"]["schedule"],
                            "beta_start": pix_meta["schedule"]["beta_start"], "beta_end": pix_meta["schedule"]["beta_end"],
                            "max_images": args.pixel_max_images, "train_seconds": pix_meta.get("train_seconds")},
+        "ldm_training": {"max_images": ldm_meta["metrics"]["images_seen"], "train_seconds": ldm_meta["metrics"]["train_seconds"]},
+        "ldm_sweep": sweep, "compared": compared,
         "baseline_rss_mb": baseline["peak_rss_mb"], **summary,
-        "speedup_per_sample": summary["ldm"]["img_s"] / summary["pixel"]["img_s"],
+        "speedup_per_sample": summary[compared]["img_s"] / summary["pixel"]["img_s"],
         "macs_ratio": sizes["pixel"]["macs_per_forward"] / sizes["ldm"]["macs_per_forward"],
-        "class_consistency_gap": summary["ldm"]["class_consistency"] - summary["pixel"]["class_consistency"],
+        "class_consistency_gap": summary[compared]["class_consistency"] - summary["pixel"]["class_consistency"],
     }
     atomic_write_json(Path(args.out), result)
     print(json.dumps({k: result[k] for k in ("speedup_per_sample", "macs_ratio", "class_consistency_gap")}))

@@ -52,6 +52,21 @@ def test_ddpm_matches_diffusers():
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_clip_sample_matches_diffusers(sampler):
+    """Pixel-space x0 clipping (diffusers' clip_sample) gives diffusers' result, and it does change the samples."""
+    xT = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    ref = _diffusers_loop(cls(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, clip_sample_range=0.5),
+                          xT.clone(), 50, torch.Generator().manual_seed(9))
+    kw = {"betas": make_betas("linear", 1000), "sampler": sampler, "num_steps": 50}
+    ours = sample(model, xT.clone(), **kw, clip_sample=0.5, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    unclipped = sample(model, xT.clone(), **kw, generator=torch.Generator().manual_seed(9))
+    assert (unclipped - ref).abs().max() > 1e-2
+    assert ours.abs().max() <= 0.5 + 1e-6
+
+
 def test_a_wrong_final_alpha_is_caught():
     """The oracle comparison is sensitive: set_alpha_to_one=False differs from diffusers' True."""
     xT = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))

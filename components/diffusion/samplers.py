@@ -28,6 +28,12 @@ def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
 
 
+def _clip(x0: torch.Tensor, clip_sample: float | None) -> torch.Tensor:
+    """Clamp the x0 prediction to [-r, r] (``clip_sample``; DDPM's pixel-space sampling, Ho et al. 2020, whose data
+    lie in [-1, 1]); ``None`` leaves it alone, as latents are unbounded."""
+    return x0 if clip_sample is None else x0.clamp(-clip_sample, clip_sample)
+
+
 def _steps(timesteps: Sequence[int], alphas_cumprod: torch.Tensor, final_alpha: float):
     """Yield ``(t, alpha_bar_t, alpha_bar_prev)`` with the previous timestep taken from the list itself
     (``final_alpha`` after the last step), which keeps every timestep spacing correct."""
@@ -47,6 +53,7 @@ def ddim(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     prediction_type: str = "epsilon",
+    clip_sample: float | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12, sigma from eq. 16 scaled by ``eta``).
 
@@ -58,6 +65,7 @@ def ddim(
     for t, a_t, a_prev in _steps(timesteps, alphas_cumprod, final_alpha):
         out = denoise(x, _t_batch(t, x))
         x0, eps = to_x0_eps(prediction_type, out.double(), x.double(), a_t)
+        x0 = _clip(x0, clip_sample)
         sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0:
@@ -76,6 +84,7 @@ def ddpm(
     eta: float = 1.0,
     generator: torch.Generator | None = None,
     prediction_type: str = "epsilon",
+    clip_sample: float | None = None,
 ) -> torch.Tensor:
     """Ancestral DDPM (Ho et al. 2020, eq. 6-7; respaced as Nichol & Dhariwal 2021, sec. 4).
 
@@ -91,6 +100,7 @@ def ddpm(
         beta_t = 1 - a_t / a_prev
         out = denoise(x, _t_batch(t, x)).double()
         x0, _ = to_x0_eps(prediction_type, out[:, :c], x.double(), a_t)
+        x0 = _clip(x0, clip_sample)
         mean = (a_prev.sqrt() * beta_t / (1 - a_t)) * x0 + ((1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)) * x.double()
         if t > 0:
             var = ((1 - a_prev) / (1 - a_t) * beta_t).clamp(min=1e-20)
@@ -114,6 +124,7 @@ def dpmpp_2m(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     prediction_type: str = "epsilon",
+    clip_sample: float | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M), multistep, midpoint form (Lu et al. 2022b, alg. 2; eq. 9 for the first order).
 
@@ -129,6 +140,7 @@ def dpmpp_2m(
     for i, (t, a_s, a_t) in enumerate(_steps(timesteps, alphas_cumprod, final_alpha)):
         out = denoise(x, _t_batch(t, x))
         x0, _ = to_x0_eps(prediction_type, out.double(), x.double(), a_s)
+        x0 = _clip(x0, clip_sample)
         lam_s = 0.5 * torch.log(a_s / (1 - a_s))
         if a_t >= 1.0:  # the final sigma is zero: the update lands exactly on x0
             x = x0.to(x.dtype)
@@ -182,13 +194,16 @@ def sample(
     generator: torch.Generator | None = None,
     class_labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
+    clip_sample: float | None = None,
 ) -> torch.Tensor:
     """Run ``sampler`` ("ddim" | "ddpm" | "dpmpp_2m") from ``x_T`` for ``num_steps`` steps and return x_0.
 
     ``model(x_t, t[, class_labels])`` returns the prediction of type ``prediction_type``; knob names
     follow diffusers' scheduler configs. ``set_alpha_to_one`` chooses the DDIM final alpha (1, or
     alpha_bar_0; for DPM-Solver++ this is diffusers' ``final_sigmas_type`` "zero" or "sigma_min"); DDPM
-    always ends at alpha 1, as in Ho et al.
+    always ends at alpha 1, as in Ho et al. ``clip_sample=r`` clamps every x0 prediction to [-r, r] (diffusers'
+    ``clip_sample``/``clip_sample_range``; the model output itself is kept, as diffusers'
+    ``use_clipped_model_output=False``): for pixel-space models only, never for latents.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
@@ -200,5 +215,6 @@ def sample(
         full, c = denoise, x_T.shape[1]
         denoise = lambda x, t: full(x, t)[:, :c]  # noqa: E731
     return SAMPLERS[sampler](
-        denoise, x_T, timesteps, ac, final_alpha=final_alpha, eta=eta, generator=generator, prediction_type=prediction_type
+        denoise, x_T, timesteps, ac, final_alpha=final_alpha, eta=eta, generator=generator, prediction_type=prediction_type,
+        clip_sample=clip_sample,
     )
