@@ -125,6 +125,20 @@ def match_ldm_budget(args, target: float) -> tuple[str, list[dict]]:
     return best["dir"], sweep
 
 
+def _pixel_model_matches(args) -> bool:
+    """Whether ``--pixel-dir`` holds a pixel model trained with this run's schedule, widths and budget."""
+    if not (Path(args.pixel_dir) / "model.safetensors").is_file():
+        return False
+    unet, meta = load_unet(args.pixel_dir)
+    s = meta["schedule"]
+    same = ((s["schedule"], s["beta_start"], s["beta_end"]) == _pixel_schedule(args.pixel_schedule)
+            and tuple(unet.config.channels) == tuple(int(c) for c in args.pixel_channels.split(","))
+            and meta["training"]["max_images"] == args.pixel_max_images)
+    if not same:
+        print(f"{args.pixel_dir} was trained with other settings; retraining", flush=True)
+    return same
+
+
 def _generate(args, kind: str, labels: np.ndarray) -> tuple[np.ndarray, float]:
     device = torch.device(args.device)
     if kind == "ldm":
@@ -230,7 +244,7 @@ def main() -> None:
     if args.pixel_max_images is None:
         args.pixel_max_images = load_params(args.params).train_diffusion.max_images
         sys.argv += ["--pixel-max-images", str(args.pixel_max_images)]
-    if args.retrain or not (Path(args.pixel_dir) / "model.safetensors").is_file():
+    if args.retrain or not _pixel_model_matches(args):
         train_pixel_model(args)
     ldm_unet, ldm_meta = load_unet(Path(args.models) / "diffusion")
     pix_unet, pix_meta = load_unet(args.pixel_dir)
