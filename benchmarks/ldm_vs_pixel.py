@@ -61,13 +61,13 @@ def train_pixel_model(args) -> None:
     ds = read_dataset(args.data)
     images = to_model_range(ds.images["train"])
     labels = torch.from_numpy(ds.labels["train"])
-    channels = tuple(int(c) for c in args.pixel_channels.split(","))
+    channels = args.pixel_channels
     unet_params = cfg.unet.model_copy(update={"channels": channels, "attention_levels": None if cfg.unet.attention_levels is None
                                               else (False,) * (len(channels) - 1) + (True,)})
     c, h = images.shape[1], images.shape[2]
     torch.manual_seed(params.base.seed)
     model = UNet(UNetConfig.from_params(unet_params, in_channels=c, out_channels=c, sample_size=h, num_classes=ds.num_classes))
-    schedule, beta_start, beta_end = _pixel_schedule(args.pixel_schedule)
+    schedule, beta_start, beta_end = args.pixel_schedule
     betas = make_betas(schedule, cfg.num_timesteps, beta_start, beta_end, zero_terminal_snr=cfg.zero_terminal_snr)
     loop = LoopConfig.from_section(cfg, max_images=args.pixel_max_images, checkpoint_every_images=0)
     trainer = Trainer(model, loop, dataset_size=len(labels), seed=params.base.seed, ctx=DistContext(), desc="pixel model")
@@ -109,9 +109,10 @@ def train_ldm(args, max_images: int) -> Path:
     return out
 
 
-def match_ldm_budget(args, target: float) -> tuple[str, list[dict]]:
+def match_ldm_budget(args, target: float) -> tuple[dict, list[dict]]:
     """Train the LDM at growing budgets (``--ldm-budgets``) until its class consistency reaches ``target``
-    (the pixel model's); return the folder of the budget closest to it and the sweep."""
+    (the pixel model's); return the sweep entry closest to it (``max_images``, ``class_consistency``,
+    ``dir``) and the whole sweep."""
     sweep, best = [], None
     for budget in sorted(int(b) for b in args.ldm_budgets.split(",")):
         folder = str(train_ldm(args, budget))
@@ -122,7 +123,7 @@ def match_ldm_budget(args, target: float) -> tuple[str, list[dict]]:
             best = sweep[-1]
         if cc >= target:
             break
-    return best["dir"], sweep
+    return best, sweep
 
 
 def _pixel_model_matches(args) -> bool:
@@ -131,8 +132,8 @@ def _pixel_model_matches(args) -> bool:
         return False
     unet, meta = load_unet(args.pixel_dir)
     s = meta["schedule"]
-    same = ((s["schedule"], s["beta_start"], s["beta_end"]) == _pixel_schedule(args.pixel_schedule)
-            and tuple(unet.config.channels) == tuple(int(c) for c in args.pixel_channels.split(","))
+    same = ((s["schedule"], s["beta_start"], s["beta_end"]) == args.pixel_schedule
+            and tuple(unet.config.channels) == args.pixel_channels
             and meta["training"]["max_images"] == args.pixel_max_images)
     if not same:
         print(f"{args.pixel_dir} was trained with other settings; retraining", flush=True)
@@ -215,8 +216,9 @@ def main() -> None:
     ap.add_argument("--data", default="data/dataset")
     ap.add_argument("--models", default="models", help="folder with autoencoder/, diffusion/, classifier/")
     ap.add_argument("--pixel-dir", default="models_bench/pixel", help="pixel-space model checkpoint (trained if missing)")
-    ap.add_argument("--pixel-channels", default="32,64,96")
-    ap.add_argument("--pixel-schedule", default="linear,0.0001,0.02",
+    ap.add_argument("--pixel-channels", default="32,64,96", type=lambda v: tuple(int(c) for c in v.split(",")),
+                    help="pixel model's U-Net widths, one per level")
+    ap.add_argument("--pixel-schedule", default="linear,0.0001,0.02", type=_pixel_schedule,
                     help="pixel model's noise schedule: name,beta_start,beta_end (default: DDPM's pixel-space schedule)")
     ap.add_argument("--pixel-clip-sample", type=float, default=1.0,
                     help="clamp the pixel model's x0 predictions to [-r, r] while sampling (DDPM's pixel-space practice); 0 = off")
@@ -260,7 +262,7 @@ def main() -> None:
     sweep: list[dict] = []
     if args.ldm_budgets:  # an LDM at the pixel model's class consistency
         matched, sweep = match_ldm_budget(args, runs["pixel"][0]["class_consistency"])
-        ldm_dirs["ldm_matched"], runs["ldm_matched"] = ["--ldm-dir", matched], []
+        ldm_dirs["ldm_matched"], runs["ldm_matched"] = ["--ldm-dir", matched["dir"]], []
     for rep in range(args.repeats):  # alternate so background load hits every model alike
         for kind, extra in ldm_dirs.items():
             runs[kind].append(run_measure(args, "ldm", extra))
@@ -276,14 +278,13 @@ def main() -> None:
                          "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in rs])),
                          "cuda_peak_mb": rs[0]["cuda_peak_mb"], "runs_seconds": [r["seconds"] for r in rs]}
     if sweep:
-        chosen = next(s for s in sweep if str(s["dir"]) == ldm_dirs["ldm_matched"][1])
-        summary["ldm_matched"]["max_images"] = chosen["max_images"]
+        summary["ldm_matched"]["max_images"] = matched["max_images"]
     compared = "ldm_matched" if sweep else "ldm"
     result = {
         "device": args.device, "threads": args.threads or torch.get_num_threads(), "sampler": args.sampler, "steps": args.steps,
         "guidance": args.guidance, "images_per_run": args.num_per_class * 10, "repeats": args.repeats,
         "pixel_clip_sample": args.pixel_clip_sample or None,
-        "pixel_training": {"channels": args.pixel_channels, "schedule": pix_meta["schedule"]["schedule"],
+        "pixel_training": {"channels": ",".join(map(str, args.pixel_channels)), "schedule": pix_meta["schedule"]["schedule"],
                            "beta_start": pix_meta["schedule"]["beta_start"], "beta_end": pix_meta["schedule"]["beta_end"],
                            "max_images": args.pixel_max_images, "train_seconds": pix_meta.get("train_seconds")},
         "ldm_training": {"max_images": ldm_meta["metrics"]["images_seen"], "train_seconds": ldm_meta["metrics"]["train_seconds"]},

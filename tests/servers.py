@@ -25,7 +25,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
+
+from components.io import env_overrides
 
 BIN = Path(sys.executable).parent
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "latentflow-test", "AWS_SECRET_ACCESS_KEY": "latentflow-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -148,7 +149,7 @@ class TeamServers:
     @contextlib.contextmanager
     def s3_credentials(self) -> Iterator[None]:
         """The S3 credentials in this process's environment for the duration of the block."""
-        with mock.patch.dict(os.environ, S3_CREDENTIALS):
+        with env_overrides(S3_CREDENTIALS):
             yield
 
     def s3_objects(self, bucket: str) -> list[str]:

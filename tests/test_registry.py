@@ -336,4 +336,6 @@ def test_retry_policy_bounds_and_restores_the_environment(monkeypatch):
         from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
 
         assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 2 and MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 9
+        monkeypatch.setenv("LATENTFLOW_SET_INSIDE", "kept")  # only the policy's own variables are restored
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7" and "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+    assert os.environ["LATENTFLOW_SET_INSIDE"] == "kept"

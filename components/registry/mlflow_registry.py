@@ -15,14 +15,12 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import mlflow.artifacts
 import mlflow.pyfunc
@@ -33,6 +31,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModel, Logged
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import ColSpec, Schema
+
+from components.io import env_overrides
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_NAME_IN_RUN = "model"
@@ -236,7 +236,7 @@ class RetryPolicy:
         """Set the MLflow HTTP retry variables for the duration of the block, then restore them."""
         values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": self.max_retries, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": self.backoff_factor,
                   "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0.5, "MLFLOW_HTTP_REQUEST_TIMEOUT": self.timeout_s}
-        with mock.patch.dict(os.environ, {key: str(value) for key, value in values.items()}):
+        with env_overrides({key: str(value) for key, value in values.items()}):
             yield
 
 
