@@ -24,8 +24,8 @@ import yaml
 
 from components.config import Params
 from components.io import atomic_write_json
-from pipelines import stages
 from pipelines.presets import ROOT, deep_merge, preset_params
+from pipelines.stages import ingest, train_autoencoder, train_diffusion
 
 
 def variants(base: dict, dataset: str) -> dict[str, dict]:
@@ -80,7 +80,7 @@ def run_dataset(dataset: str, downstream: bool, num_threads: int, only: list[str
         os.chdir(work)  # stages write resumable checkpoints relative to the working directory
         try:
             params = Params.model_validate(raw)
-            stages.ingest(params, out_dir=work / "data")
+            ingest.run(params, out_dir=work / "data")
             classifier = None
             for name, override in variants(raw["train_autoencoder"], dataset).items():
                 if only and name not in only:
@@ -88,7 +88,7 @@ def run_dataset(dataset: str, downstream: bool, num_threads: int, only: list[str
                 p = Params.model_validate(deep_merge(raw, {"train_autoencoder": override}))
                 models = work / name
                 t0 = time.perf_counter()
-                m = stages.train_autoencoder(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
+                m = train_autoencoder.run(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
                 row = {"dataset": dataset, "variant": name, "val_psnr": round(m["val_psnr"], 2), "val_mse": round(m["val_mse"], 5),
                        "parameters": m["parameters"], "macs_per_forward": m["macs_per_forward"], "scale_factor": round(m["scale_factor"], 4),
                        "train_seconds": round(time.perf_counter() - t0, 1), "images": p.train_autoencoder.max_images, **override}
@@ -102,7 +102,7 @@ def run_dataset(dataset: str, downstream: bool, num_threads: int, only: list[str
                         classifier = train_classifier(ds.images["train"], ds.labels["train"], ds.num_classes, epochs=e.classifier_epochs,
                                                       batch_size=e.classifier_batch_size, lr=e.classifier_lr, seed=p.base.seed, progress=False)
                     t1 = time.perf_counter()
-                    stages.train_diffusion(p, data_dir=work / "data", models_dir=models, metrics_dir=models / "metrics")
+                    train_diffusion.run(p, data_dir=work / "data", models_dir=models, metrics_dir=models / "metrics")
                     row.update(class_consistency(p, work, models, classifier, p.sample.num_per_class),
                                diffusion_seconds=round(time.perf_counter() - t1, 1), diffusion_images=p.train_diffusion.max_images)
                 rows.append(row)

@@ -26,8 +26,8 @@ from torchvision.transforms import v2
 
 from components.data.artifact import read_dataset
 from components.io import atomic_write_json
-from components.training.common import to_model_range
-from pipelines.stages import read_samples
+from components.images import to_model_range
+from components.data.samples import read_samples
 
 
 class LeNet(nn.Module):

@@ -34,8 +34,8 @@ from components.diffusion import diffusion_loss, make_betas, sample
 from components.io import atomic_write_json
 from components.models.summary import model_summary
 from components.models.unet import UNet, UNetConfig
-from components.training.checkpoint import load_unet, save_checkpoint
-from components.training.common import to_model_range, to_uint8
+from components.models.checkpoint import load_unet, save_checkpoint
+from components.images import to_model_range, to_uint8
 from components.training.distributed import DistContext
 from components.training.loop import Batch, LoopConfig, Trainer
 
@@ -95,7 +95,7 @@ def train_ldm(args, max_images: int) -> Path:
     ``<bench dir>/ldm_<max_images>/`` (a model folder ``LatentDiffusionGenerator`` loads)."""
     import shutil
 
-    from pipelines import stages
+    from pipelines.stages import train_diffusion
 
     out = Path(args.pixel_dir).parent / f"ldm_{max_images}"
     if (out / "diffusion" / "model.safetensors").is_file() and not args.retrain:
@@ -105,7 +105,7 @@ def train_ldm(args, max_images: int) -> Path:
     cfg = params.train_diffusion
     runtime = cfg.runtime.model_copy(update={"resume": False})
     params = params.model_copy(update={"train_diffusion": cfg.model_copy(update={"max_images": max_images, "runtime": runtime})})
-    stages.train_diffusion(params, data_dir=Path(args.data), models_dir=out, metrics_dir=out / "metrics")
+    train_diffusion.run(params, data_dir=Path(args.data), models_dir=out, metrics_dir=out / "metrics")
     return out
 
 
@@ -179,7 +179,7 @@ def peak_rss_mb() -> float:
 def measure(args) -> None:
     """(subprocess) sample with one model and print a JSON line: seconds, class predictions, peak memory."""
     from components.evaluation.classifier import Classifier, ClassifierConfig, classify
-    from components.training.checkpoint import read_checkpoint
+    from components.models.checkpoint import read_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

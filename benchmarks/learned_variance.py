@@ -25,7 +25,7 @@ from components.evaluation import class_consistency, feature_statistics, frechet
 from components.evaluation.classifier import classify
 from components.generation import LatentDiffusionGenerator
 from components.io import atomic_write_json
-from pipelines import stages
+from pipelines.stages import train_diffusion
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_models = Path(tmp) / "models"
         shutil.copytree(args.models / "autoencoder", tmp_models / "autoencoder")
-        train_metrics = stages.train_diffusion(variant, args.data, tmp_models, Path(tmp) / "metrics")
+        train_metrics = train_diffusion.run(variant, args.data, tmp_models, Path(tmp) / "metrics")
         generators = {"fixed_small": LatentDiffusionGenerator.from_dir(args.models), "learned_range": LatentDiffusionGenerator.from_dir(tmp_models)}
         rows = []
         for steps in [int(s) for s in args.steps.split(",")]:

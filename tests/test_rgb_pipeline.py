@@ -17,7 +17,7 @@ from PIL import Image
 
 from components.config import Params
 from components.data.sources import SourceError, load_image_folder
-from pipelines import stages
+from pipelines.stages import ingest, sample, train_autoencoder, train_diffusion, validate
 from tests.conftest import SHARED_DATA, tiny_params
 
 CIFAR_TAR = SHARED_DATA / "cifar10-test-jpg.tar"
@@ -89,11 +89,11 @@ def _rgb_run(tmp_path_factory) -> tuple[Path, Params]:
     p["train_diffusion"].update(max_images=320, batch_size=32, warmup_images=32)
     params = Params.model_validate(p)
     root = tmp_path_factory.mktemp("rgb")
-    stages.ingest(params, out_dir=root / "data")
-    stages.validate(params, data_dir=root / "data", out_dir=root / "validation")
-    stages.train_autoencoder(params, data_dir=root / "data", out_dir=root / "models" / "autoencoder", metrics_dir=root / "metrics")
-    stages.train_diffusion(params, data_dir=root / "data", models_dir=root / "models", metrics_dir=root / "metrics")
-    stages.sample(model=root / "models", out_dir=root / "samples", num_per_class=2, seed=0, sampler="ddim", steps=3,
+    ingest.run(params, out_dir=root / "data")
+    validate.run(params, data_dir=root / "data", out_dir=root / "validation")
+    train_autoencoder.run(params, data_dir=root / "data", out_dir=root / "models" / "autoencoder", metrics_dir=root / "metrics")
+    train_diffusion.run(params, data_dir=root / "data", models_dir=root / "models", metrics_dir=root / "metrics")
+    sample.run(model=root / "models", out_dir=root / "samples", num_per_class=2, seed=0, sampler="ddim", steps=3,
                   guidance=2.0, grid_path=root / "grid.png")
     return root, params
 

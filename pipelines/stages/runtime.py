@@ -1,0 +1,29 @@
+"""What every stage does before its work (seed, threads, device) and the fingerprint of a training run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from components.config import Params, params_dict
+
+
+def setup(params: Params):
+    """Seed torch, apply ``base.num_threads`` and return the device ``base.device`` resolves to."""
+    from components.training.common import resolve_device, setup_torch
+
+    setup_torch(params.base.seed, params.base.num_threads)
+    return resolve_device(params.base.device)
+
+
+def training_fingerprint(params: Params, stage: str, *inputs: str | Path) -> str:
+    """Hash of what a training run's result depends on: its params section (less ``runtime``, which changes
+    how it runs, not what it learns), the seed, and the contents of its input files. A resumable checkpoint is
+    only resumed by a run with the same fingerprint."""
+    section = {k: v for k, v in params_dict(params)[stage].items() if k != "runtime"}
+    h = hashlib.sha256(json.dumps({"seed": params.base.seed, stage: section}, sort_keys=True).encode())
+    for item in inputs:
+        p = Path(item)
+        h.update(p.read_bytes() if p.is_file() else str(item).encode())
+    return h.hexdigest()
