@@ -25,9 +25,9 @@ from torch import nn
 from torchvision.transforms import v2
 
 from components.data.artifact import read_dataset
-from components.io import atomic_write_json
-from components.images import to_model_range
 from components.data.samples import read_samples
+from components.images import to_model_range
+from components.io import atomic_write_json
 
 
 class LeNet(nn.Module):

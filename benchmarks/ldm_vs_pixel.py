@@ -31,11 +31,11 @@ import torch
 
 from components.config import load_params, params_dict
 from components.diffusion import diffusion_loss, make_betas, sample
+from components.images import to_model_range, to_uint8
 from components.io import atomic_write_json
+from components.models.checkpoint import load_unet, save_checkpoint
 from components.models.summary import model_summary
 from components.models.unet import UNet, UNetConfig
-from components.models.checkpoint import load_unet, save_checkpoint
-from components.images import to_model_range, to_uint8
 from components.training.distributed import DistContext
 from components.training.loop import Batch, LoopConfig, Trainer
 

@@ -21,7 +21,7 @@ from components.evaluation import class_consistency, feature_statistics, frechet
 from components.evaluation.classifier import Classifier, ClassifierConfig, classify
 from components.generation import LatentDiffusionGenerator
 from components.io import atomic_write_bytes, atomic_write_json
-from components.training.checkpoint import read_checkpoint
+from components.models.checkpoint import read_checkpoint
 
 
 def load_classifier(path: Path) -> Classifier:

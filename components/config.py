@@ -6,11 +6,13 @@ Unknown keys and bad values are errors that name the offending key (``extra="for
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.diffusion.options import DEFAULT_GUIDANCE, SAMPLERS
+from components.errors import ConfigError
 from components.models.unet_presets import BLOCK_NAMES, PRESET_NAMES, check_block_list, resolve_layout
 
 
@@ -62,7 +64,29 @@ class RuntimeParams(_Section):
     fused_optimizer: bool = Field(True, description="fused AdamW on CUDA (the CPU keeps the faster foreach path)")
 
 
-class AutoencoderParams(_Section):
+# Types of the training fields whose defaults differ between the two training sections (one definition each).
+BatchSize = Annotated[int, Field(ge=1)]
+ImageBudget = Annotated[int, Field(ge=1, description="training budget in images seen")]
+LearningRate = Annotated[float, Field(gt=0.0)]
+WarmupImages = Annotated[int, Field(ge=0)]
+
+
+class TrainingParams(_Section):
+    """What the training sections share: batch, budget in images seen, LR schedule, gradient clipping, runtime.
+
+    Each section gives its own defaults for ``batch_size``, ``max_images``, ``lr`` and ``warmup_images``.
+    """
+
+    batch_size: BatchSize
+    max_images: ImageBudget
+    lr: LearningRate
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_images: WarmupImages
+    grad_clip: float = Field(1.0, gt=0.0)
+    runtime: RuntimeParams = RuntimeParams()
+
+
+class AutoencoderParams(TrainingParams):
     regularizer: Literal["kl", "vq", "none"] = Field("kl", description="kl (LDM KL-reg) | vq (codebook) | none (plain MSE baseline)")
     channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = Field(4, ge=1)
@@ -78,13 +102,10 @@ class AutoencoderParams(_Section):
     disc_start_images: int = Field(0, ge=0, description="images seen before the discriminator starts")
     disc_layers: int = Field(2, ge=1, le=4, description="PatchGAN stride-2 layers")
     disc_lr: float | None = Field(None, gt=0.0, description="discriminator learning rate; null = lr")
-    batch_size: int = Field(64, ge=1)
-    max_images: int = Field(40_000, ge=1, description="training budget in images seen")
-    lr: float = Field(2e-3, gt=0.0)
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_images: int = Field(2_000, ge=0)
-    grad_clip: float = Field(1.0, gt=0.0)
-    runtime: RuntimeParams = RuntimeParams()
+    batch_size: BatchSize = 64
+    max_images: ImageBudget = 40_000
+    lr: LearningRate = 2e-3
+    warmup_images: WarmupImages = 2_000
 
     @model_validator(mode="after")
     def _factor(self) -> AutoencoderParams:
@@ -133,7 +154,7 @@ class UNetParams(_Section):
         return self
 
 
-class DiffusionParams(_Section):
+class DiffusionParams(TrainingParams):
     unet: UNetParams = UNetParams()
     num_timesteps: int = Field(1000, ge=2)
     schedule: Literal["linear", "scaled_linear", "cosine"] = "scaled_linear"
@@ -145,29 +166,26 @@ class DiffusionParams(_Section):
     vlb_weight: float = Field(0.001, ge=0.0, description="lambda of the hybrid loss (learned_range only)")
     min_snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting; null = off")
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
-    batch_size: int = Field(128, ge=1)
-    max_images: int = Field(110_000, ge=1, description="training budget in images seen")
-    lr: float = Field(1e-3, gt=0.0)
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_images: int = Field(5_000, ge=0)
-    grad_clip: float = Field(1.0, gt=0.0)
-    runtime: RuntimeParams = RuntimeParams()
+    batch_size: BatchSize = 128
+    max_images: ImageBudget = 110_000
+    lr: LearningRate = 1e-3
+    warmup_images: WarmupImages = 5_000
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
     log_every: int = Field(50, ge=1, description="steps between loss-curve points")
 
 
 class SampleParams(_Section):
-    sampler: Literal["ddim", "ddpm", "dpmpp_2m"] = "ddim"
+    sampler: Literal[SAMPLERS] = "ddim"
     steps: int = Field(50, ge=1)
     eta: float = Field(0.0, ge=0.0)
-    guidance: float = Field(3.0, ge=0.0)
+    guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0)
     num_per_class: int = Field(50, ge=1)
     batch_size: int = Field(250, ge=1)
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 
 
 class QualityGridParams(_Section):
-    samplers: tuple[Literal["ddim", "ddpm", "dpmpp_2m"], ...] = ("ddim", "dpmpp_2m")
+    samplers: tuple[Literal[SAMPLERS], ...] = ("ddim", "dpmpp_2m")
     steps: tuple[int, ...] = (10, 25)
     num_per_class: int = Field(20, ge=1)
 
@@ -214,10 +232,6 @@ class Params(_Section):
     register_: RegisterParams = Field(RegisterParams(), alias="register")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class ConfigError(ValueError):
-    """params.yaml is missing, unreadable or invalid; the message names each bad key."""
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

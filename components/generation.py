@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.diffusion import make_betas, sample
-from components.training.checkpoint import load_autoencoder, load_unet
-from components.training.common import to_uint8
+from components.diffusion import DEFAULT_GUIDANCE, make_betas, sample
+from components.images import to_uint8
+from components.models.checkpoint import load_autoencoder, load_unet
 
 
 class LatentDiffusionGenerator:
@@ -48,7 +48,7 @@ class LatentDiffusionGenerator:
         seed: int,
         sampler: str = "ddim",
         steps: int = 50,
-        guidance: float = 3.0,
+        guidance: float = DEFAULT_GUIDANCE,
         eta: float = 0.0,
         timestep_spacing: str = "leading",
         batch_size: int = 500,

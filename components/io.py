@@ -1,4 +1,4 @@
-"""Atomic writes: a failed stage never leaves a half-written output behind."""
+"""Atomic writes (a failed stage never leaves a half-written output behind) and the process environment."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# Telemetry off for every tool the pipeline drives; the one source for Python (the CLI, the tests). The Makefile,
+# the Dockerfiles and the Kubernetes job template set the same variables in their own syntax.
+TELEMETRY_OFF: dict[str, str] = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+}
 
 
 @contextlib.contextmanager

@@ -14,6 +14,9 @@ from typing import Annotated
 
 import typer
 
+from components.diffusion.options import SAMPLERS
+from components.io import TELEMETRY_OFF
+
 app = typer.Typer(
     help="latentflow: train, sample, evaluate and register class-conditional latent diffusion models.\n\n"
     "Each stage command reads its section of params.yaml and writes the outputs declared in dvc.yaml. "
@@ -27,8 +30,7 @@ ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (on
 
 
 def _setup() -> None:
-    for k, v in {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false"}.items():
+    for k, v in TELEMETRY_OFF.items():
         os.environ.setdefault(k, v)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -149,7 +151,7 @@ def sample(
     seed: Annotated[int | None, typer.Option(help="random seed; same seed, same images [params: base.seed]")] = None,
     out: Annotated[Path, typer.Option(help="output folder: OUT/<label>/<index>.png")] = Path("samples"),
     model: Annotated[str, typer.Option(help="model folder (autoencoder/ + diffusion/) or MLflow URI, e.g. models:/latentflow@champion")] = "models",
-    sampler: Annotated[str | None, typer.Option(help="ddim | ddpm | dpmpp_2m [params: sample.sampler]")] = None,
+    sampler: Annotated[str | None, typer.Option(help=f"{' | '.join(SAMPLERS)} [params: sample.sampler]")] = None,
     steps: Annotated[int | None, typer.Option(help="sampler steps [params: sample.steps]")] = None,
     guidance: Annotated[float | None, typer.Option(help="classifier-free guidance scale; 1 = none [params: sample.guidance]")] = None,
     eta: Annotated[float | None, typer.Option(help="DDIM eta (0 deterministic, 1 DDPM-like) [params: sample.eta]")] = None,
@@ -176,8 +178,8 @@ def sample(
         torch.set_num_threads(cfg.base.num_threads)
     s = cfg.sample
     sampler = sampler or s.sampler
-    if sampler not in ("ddim", "ddpm", "dpmpp_2m"):
-        typer.secho(f"--sampler must be ddim, ddpm or dpmpp_2m, got {sampler!r}", fg="red", err=True)
+    if sampler not in SAMPLERS:
+        typer.secho(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}", fg="red", err=True)
         raise typer.Exit(2)
     try:
         stage.run(

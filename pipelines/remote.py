@@ -72,14 +72,6 @@ def dvc(args: list[str], project_dir: str | Path, timeout: float = 1800) -> str:
     return proc.stdout
 
 
-def configure_dvc_remote(project_dir: str | Path, url: str, endpoint_url: str | None = None, name: str = "storage") -> None:
-    """Make ``url`` (s3://bucket/prefix) the default DVC remote of ``project_dir`` (no credentials are written)."""
-    parse_s3_url(url)
-    dvc(["remote", "add", "--default", "--force", name, url], project_dir)
-    if endpoint_url:
-        dvc(["remote", "modify", name, "endpointurl", endpoint_url], project_dir)
-
-
 def default_remote(project_dir: str | Path) -> S3Location:
     """The default DVC remote of ``project_dir`` as an S3 location (bucket, prefix, endpoint)."""
     from dvc.repo import Repo

@@ -11,16 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.io import TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LATENTFLOW_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
-os.environ.update(
-    DO_NOT_TRACK="true",
-    MLFLOW_DISABLE_TELEMETRY="true",
-    PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    DVC_NO_ANALYTICS="1",
-    GX_ANALYTICS_ENABLED="false",
-)
+os.environ.update(TELEMETRY_OFF)
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
 
 

@@ -26,13 +26,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.io import env_overrides
+from components.io import TELEMETRY_OFF, env_overrides
 
 BIN = Path(sys.executable).parent
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "latentflow-test", "AWS_SECRET_ACCESS_KEY": "latentflow-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 MLFLOW_BUCKET, DVC_BUCKET = "lf-mlflow", "lf-dvc"
-QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-         "GX_ANALYTICS_ENABLED": "false"}
 
 
 def free_port() -> int:
@@ -100,7 +98,7 @@ def base_env() -> dict[str, str]:
     """The current environment without S3 credentials or tracking/API URLs, telemetry off, venv first on PATH."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "MLFLOW_", "PREFECT_")) and k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    env.update(QUIET)
+    env.update(TELEMETRY_OFF)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 

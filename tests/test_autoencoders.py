@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from components.config import AutoencoderParams
+from components.images import to_model_range
 from components.models.autoencoder import AutoencoderConfig, KLAutoencoder, VQAutoencoder, build_autoencoder
+from components.models.checkpoint import CheckpointError, load_autoencoder, save_checkpoint
 from components.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from components.models.vq import VectorQuantizer
 from components.training.autoencoder import (
@@ -23,8 +25,6 @@ from components.training.autoencoder import (
     reconstruction_metrics,
     train_autoencoder,
 )
-from components.training.checkpoint import CheckpointError, load_autoencoder, save_checkpoint
-from components.training.common import to_model_range
 
 
 @pytest.fixture(autouse=True)

@@ -81,3 +81,18 @@ def test_guidance_batches_cond_and_uncond_in_one_call():
     betas = make_betas("linear", 100)
     sample(model, torch.zeros(2, 1, 2, 2), betas=betas, sampler="ddim", num_steps=3, class_labels=torch.tensor([3, 4]), guidance_scale=2.5)
     assert len(calls) == 3 and all(c.tolist() == [3, 4, -1, -1] for c in calls)
+
+
+def test_sampler_names_have_one_source():
+    """components.diffusion.options.SAMPLERS names exactly the sampler functions; params and the CLI use it."""
+    from components.config import QualityGridParams, SampleParams
+    from components.diffusion import DEFAULT_GUIDANCE, SAMPLERS
+    from components.diffusion.samplers import _SAMPLER_FNS
+
+    assert tuple(_SAMPLER_FNS) == SAMPLERS == ("ddim", "ddpm", "dpmpp_2m")
+    assert SampleParams().guidance == DEFAULT_GUIDANCE
+    for name in SAMPLERS:
+        SampleParams(sampler=name)
+        QualityGridParams(samplers=(name,))
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        sample(lambda x, t: x, torch.zeros(1, 1, 2, 2), betas=make_betas("linear", 10), sampler="euler", num_steps=2)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from components.models.autoencoder import AutoencoderConfig, KLAutoencoder
+from components.models.checkpoint import CheckpointError, load_autoencoder, load_unet, save_checkpoint
 from components.models.unet import UNet, UNetConfig
-from components.training.checkpoint import CheckpointError, load_autoencoder, load_unet, save_checkpoint
 
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> None:

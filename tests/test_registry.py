@@ -11,9 +11,6 @@ import types
 from collections.abc import Sequence
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-
 import mlflow
 import numpy as np
 import pandas as pd

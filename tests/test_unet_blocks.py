@@ -10,10 +10,10 @@ import yaml
 
 from components.config import ConfigError, UNetParams, load_params
 from components.models.blocks import ChannelAttention, ClassCrossAttention, ConvNeXtBlock, ResBlock, SelfAttention
+from components.models.checkpoint import load_unet, save_checkpoint
 from components.models.summary import model_summary
 from components.models.unet import UNet, UNetConfig
 from components.models.unet_presets import BLOCK_NAMES, PRESET_NAMES, PRESETS, resolve_layout
-from components.training.checkpoint import load_unet, save_checkpoint
 
 TINY = dict(in_channels=4, sample_size=8, num_classes=10)
 
@@ -204,3 +204,21 @@ def test_unet_config_rejects_bad_direct_construction():
         UNetConfig.from_layout(preset="res-clsAtn-chnAtn", channels=(6, 12), num_heads=4)
     with pytest.raises(ConfigError, match="retrain"):
         UNetConfig.from_dict({"channels": [64, 96], "num_res_blocks": 1, "attention_levels": [False, True], "kind": "unet"})
+
+
+def test_block_registry_is_the_one_source():
+    """BLOCK_TYPES names each block's class, constructor arguments and conditioning; the U-Net builds from it."""
+    from components.models import blocks
+    from components.models.unet_presets import BLOCK_ARGS, BLOCK_TYPES, CHANNEL_CHANGING
+
+    assert BLOCK_NAMES == tuple(BLOCK_TYPES) and CHANNEL_CHANGING == ("res", "conv")
+    args = {"in_ch": 8, "out_ch": 16, "emb_dim": 32, "num_heads": 2, "dropout": 0.0}
+    x, emb, tokens = torch.randn(2, 8, 4, 4), torch.randn(2, 32), torch.randn(2, 3, 32)
+    for name, kind in BLOCK_TYPES.items():
+        assert set(kind.args) <= set(BLOCK_ARGS), name
+        block = getattr(blocks, kind.cls)(*(args[a] for a in kind.args))
+        cond = {"emb": (emb,), "tokens": (tokens,), None: ()}[kind.conditioning]
+        assert block(x, *cond).shape == (2, 16 if kind.changes_channels else 8, 4, 4), name
+    net = UNet(UNetConfig.from_layout(blocks=list(BLOCK_NAMES), channels=(8, 16), num_heads=2, **TINY))
+    built = [type(b).__name__ for stage in net.down for b in stage.blocks][: len(BLOCK_NAMES)]
+    assert built == [BLOCK_TYPES[n].cls for n in BLOCK_NAMES]

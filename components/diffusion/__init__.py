@@ -1,41 +1,53 @@
-"""Diffusion math: schedules, the forward process and losses, samplers, guidance."""
+"""Diffusion math: schedules, the forward process and losses, samplers, guidance.
 
-from components.diffusion.forward import (
-    diffusion_loss,
-    gaussian_kl,
-    learned_range_log_variance,
-    min_snr_weight,
-    q_posterior,
-    q_sample,
-    simple_loss,
-    snr,
-    target_for,
-    to_x0_eps,
-    vlb_terms,
-)
-from components.diffusion.samplers import SAMPLERS, ddim, ddpm, dpmpp_2m, guided, sample
-from components.diffusion.schedules import alphas_cumprod, make_betas, rescale_zero_terminal_snr, sampling_timesteps
+Names are imported from their submodules on first use (PEP 562), so ``components.diffusion.options`` (the sampler
+names and the guidance default, pure Python) can be read by the params layer without importing torch.
+"""
 
-__all__ = [
-    "SAMPLERS",
-    "alphas_cumprod",
-    "ddim",
-    "ddpm",
-    "diffusion_loss",
-    "dpmpp_2m",
-    "gaussian_kl",
-    "guided",
-    "learned_range_log_variance",
-    "make_betas",
-    "min_snr_weight",
-    "q_posterior",
-    "q_sample",
-    "rescale_zero_terminal_snr",
-    "sample",
-    "sampling_timesteps",
-    "simple_loss",
-    "snr",
-    "target_for",
-    "to_x0_eps",
-    "vlb_terms",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS: dict[str, str] = {
+    # options: pure Python
+    "DEFAULT_GUIDANCE": "options",
+    "SAMPLERS": "options",
+    # forward process and losses
+    "diffusion_loss": "forward",
+    "gaussian_kl": "forward",
+    "learned_range_log_variance": "forward",
+    "min_snr_weight": "forward",
+    "q_posterior": "forward",
+    "q_sample": "forward",
+    "simple_loss": "forward",
+    "snr": "forward",
+    "target_for": "forward",
+    "to_x0_eps": "forward",
+    "vlb_terms": "forward",
+    # samplers
+    "ddim": "samplers",
+    "ddpm": "samplers",
+    "dpmpp_2m": "samplers",
+    "guided": "samplers",
+    "sample": "samplers",
+    # schedules
+    "alphas_cumprod": "schedules",
+    "make_betas": "schedules",
+    "rescale_zero_terminal_snr": "schedules",
+    "sampling_timesteps": "schedules",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from components.diffusion.forward import to_x0_eps
+from components.diffusion.options import SAMPLERS
 from components.diffusion.schedules import alphas_cumprod as _alphas_cumprod
 from components.diffusion.schedules import sampling_timesteps
 
@@ -155,7 +156,7 @@ def dpmpp_2m(
     return x
 
 
-SAMPLERS = {"ddim": ddim, "ddpm": ddpm, "dpmpp_2m": dpmpp_2m}
+_SAMPLER_FNS = {"ddim": ddim, "ddpm": ddpm, "dpmpp_2m": dpmpp_2m}  # keyed by options.SAMPLERS (a test checks they agree)
 
 
 def guided(model, class_labels: torch.Tensor | None, guidance_scale: float) -> Denoise:
@@ -214,7 +215,7 @@ def sample(
     if sampler != "ddpm":  # deterministic samplers ignore learned-variance channels
         full, c = denoise, x_T.shape[1]
         denoise = lambda x, t: full(x, t)[:, :c]  # noqa: E731
-    return SAMPLERS[sampler](
+    return _SAMPLER_FNS[sampler](
         denoise, x_T, timesteps, ac, final_alpha=final_alpha, eta=eta, generator=generator, prediction_type=prediction_type,
         clip_sample=clip_sample,
     )

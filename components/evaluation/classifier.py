@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from components.training.common import to_model_range
+from components.images import to_model_range
 
 
 @dataclass(frozen=True)

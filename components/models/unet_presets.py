@@ -1,27 +1,63 @@
-"""U-Net block layouts: the block names, seed 004's five named presets, and the layout resolution.
+"""U-Net block layouts: the registry of block types, seed 004's five named presets, and the layout resolution.
 
 Pure Python (no torch), so ``components.config`` can validate ``params.yaml`` without importing torch.
 
 A *layout* is the list of blocks that makes one U-Net level, e.g. ``[res, res, clsAtn, chnAtn]``.
 As in seed 004 (gmongaras' "Diffusion models from scratch", ImageNet 64x64), the same list builds
 every level of the down path, every level of the up path and, twice around a channel attention,
-the middle: ``mid = layout + [chnAtn] + layout``. Block names:
+the middle: ``mid = layout + [chnAtn] + layout``. The block names are the keys of :data:`BLOCK_TYPES`,
+the one registry that the params validation, the presets and :class:`~components.models.unet.UNet` read:
+a new block type is a class in ``components/models/blocks.py`` plus one entry there.
 
-- ``res``: residual block, GroupNorm-SiLU-conv twice, time+class embedding by scale-shift;
-- ``conv``: ConvNeXt block (depthwise 7x7, norm, pointwise MLP), embedding by scale-shift;
-- ``clsAtn``: class cross-attention: pixels attend to learned class tokens;
-- ``atn``: multi-head self-attention over pixels;
-- ``chnAtn``: efficient channel attention (squeeze-excitation style channel gates).
-
-The first block of a level must be ``res`` or ``conv``: it changes the channel count.
+The first block of a level must change the channel count (``res`` or ``conv``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-BLOCK_NAMES: tuple[str, ...] = ("res", "conv", "clsAtn", "atn", "chnAtn")
-CHANNEL_CHANGING: tuple[str, ...] = ("res", "conv")
+# the constructor arguments a block type may take, in the U-Net's terms
+BLOCK_ARGS: tuple[str, ...] = ("in_ch", "out_ch", "emb_dim", "num_heads", "dropout")
+
+
+@dataclass(frozen=True)
+class BlockType:
+    """One U-Net block type.
+
+    ``cls``: the class name in ``components.models.blocks``; ``args``: its positional constructor arguments, each
+    one of :data:`BLOCK_ARGS`; ``conditioning``: what ``forward`` takes besides ``x`` -- the time+class embedding
+    (``"emb"``), the class tokens (``"tokens"``) or nothing (``None``).
+    """
+
+    cls: str
+    args: tuple[str, ...]
+    conditioning: Literal["emb", "tokens"] | None
+    doc: str
+
+    @property
+    def changes_channels(self) -> bool:
+        """Takes ``out_ch``: may change the channel count (so may start a level)."""
+        return "out_ch" in self.args
+
+    @property
+    def needs_heads(self) -> bool:
+        """Takes ``num_heads``: the channels must be divisible by it."""
+        return "num_heads" in self.args
+
+
+BLOCK_TYPES: dict[str, BlockType] = {
+    "res": BlockType("ResBlock", ("in_ch", "out_ch", "emb_dim", "dropout"), "emb",
+                     "residual block, GroupNorm-SiLU-conv twice, time+class embedding by scale-shift"),
+    "conv": BlockType("ConvNeXtBlock", ("in_ch", "out_ch", "emb_dim", "dropout"), "emb",
+                      "ConvNeXt block (depthwise 7x7, norm, pointwise MLP), embedding by scale-shift"),
+    "clsAtn": BlockType("ClassCrossAttention", ("in_ch", "emb_dim", "num_heads"), "tokens",
+                        "class cross-attention: pixels attend to learned class tokens"),
+    "atn": BlockType("SelfAttention", ("in_ch", "num_heads"), None, "multi-head self-attention over pixels"),
+    "chnAtn": BlockType("ChannelAttention", ("in_ch",), None, "efficient channel attention (squeeze-excitation style channel gates)"),
+}
+BLOCK_NAMES: tuple[str, ...] = tuple(BLOCK_TYPES)
+CHANNEL_CHANGING: tuple[str, ...] = tuple(name for name, block in BLOCK_TYPES.items() if block.changes_channels)
 
 
 @dataclass(frozen=True)

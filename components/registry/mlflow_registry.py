@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
+from components.diffusion.options import DEFAULT_GUIDANCE
 from components.io import env_overrides
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -39,7 +40,7 @@ MODEL_NAME_IN_RUN = "model"
 MODEL_CODE_PATH = Path(__file__).with_name("pyfunc_model.py")
 PIP_REQUIREMENTS = ["torch", "numpy", "safetensors", "pandas", "pillow"]
 MAX_PARAM_LEN = 6000
-DEFAULTS: dict[str, Any] = {"num_images": 1, "sampler": "ddim", "steps": 50, "guidance": 3.0, "seed": 0}
+DEFAULTS: dict[str, Any] = {"num_images": 1, "sampler": "ddim", "steps": 50, "guidance": DEFAULT_GUIDANCE, "seed": 0}
 
 SIGNATURE = ModelSignature(
     inputs=Schema([

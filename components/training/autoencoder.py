@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import AutoencoderParams
+from components.images import to_model_range
 from components.models.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from components.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from components.models.summary import model_summary
-from components.training.common import autocast, check_finite, to_model_range, warmup_lr
+from components.training.common import autocast, check_finite, warmup_lr
 from components.training.distributed import DistContext
 from components.training.loop import Batch, LoopConfig, LoopResult, Trainer
 

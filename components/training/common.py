@@ -1,12 +1,10 @@
-"""Shared training utilities: devices, seeding, batching by images seen, LR warmup, EMA with warmup."""
+"""Shared training utilities: devices, seeding, autocast, LR warmup, EMA with warmup, finite-loss check."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
@@ -38,19 +36,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def batch_indices(n: int, batch_size: int, max_images: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Shuffled index batches, reshuffling every epoch, until ``max_images`` images have been seen."""
-    seen = 0
-    while seen < max_images:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            idx = perm[start : start + batch_size]
-            yield idx
-            seen += len(idx)
-            if seen >= max_images:
-                return
-
-
 def warmup_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int | None = None, final_fraction: float = 0.0) -> float:
     """Linear warmup to ``base_lr`` over ``warmup_steps``; then constant, or, with ``total_steps``,
     cosine decay to ``final_fraction * base_lr`` at the last step (Loshchilov & Hutter 2017, eq. 5)."""
@@ -74,18 +59,6 @@ def ema_model(model: torch.nn.Module, target_decay: float) -> AveragedModel:
         return avg * decay + cur * (1.0 - decay)
 
     return AveragedModel(model, avg_fn=avg_fn, use_buffers=True)
-
-
-def to_model_range(images_uint8: np.ndarray) -> torch.Tensor:
-    """uint8 ``[N, H, W, C]`` -> float ``[N, C, H, W]`` in [-1, 1]."""
-    x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float ``[N, C, H, W]`` in [-1, 1] -> uint8 ``[N, H, W, C]`` (clipped, rounded)."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
