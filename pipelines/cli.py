@@ -165,6 +165,7 @@ def sample(
     from components.config import ConfigError, Params, load_params
 
     _setup()
+    from components.registry.lineage import resolve_tracking_uri
     from pipelines.stages import sample as stage
 
     try:
@@ -186,7 +187,7 @@ def sample(
             model=model, out_dir=out, num_per_class=num_per_class or s.num_per_class, seed=cfg.base.seed if seed is None else seed,
             sampler=sampler, steps=steps or s.steps, guidance=s.guidance if guidance is None else guidance,
             eta=s.eta if eta is None else eta, timestep_spacing=s.timestep_spacing, grid_path=grid,
-            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or cfg.register_.tracking_uri,
+            tracking_uri=resolve_tracking_uri(cfg.register_.tracking_uri),
         )
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         typer.secho(f"latentflow sample failed: {type(exc).__name__}: {exc}", fg="red", err=True)
@@ -235,6 +236,63 @@ def flow(
     except RuntimeError as exc:
         typer.secho(f"latentflow flow failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command("add-data")
+def add_data_cmd(
+    src: Annotated[Path, typer.Argument(help="a folder of <class>/*.png|jpg images, or a .tar of one")],
+    name: Annotated[str | None, typer.Option(help="folder name under data/raw (default: the source's name)")] = None,
+    channels: Annotated[int | None, typer.Option(help="1 (grey) or 3 (RGB) [params: ingest.channels]")] = None,
+    image_size: Annotated[int | None, typer.Option(help="resize to this square size [params: ingest.image_size]")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Put your images under DVC and train on them: copy SRC to data/raw/NAME, `dvc add` it, and set
+    ingest.source=image_folder and ingest.root=data/raw/NAME in params.yaml.
+
+    Run it again on data/raw/NAME after adding or changing images to record the new version; `dvc repro`
+    re-runs ingest and everything downstream either way."""
+    from components.config import ConfigError
+    from pipelines.rawdata import AddDataError, add_data
+
+    _setup()
+    try:
+        rel = add_data(src, name=name, project=Path.cwd(), params_path=params.resolve(), channels=channels, image_size=image_size)
+    except (AddDataError, ConfigError, OSError) as exc:
+        typer.secho(f"latentflow add-data: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{rel} is tracked by DVC ({rel}.dvc) and params.yaml's ingest.root points at it. Next:\n"
+               f"  git add {rel}.dvc {rel.parent}/.gitignore {params} && git commit -m 'data: {rel.name}'\n"
+               f"  dvc push   # when a remote is configured\n  dvc repro")
+
+
+@app.command()
+def deps(
+    write: Annotated[bool, typer.Option("--write", help="rewrite the code entries of dvc.yaml's deps")] = False,
+    check: Annotated[bool, typer.Option("--check", help="exit 1 when dvc.yaml lists other code than the stages import")] = False,
+) -> None:
+    """The code each stage runs (its module under pipelines/stages/ and every project file it imports), as
+    dvc.yaml lists it in the stage's deps. Default: print it; --check compares; --write updates dvc.yaml."""
+    from pipelines.codedeps import stage_code, stale_stages, write_code_deps
+    from pipelines.flow import _declared_stages
+
+    dvc_yaml = Path.cwd() / "dvc.yaml"
+    if write:
+        changed = write_code_deps(dvc_yaml, Path.cwd())
+        typer.echo(f"updated the code deps of: {', '.join(changed)}" if changed else "dvc.yaml's code deps are up to date")
+        return
+    if check:
+        stale = stale_stages(dvc_yaml, Path.cwd())
+        for name, (missing, extra) in stale.items():
+            typer.secho(f"{name}: missing {missing or '-'}; not imported {extra or '-'}", fg="red", err=True)
+        if stale:
+            typer.secho("run `latentflow deps --write` to update dvc.yaml", err=True)
+            raise typer.Exit(1)
+        typer.echo("dvc.yaml's code deps match the stages' imports")
+        return
+    for name in _declared_stages(dvc_yaml):
+        typer.echo(f"{name}:")
+        for path in stage_code(name, Path.cwd()):
+            typer.echo(f"  {path}")
 
 
 @app.command()

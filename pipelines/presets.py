@@ -4,12 +4,14 @@ differ from the project's ``params.yaml``; :func:`init_run_dir` merges it and la
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import yaml
 
 from components.config import ConfigError, load_params
+from components.io import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS_DIR = ROOT / "presets"
@@ -41,6 +43,13 @@ def preset_params(name: str, base_params: Path = ROOT / "params.yaml") -> dict:
     return merged
 
 
+def run_dir_dvc_yaml() -> str:
+    """The project's ``dvc.yaml`` with its code deps (``components/...``, ``pipelines/...``) as absolute paths
+    into this checkout, so a run directory re-runs a stage when the code it runs changes."""
+    return re.sub(r"^(\s*- )((?:components|pipelines)/\S+)$", lambda m: f"{m[1]}{(ROOT / m[2]).as_posix()}",
+                  (ROOT / "dvc.yaml").read_text(), flags=re.M)
+
+
 def init_run_dir(name: str, dest: Path) -> Path:
     """Lay out ``dest`` as a runnable project for preset ``name``: ``dvc.yaml``, ``.dvc/`` (a DVC project without
     git of its own) and the merged ``params.yaml`` (validated). Re-running refreshes ``params.yaml`` and ``dvc.yaml``
@@ -59,7 +68,7 @@ def init_run_dir(name: str, dest: Path) -> Path:
         tmp.unlink()
         raise
     tmp.replace(dest / "params.yaml")
-    shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    atomic_write_bytes(dest / "dvc.yaml", run_dir_dvc_yaml().encode())
     (dest / ".dvc").mkdir(exist_ok=True)
     if not (dest / ".dvc" / "config").exists():
         # DVC without git of its own: inside the project's checkout, `git rev-parse HEAD` (the lineage tag

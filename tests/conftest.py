@@ -23,6 +23,9 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ[
 def tiny_params() -> dict:
     """The default params.yaml shrunk to a few hundred steps in total (seconds per stage)."""
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # CPU even on a CUDA machine: the resume tests assert bit-identical weights (CUDA would also need
+    # torch.use_deterministic_algorithms), and a num_processes: 2 run on one GPU would send rank 1 to cuda:1
+    p["base"]["device"] = "cpu"
     p["ingest"]["max_per_class"] = 60
     p["validate"].update(min_rows_train=100, min_rows_val=10)
     p["train_autoencoder"].update(max_images=1280, batch_size=32, warmup_images=200)
@@ -35,9 +38,14 @@ def tiny_params() -> dict:
 
 
 def make_project(dest: Path, params: dict) -> Path:
-    """A minimal latentflow project (dvc.yaml, params.yaml, .dvc/, a git repo) in ``dest``."""
+    """A minimal latentflow project (dvc.yaml, params.yaml, .dvc/, the code its stages depend on, a git repo) in ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    # the code the stages list as deps (a copy: tests may edit it to see what re-runs) and the default raw-data folder
+    for code in ("components", "pipelines"):
+        shutil.copytree(ROOT / code, dest / code, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    (dest / "data" / "raw").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "data" / "raw" / "README.md", dest / "data" / "raw" / "README.md")
     (dest / ".dvc").mkdir(exist_ok=True)
     for name in ("config", ".gitignore"):
         shutil.copy(ROOT / ".dvc" / name, dest / ".dvc" / name)

@@ -71,10 +71,125 @@ def test_registered_champion_with_lineage(project: Path):
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", mv.tags["git_commit"])
     manifest = json.loads((project / "data/dataset/manifest.json").read_text())
     assert mv.tags["dataset_digest"] == manifest["digest"]
-    assert any(k.startswith("dvc.train_diffusion.") for k in mv.tags)
+    assert mv.tags["raw_data_md5"] == _lock_dep_md5(project, "ingest", "data/raw")  # the DVC hash of the raw data
+    assert re.fullmatch(r"[0-9a-f]{64}", mv.tags["params_sha256"])
+    assert not any(k.startswith("dvc.") for k in mv.tags), "the full lineage is an artifact, not 20 tags"
+    lineage_path = mlflow.artifacts.download_artifacts(run_id=reg["run_id"], artifact_path="lineage.json", tracking_uri=f"sqlite:///{project}/mlflow.db")
+    lineage = json.loads(Path(lineage_path).read_text())
+    assert lineage["dataset_digest"] == manifest["digest"] and lineage["git_commit"] == mv.tags["git_commit"]
+    assert lineage["raw_data"]["dvc_md5"] == mv.tags["raw_data_md5"]
+    assert lineage["dvc_lock_outs"]["dvc.train_diffusion.models/diffusion"] == _lock_out_md5(project, "train_diffusion", "models/diffusion")
+    # the registry page: a model description and a version description that says what it is and why it won
+    assert "class-conditional latent diffusion" in client.get_registered_model("latentflow").description
+    assert "10 classes" in mv.description and manifest["digest"][:12] in mv.description and "champion" in mv.description
     run = client.get_run(reg["run_id"])
     assert run.data.params["train_diffusion.prediction_type"] == "epsilon"
     assert "class_consistency" in run.data.metrics
+
+
+def _lock_stage(project: Path, stage: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
+
+
+def _lock_dep_md5(project: Path, stage: str, path: str) -> str:
+    return next(d["md5"] for d in _lock_stage(project, stage)["deps"] if d["path"] == path)
+
+
+def _lock_out_md5(project: Path, stage: str, path: str) -> str:
+    return next(o["md5"] for o in _lock_stage(project, stage)["outs"] if o["path"] == path)
+
+
+def _changed_stages(project: Path) -> dict[str, list[str]]:
+    """``dvc status --json``: stage -> the deps it reports changed."""
+    res = run_cli(["dvc", "status", "--json"], cwd=project)
+    assert res.returncode == 0, res.stderr
+    out = {}
+    for name, changes in json.loads(res.stdout or "{}").items():
+        deps = [p for c in changes if isinstance(c, dict) for p in (c.get("changed deps") or {})]
+        out[name] = deps
+    return out
+
+
+def test_a_code_change_reruns_exactly_the_stages_that_import_it(project: Path, tmp_path: Path):
+    """Editing a sampler invalidates the stages whose code imports it, and no other; `dvc status` names the file."""
+    import shutil
+
+    from pipelines.codedeps import stage_code
+
+    proj = tmp_path / "codechange"
+    shutil.copytree(project, proj, symlinks=True)
+    assert _changed_stages(proj) == {}
+    with open(proj / "components/diffusion/samplers.py", "a") as f:
+        f.write("\n# a fix\n")
+    expected = {s for s in STAGES if "components/diffusion/samplers.py" in stage_code(s, proj)}
+    assert {"sample", "evaluate"} <= expected and not {"ingest", "validate", "train_autoencoder", "reference_stats"} & expected
+    changed = _changed_stages(proj)
+    assert set(changed) == expected
+    assert all(deps == ["components/diffusion/samplers.py"] for deps in changed.values()), changed
+
+
+def test_tracking_server_comes_from_the_environment(project: Path, tmp_path: Path):
+    """MLFLOW_TRACKING_URI overrides register.tracking_uri (a real `mlflow server`), and changing the params'
+    tracking_uri invalidates no stage."""
+    import os
+    import shutil
+
+    import mlflow
+    import yaml
+
+    from tests.servers import free_port, http_ok, wait_until
+
+    proj = tmp_path / "envproj"
+    shutil.copytree(project, proj, symlinks=True)
+    port = free_port()
+    log = tmp_path / "mlflow.log"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+           (tmp_path / "artifacts").as_uri(), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), timeout=90, what="mlflow server", log=log, proc=server)
+        local = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
+        local_versions = len(local.search_model_versions("name='latentflow'"))
+        res = subprocess.run(["latentflow", "register"], cwd=proj, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+        assert res.returncode == 0, res.stderr[-3000:]
+        remote = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        mv = remote.get_model_version_by_alias("latentflow", "champion")
+        assert mv.version == "1" and json.loads((proj / "reports/registry.json").read_text())["tracking_uri"] == f"http://127.0.0.1:{port}"
+        assert len(local.search_model_versions("name='latentflow'")) == local_versions  # nothing went to the params' store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # the tracking server is environment, not a param of the model: changing it re-runs nothing
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["register"].update(tracking_uri="http://mlflow.example:5000", http_max_retries=5)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _changed_stages(proj) == {}
+    params["register"]["min_improvement"] = 0.01  # a promotion rule is: register re-runs
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(_changed_stages(proj)) == {"register"}
+
+
+def test_register_checks_lineage_and_names_both_digests(project: Path, tmp_path: Path):
+    import shutil
+
+    proj = tmp_path / "lineage"
+    shutil.copytree(project, proj, symlinks=True)
+    cfg_path = proj / "models/diffusion/config.json"
+    meta = json.loads(cfg_path.read_text())
+    meta["dataset_digest"] = "f" * 64  # a U-Net trained on other data
+    cfg_path.write_text(json.dumps(meta))
+    before = (proj / "reports/registry.json").read_bytes()
+    res = run_cli(["latentflow", "register"], cwd=proj)
+    assert res.returncode != 0
+    digest = json.loads((proj / "data/dataset/manifest.json").read_text())["digest"]
+    assert "lineage mismatch" in res.stderr and digest[:12] in res.stderr and "ffffffffffff" in res.stderr, res.stderr
+    assert "models/diffusion" in res.stderr
+    assert (proj / "reports/registry.json").read_bytes() == before
 
 
 def test_second_repro_is_a_no_op(project: Path):

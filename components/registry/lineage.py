@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+def resolve_tracking_uri(params_value: str | None) -> str:
+    """Where MLflow runs and models go: ``$MLFLOW_TRACKING_URI`` when set (the environment: a team's server),
+    else ``register.tracking_uri`` from params (the local default ``sqlite:///mlflow.db``)."""
+    return os.environ.get(TRACKING_URI_ENV) or params_value or "sqlite:///mlflow.db"
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -30,3 +39,44 @@ def lock_hashes(lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
         for o in entry.get("outs", []):
             out[f"dvc.{name}.{o['path']}"] = o.get("md5", "")
     return out
+
+
+class LineageError(ValueError):
+    """Artifacts that should come from one dataset (or one run) do not."""
+
+
+def check_same_dataset(digests: dict[str, str | None]) -> str:
+    """The dataset digest every artifact in ``digests`` (name -> digest its metadata records) agrees on.
+
+    The first entry is the reference (the dataset itself); any other that differs, or records none, is named
+    with both digests in the error."""
+    (ref_name, ref), *others = digests.items()
+    bad = [(name, d) for name, d in others if d != ref]
+    if ref is None or bad:
+        detail = "; ".join(f"{name} was made from dataset {str(d)[:12] if d else '(none recorded)'}" for name, d in bad)
+        raise LineageError(f"lineage mismatch: {ref_name} is dataset {str(ref)[:12]}, but {detail or 'it records no digest'}. "
+                           "These artifacts come from different data: run `dvc repro` so every stage is rebuilt from the same dataset.")
+    return ref
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def raw_data_hash(lock_path: Path, root: str) -> str | None:
+    """The DVC hash (md5) of the raw-data dependency ``root`` of the ``ingest`` stage, as ``dvc.lock`` records it."""
+    import yaml
+
+    if not Path(lock_path).is_file():
+        return None
+    ingest = ((yaml.safe_load(Path(lock_path).read_text()) or {}).get("stages") or {}).get("ingest") or {}
+    for dep in ingest.get("deps") or []:
+        if dep.get("path") == root:
+            return dep.get("md5")
+    return None

@@ -36,6 +36,13 @@ from components.diffusion.options import DEFAULT_GUIDANCE
 from components.io import env_overrides
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_DESCRIPTION = (
+    "latentflow: class-conditional latent diffusion image generators (KL autoencoder + EMA U-Net), one version per "
+    "pipeline run. Alias `champion`: the version that won on the primary metric (tag `metric.<name>`); `challenger`: "
+    "the newest that did not. Each version's description says what it generates and from which data; its artifacts "
+    "hold the sample grid and lineage.json (code commit, raw-data DVC hash, dataset digest, params hash). "
+    "Load: mlflow.pyfunc.load_model('models:/<name>@champion'), or `latentflow sample --model models:/<name>@champion`."
+)
 MODEL_NAME_IN_RUN = "model"
 MODEL_CODE_PATH = Path(__file__).with_name("pyfunc_model.py")
 PIP_REQUIREMENTS = ["torch", "numpy", "safetensors", "pandas", "pillow"]
@@ -253,7 +260,7 @@ def register_model(
     metrics: dict[str, float], artifacts: list[Path], primary_metric: str, greater_is_better: bool,
     min_improvement: float, tags: dict[str, str], run_name: str | None = None,
     artifact_location: str | None = None, dataset: dict[str, str] | None = None,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = RetryPolicy(), description: str = "",
 ) -> RegistrationResult:
     """Log a training result as an MLflow run + pyfunc model, register it and assign an alias.
 
@@ -264,7 +271,8 @@ def register_model(
     source) is logged as the run's training input. ``artifact_location`` is only used when the
     experiment has to be created. The run ends FINISHED, or FAILED on error; a version created
     before the error is deleted (no half-registered versions) and a ``RegistryError`` names the
-    step that failed.
+    step that failed. ``description`` (what the version generates, from which data) becomes the version's
+    description, followed by the promotion decision; the registered model gets :data:`MODEL_DESCRIPTION`.
     """
     if primary_metric not in metrics:
         raise KeyError(f"primary metric {primary_metric!r} not in metrics {sorted(metrics)}")
@@ -275,7 +283,7 @@ def register_model(
             return _register(client, state, experiment=experiment, model_name=model_name, model_dir=Path(model_dir), params=params,
                              metrics=metrics, artifacts=artifacts, primary_metric=primary_metric, greater_is_better=greater_is_better,
                              min_improvement=min_improvement, tags=tags, run_name=run_name, artifact_location=artifact_location,
-                             dataset=dataset)
+                             dataset=dataset, description=description)
         except BaseException as exc:
             _roll_back(client, model_name, state)
             if isinstance(exc, MlflowException | OSError) and not isinstance(exc, FileNotFoundError):
@@ -304,7 +312,8 @@ def _roll_back(client: MlflowClient, model_name: str, state: dict[str, Any]) -> 
 
 def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, model_name: str, model_dir: Path, params: dict,
               metrics: dict[str, float], artifacts: list[Path], primary_metric: str, greater_is_better: bool, min_improvement: float,
-              tags: dict[str, str], run_name: str | None, artifact_location: str | None, dataset: dict[str, str] | None) -> RegistrationResult:
+              tags: dict[str, str], run_name: str | None, artifact_location: str | None, dataset: dict[str, str] | None,
+              description: str = "") -> RegistrationResult:
     state["step"] = f"find or create experiment {experiment!r}"
     exp = client.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location)
@@ -334,14 +343,18 @@ def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, m
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
+    if not client.get_registered_model(model_name).description:
+        client.update_registered_model(model_name, description=MODEL_DESCRIPTION)
     champ_version, champ_value = _champion(client, model_name, metric_tag)
     decision = decide_promotion(float(metrics[primary_metric]), champ_value,
                                 greater_is_better=greater_is_better, min_improvement=min_improvement)
     state["step"] = "create the model version"
     # source = storage location, not "models:/m-<id>": DB-backed registry stores resolve the
     # latter through the *global* tracking URI (MlflowClient()), which we must not depend on.
-    version = state["version"] = client.create_model_version(model_name, logged.artifact_location, run_id=run_id,
-                                                             model_id=logged.model_id).version
+    verdict = (f"Promotion: {'champion' if decision.promote else 'challenger'} — {decision.reason}"
+               f"{f' (compared with version {champ_version})' if champ_version else ''}.")
+    version = state["version"] = client.create_model_version(model_name, logged.artifact_location, run_id=run_id, model_id=logged.model_id,
+                                                             description=f"{description} {verdict}".strip()).version
     version_tags = {
         **tags, metric_tag: repr(decision.new_value), "promotion_reason": decision.reason,
         "promotion_decision": "promoted" if decision.promote else "not promoted",

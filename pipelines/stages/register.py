@@ -1,4 +1,4 @@
-"""Stage ``register``: log the run to MLflow, register the generator, move ``champion`` when it wins."""
+"""Stage ``register``: check the lineage, log the run to MLflow, register the generator, move ``champion`` when it wins."""
 
 from __future__ import annotations
 
@@ -11,20 +11,79 @@ from pathlib import Path
 
 from components.config import Params, params_dict
 from components.io import atomic_write_json
-from pipelines.stages.paths import DATA_DIR, EVAL_METRICS, GRID_PATH, METRICS_DIR, MODELS_DIR, QUALITY_PATH, REGISTRY_REPORT
+from pipelines.stages.paths import (
+    DATA_DIR,
+    EVAL_METRICS,
+    GRID_PATH,
+    METRICS_DIR,
+    MODELS_DIR,
+    QUALITY_PATH,
+    REFERENCE_DIR,
+    REGISTRY_REPORT,
+)
 
 log = logging.getLogger("latentflow")
+LOCK_PATH = Path("dvc.lock")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found ({what}): run `dvc repro` to build it first")
+    return json.loads(Path(path).read_text())
+
+
+def lineage(params: Params, *, models_dir: Path, data_dir: Path, ref_dir: Path, metrics: dict) -> dict:
+    """Where the model came from, read from each artifact's own metadata and checked: the dataset the
+    autoencoder, the U-Net, the reference statistics and the evaluation were made from must be the dataset
+    (``LineageError`` names both digests otherwise); the code commit; the raw data's DVC hash; the params."""
+    from components.registry.lineage import check_same_dataset, file_sha256, git_commit, lock_hashes, raw_data_hash
+
+    manifest = _read_json(Path(data_dir) / "manifest.json", "the dataset manifest")
+    models = {part: _read_json(Path(models_dir) / part / "config.json", f"the {part} checkpoint") for part in ("autoencoder", "diffusion")}
+    reference = _read_json(Path(ref_dir) / "manifest.json", "the reference statistics")
+    digest = check_same_dataset({
+        f"{data_dir}": manifest.get("digest"),
+        f"{models_dir}/autoencoder": models["autoencoder"].get("dataset_digest"),
+        f"{models_dir}/diffusion": models["diffusion"].get("dataset_digest"),
+        f"{ref_dir}": reference.get("dataset_digest"),
+        "metrics.json (evaluate)": (metrics.get("protocol") or {}).get("dataset_digest"),
+    })
+    commit = git_commit()
+    return {
+        "git_commit": commit,
+        "git_dirty": commit.endswith("-dirty"),
+        "raw_data": {"source": manifest.get("source"), "root": params.ingest.root, "dvc_md5": raw_data_hash(LOCK_PATH, params.ingest.root)},
+        "dataset_digest": digest,
+        "dataset_counts": manifest.get("counts"),
+        "params_sha256": hashlib.sha256(json.dumps(params_dict(params), sort_keys=True).encode()).hexdigest(),
+        "weights_sha256": {part: file_sha256(Path(models_dir) / part / "model.safetensors") for part in models},
+        "dvc_lock_outs": lock_hashes(LOCK_PATH),
+    }
+
+
+def describe(manifest: dict, diffusion_meta: dict, params: Params, metrics: dict) -> str:
+    """The version's description on the registry page: what it generates, from which data, how to sample it."""
+    s, names = params.sample, diffusion_meta.get("class_names") or []
+    shape = "x".join(str(v) for v in manifest.get("shape", []))
+    primary = params.register_.primary_metric
+    return (f"Class-conditional latent diffusion generator: {len(names)} classes ({', '.join(map(str, names[:12]))}), "
+            f"{shape} images. Trained on {manifest.get('source')} (dataset {str(manifest.get('digest'))[:12]}, "
+            f"{(manifest.get('counts') or {}).get('train')} training images). Default sampling: {s.sampler}, {s.steps} steps, "
+            f"guidance {s.guidance}. {primary} = {metrics.get(primary, float('nan')):.4g}. "
+            "Load: mlflow.pyfunc.load_model('models:/<name>@champion').predict(pd.DataFrame({'class_label': [3]})).")
 
 
 def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL_METRICS, grid_path: Path = GRID_PATH,
-        data_dir: Path = DATA_DIR, out_path: Path = REGISTRY_REPORT) -> dict:
-    """Log the run to MLflow, register the generator and move ``champion`` if it wins."""
-    from components.registry.lineage import git_commit, lock_hashes
+        data_dir: Path = DATA_DIR, out_path: Path = REGISTRY_REPORT, ref_dir: Path = REFERENCE_DIR) -> dict:
+    """Check the lineage, log the run to MLflow, register the generator and move ``champion`` if it wins."""
+    from components.registry.lineage import resolve_tracking_uri
     from components.registry.mlflow_registry import RetryPolicy, register_model
 
     cfg = params.register_
-    metrics = json.loads(Path(metrics_path).read_text())
-    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
+    metrics = _read_json(metrics_path, "the evaluation metrics")
+    manifest = _read_json(Path(data_dir) / "manifest.json", "the dataset manifest")
+    origin = lineage(params, models_dir=Path(models_dir), data_dir=Path(data_dir), ref_dir=Path(ref_dir), metrics=metrics)
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     for k, v in metrics.get("class_consistency_per_class", {}).items():
         numeric[f"class_consistency_class_{k}"] = float(v)
@@ -34,25 +93,33 @@ def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL
             numeric.update({f"{name}_{k}": float(v) for k, v in json.loads(p.read_text()).items() if isinstance(v, int | float)})
     if cfg.primary_metric not in numeric:
         raise KeyError(f"register.primary_metric {cfg.primary_metric!r} is not in {metrics_path}; choose one of {sorted(numeric)}")
-    tags = {"git_commit": git_commit(), "dataset_digest": manifest["digest"], "dataset_source": manifest["source"],
-            "params_sha256": hashlib.sha256(json.dumps(params_dict(params), sort_keys=True).encode()).hexdigest()}
-    tags.update(lock_hashes())
-    with tempfile.TemporaryDirectory() as bundle:
-        # the registered model holds only what generation needs: autoencoder/ and diffusion/
+    tags = {"git_commit": origin["git_commit"], "dataset_digest": origin["dataset_digest"], "dataset_source": manifest["source"],
+            "raw_data_md5": origin["raw_data"]["dvc_md5"] or "unknown", "params_sha256": origin["params_sha256"]}
+    diffusion_meta = _read_json(Path(models_dir) / "diffusion" / "config.json", "the diffusion checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle, extra = Path(tmp) / "bundle", Path(tmp) / "extra"
+        # the registered model holds what generation needs (autoencoder/, diffusion/) and, for the registry
+        # page, its sample grid and lineage
         for part in ("autoencoder", "diffusion"):
-            shutil.copytree(Path(models_dir) / part, Path(bundle) / part)
+            shutil.copytree(Path(models_dir) / part, bundle / part)
+        extra.mkdir()
+        (extra / "lineage.json").write_text(json.dumps(origin, indent=2, sort_keys=True) + "\n")
+        shutil.copy(extra / "lineage.json", bundle / "lineage.json")
+        if Path(grid_path).is_file():
+            shutil.copy(grid_path, bundle / Path(grid_path).name)
         result = register_model(
-            tracking_uri=cfg.tracking_uri, experiment=cfg.experiment, model_name=cfg.model_name, model_dir=Path(bundle),
+            tracking_uri=tracking_uri, experiment=cfg.experiment, model_name=cfg.model_name, model_dir=bundle,
             params=params_dict(params), metrics=numeric,
-            artifacts=[p for p in (Path(grid_path), Path(metrics_path), QUALITY_PATH.with_suffix(".png")) if p.is_file()],
+            artifacts=[p for p in (Path(grid_path), Path(metrics_path), QUALITY_PATH.with_suffix(".png"), extra / "lineage.json") if p.is_file()],
             primary_metric=cfg.primary_metric, greater_is_better=cfg.greater_is_better, min_improvement=cfg.min_improvement, tags=tags,
             dataset={"name": f"{manifest['source']}-{manifest['digest'][:12]}", "digest": manifest["digest"], "source": str(data_dir),
                      "source_type": "local", "profile": json.dumps({"digest": manifest["digest"], "counts": manifest.get("counts")})},
             retry=RetryPolicy(cfg.http_max_retries, cfg.http_backoff_factor, cfg.http_timeout_s),
+            description=describe(manifest, diffusion_meta, params, metrics),
         )
     report = {"model_name": result.model_name, "version": result.version, "alias": result.alias, "model_uri": result.model_uri,
               "run_id": result.run_id, "promoted": result.decision.promote, "reason": result.decision.reason,
-              "tracking_uri": cfg.tracking_uri}
+              "tracking_uri": tracking_uri, "dataset_digest": origin["dataset_digest"], "git_commit": origin["git_commit"]}
     atomic_write_json(out_path, report)
     log.info("register: %s", report)
     return report
