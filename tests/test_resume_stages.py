@@ -1,14 +1,14 @@
-"""Both training stages, killed with SIGKILL at a random step and re-run, end with weights bit-identical
+"""Both training stages, killed with SIGKILL at a fixed checkpoint and re-run, end with weights bit-identical
 to an uninterrupted run of the same length (CPU, same params, data and seed)."""
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import signal
 import subprocess
-import time
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,48 +40,101 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _kill_at_random_step(root: Path, stage: str, steps: int) -> int:
-    """Start ``stage``; once a random step is passed, SIGKILL it at once (between or during steps; on an idle CPU a
-    tiny step takes tens of ms, so no extra delay, or the run could end first). Returns the newest checkpoint's step."""
-    rng = random.Random()
-    after = rng.randint(4, steps // 3)  # at least 40 steps left, so the run cannot end before the kill
-    ckpt_root = root / "checkpoints" / stage
-    proc = subprocess.Popen(["latentflow", stage], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = [int(p.name.split("_")[1]) for p in checkpoint_dirs(ckpt_root)]
-        if done and max(done) >= after:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"{stage} was not killed mid-run (exit {proc.returncode}): {proc.stderr.read()[-2000:]}"
-    done = [int(p.name.split("_")[1]) for p in checkpoint_dirs(ckpt_root)]
-    assert done and max(done) < steps, f"{stage}: checkpoints {done} of {steps} steps"
-    return max(done)
+# Runs `latentflow STAGE` in-process with checkpoint writing wrapped: once checkpoint K is complete ("after") or
+# while its files are being written into the temporary folder ("during"), it prints a line and waits for the
+# test's SIGKILL. So the kill lands exactly there however loaded the machine is (a kill "once checkpoint K
+# shows up" could land several steps later).
+_HANG_AT_CHECKPOINT = """
+import signal, sys, time
+from pathlib import Path
+import components.training.loop as loop
+import components.training.state as state
+from pipelines.cli import main
+
+stage, mode, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def hang(event):
+    print(event, flush=True)
+    signal.alarm(300)  # bounded, should the test not kill it
+    while True:
+        time.sleep(1)
+
+save_training_state, save_file = loop.save_training_state, state.save_file
+
+def save_training_state_then_hang(root, step, *args, **kwargs):
+    out = save_training_state(root, step, *args, **kwargs)
+    if mode == "after" and step == k:
+        hang(f"checkpoint {step} written")
+    return out
+
+def save_file_then_hang(tensors, filename, *args, **kwargs):
+    save_file(tensors, filename, *args, **kwargs)
+    if mode == "during" and Path(filename).parent.name.startswith(f".step_{k:08d}.tmp-"):
+        hang(f"checkpoint {k} half-written")
+
+loop.save_training_state, state.save_file = save_training_state_then_hang, save_file_then_hang
+sys.argv = ["latentflow", stage]
+main()
+"""
 
 
-@pytest.mark.parametrize(("stage", "model", "steps"), [("train_autoencoder", "autoencoder", 60), ("train_diffusion", "diffusion", 60)])
-def test_sigkill_then_resume_is_bit_identical(project: Path, stage: str, model: str, steps: int) -> None:
+def _kill_at_checkpoint(root: Path, stage: str, mode: str, k: int) -> None:
+    """Run ``stage`` until checkpoint ``k`` is complete (``mode="after"``) or half-written (``"during"``), then SIGKILL it."""
+    event = f"checkpoint {k} written" if mode == "after" else f"checkpoint {k} half-written"
+    log = root / f"{stage}-killed.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _HANG_AT_CHECKPOINT, stage, mode, str(k)], cwd=root, stdout=subprocess.PIPE,
+                                stderr=err, text=True)
+        watchdog = threading.Timer(300, proc.kill)  # a run that never gets there must not hang the suite
+        watchdog.start()
+        lines = []
+        try:
+            for line in proc.stdout:
+                lines.append(line.strip())
+                if lines[-1] == event:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            proc.wait(timeout=60)
+        finally:
+            watchdog.cancel()
+            proc.stdout.close()
+    assert event in lines and proc.returncode == -signal.SIGKILL, (
+        f"{stage} was not killed at {event!r} (exit {proc.returncode}): {lines[-5:]}\n{log.read_text()[-2000:]}")
+
+
+# Fixed kill points (checkpoints every 2 steps of 60): the autoencoder right after checkpoint 10 is complete, the
+# diffusion stage while checkpoint 12 is half-written (its temporary folder must be ignored: resume from 10).
+@pytest.mark.parametrize(("stage", "model", "mode", "k", "resume_from"), [
+    ("train_autoencoder", "autoencoder", "after", 10, 10),
+    ("train_diffusion", "diffusion", "during", 12, 10),
+])
+def test_sigkill_then_resume_is_bit_identical(project: Path, stage: str, model: str, mode: str, k: int, resume_from: int) -> None:
+    """CPU only (tiny_params pins base.device: cpu): bit-identity on CUDA would also need deterministic algorithms."""
     root = project
+    shutil.rmtree(root / "checkpoints" / stage, ignore_errors=True)
     shutil.rmtree(root / "models" / "autoencoder")
     shutil.copytree(root / "straight_autoencoder", root / "models" / "autoencoder")  # the diffusion stage's input, as straight
     before = (root / "models" / model / "model.safetensors").read_bytes()
-    newest = _kill_at_random_step(root, stage, steps)
-    # the killed run left the previous output untouched
+    _kill_at_checkpoint(root, stage, mode, k)
+    # the killed run left the previous output untouched, and only complete checkpoints count
     assert (root / "models" / model / "model.safetensors").read_bytes() == before
+    ckpt_root = root / "checkpoints" / stage
+    assert [int(p.name.split("_")[1]) for p in checkpoint_dirs(ckpt_root)] == [resume_from - 2, resume_from]
+    if mode == "during":
+        assert list(ckpt_root.glob(f".step_{k:08d}.tmp-*")), "the kill did not land inside the checkpoint write"
     r = run_cli(["latentflow", stage], root)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stderr and f"step {newest}," in r.stderr, r.stderr[-2000:]
+    assert "resumed from" in r.stderr and f"step {resume_from}," in r.stderr, r.stderr[-2000:]
     straight, resumed = load_file(str(root / f"straight_{model}" / "model.safetensors")), load_file(str(root / "models" / model / "model.safetensors"))
     assert straight.keys() == resumed.keys()
-    for k in straight:
-        assert straight[k].equal(resumed[k]), f"{stage}: {k} differs from the uninterrupted run"
+    for name in straight:
+        assert straight[name].equal(resumed[name]), f"{stage}: {name} differs from the uninterrupted run"
 
 
 def test_train_diffusion_with_two_processes_launches_torchrun_and_matches(project: Path) -> None:
-    """runtime.num_processes: 2 makes the stage relaunch itself under torchrun (2 gloo ranks); the EMA U-Net
-    matches the one-process run of the same global batch to float tolerance."""
+    """runtime.num_processes: 2 makes the stage relaunch itself under torchrun (2 gloo ranks: tiny_params pins
+    base.device: cpu, also on a CUDA machine, where one GPU has no cuda:1 for rank 1); the EMA U-Net matches the
+    one-process run of the same global batch to float tolerance."""
     import torch
     import yaml
 

@@ -3,10 +3,10 @@ checkpoint rotation, fingerprints, the wall-clock budget."""
 
 from __future__ import annotations
 
-import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,36 +33,70 @@ def _weights_equal(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), f"{k} differs after resume"
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
-    steps = 14
-    subprocess.run(_worker(tmp_path / "straight.safetensors", "--steps", str(steps)), check=True, capture_output=True, timeout=120)
+STEPS, EVERY = 14, 3  # checkpoints after steps 3, 6, 9, 12 and 14, the newest two kept
 
-    kill_at = random.Random().randint(2, steps - 3)
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The weights of an uninterrupted run."""
+    out = tmp_path_factory.mktemp("straight") / "straight.safetensors"
+    subprocess.run(_worker(out, "--steps", str(STEPS)), check=True, capture_output=True, timeout=120)
+    return out
+
+
+def _run_until(cmd: list[str], event: str) -> list[str]:
+    """Start ``cmd``, SIGKILL it as soon as it prints the line ``event`` (the worker then waits to be killed, so the
+    kill lands exactly there, however loaded the machine); its stdout up to the event."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, proc.kill)  # a worker that never gets there must not hang the suite
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if lines[-1] == event:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.stdout.close()
+    assert lines and lines[-1] == event, f"the worker ended without printing {event!r} (exit {proc.returncode}): {lines[-5:]}"
+    assert proc.returncode == -signal.SIGKILL, f"the worker was not killed at {event!r} (exit {proc.returncode})"
+    return lines
+
+
+# Fixed kill points, each exact: the worker stops at the point and waits for the SIGKILL.
+@pytest.mark.parametrize(("hang", "at", "resume_from"), [
+    ("--hang-after-checkpoint", 3, 3),  # right after the first checkpoint is complete
+    ("--hang-at-step", 10, 9),  # mid-step (loss computed, no optimizer step), after checkpoint 6 was rotated out by 9
+    ("--hang-at-step", 2, 0),  # before any checkpoint: the rerun starts from scratch
+], ids=["after-checkpoint-3", "mid-step-10", "mid-step-2-no-checkpoint"])
+def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, straight: Path, hang: str, at: int, resume_from: int) -> None:
+    """Everything runs on the CPU, where these kernels are deterministic; bit-identity on CUDA would also need
+    ``torch.use_deterministic_algorithms``."""
     ckpts = tmp_path / "ckpts"
-    proc = subprocess.Popen(_worker(tmp_path / "never.safetensors", "--steps", str(steps), "--checkpoints", str(ckpts),
-                                    "--checkpoint-every", "3", "--sleep", "0.05"), stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.strip() == f"step {kill_at}":
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"the worker was not killed at step {kill_at} (exit {proc.returncode})"
+    common = ["--steps", str(STEPS), "--checkpoints", str(ckpts), "--checkpoint-every", str(EVERY)]
+    event = f"checkpoint {at}" if hang == "--hang-after-checkpoint" else f"step {at}"
+    _run_until(_worker(tmp_path / "never.safetensors", *common, hang, str(at)), event)
     assert not (tmp_path / "never.safetensors").exists()
-    done = [int(p.name.split("_")[1]) for p in checkpoint_dirs(ckpts)]
-    assert done and max(done) <= kill_at, f"checkpoints {done} after a kill at step {kill_at}"
+    expected = [s for s in range(EVERY, STEPS, EVERY) if s <= resume_from][-2:]
+    assert [int(p.name.split("_")[1]) for p in checkpoint_dirs(ckpts)] == expected
 
-    resumed = subprocess.run(_worker(tmp_path / "resumed.safetensors", "--steps", str(steps), "--checkpoints", str(ckpts),
-                                     "--checkpoint-every", "3"), capture_output=True, text=True, timeout=120, check=True)
-    first = int(resumed.stdout.split()[1])
-    assert first == max(done), f"resumed at step {first}, the newest checkpoint is step {max(done)} (killed at {kill_at})"
-    _weights_equal(tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors")
+    resumed = subprocess.run(_worker(tmp_path / "resumed.safetensors", *common), capture_output=True, text=True, timeout=120, check=True)
+    steps = [int(line.split()[1]) for line in resumed.stdout.splitlines() if line.startswith("step ")]
+    assert steps == list(range(resume_from, STEPS)), f"the rerun took steps {steps}; the newest checkpoint was step {resume_from}"
+    _weights_equal(straight, tmp_path / "resumed.safetensors")
 
 
 def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
-    """DDP with 2 ranks (and 2 micro-batches each) = 1 process, same global batch, to float tolerance."""
+    """DDP with 2 ranks (and 2 micro-batches each) = 1 process, same global batch, to float tolerance.
+
+    Pinned to the CPU (gloo) even on a CUDA machine: on one GPU, rank 1 would ask for ``cuda:1``."""
     single, ddp = tmp_path / "single.safetensors", tmp_path / "ddp.safetensors"
     subprocess.run(_worker(single, "--steps", "6"), check=True, capture_output=True, timeout=120)
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(WORKER), "--out", str(ddp), "--steps", "6", "--grad-accum", "2"]
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(WORKER), "--out", str(ddp), "--steps", "6", "--grad-accum", "2",
+           "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_file(str(single)), load_file(str(ddp))

@@ -112,6 +112,7 @@ class LoopResult:
 
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 AfterStepFn = Callable[[int], dict[str, float] | None]
+CheckpointFn = Callable[[int, Path], None]
 
 
 class Trainer:
@@ -119,6 +120,10 @@ class Trainer:
 
     ``extra_state`` holds other stateful objects to checkpoint (anything with ``state_dict`` /
     ``load_state_dict``, e.g. a discriminator and its optimizer).
+
+    ``on_checkpoint(step, path)``, when given, runs on rank 0 right after the checkpoint of ``step`` is
+    completely written (renamed into place, older ones rotated out) and before the next step starts: a
+    hook for progress reporting, and for tests that interrupt a run at an exact checkpoint.
     """
 
     def __init__(
@@ -133,6 +138,7 @@ class Trainer:
         fingerprint: str = "",
         desc: str = "train",
         progress: bool = True,
+        on_checkpoint: CheckpointFn | None = None,
     ):
         world = ctx.world_size
         if cfg.batch_size % (world * cfg.grad_accum):
@@ -142,7 +148,7 @@ class Trainer:
         if dataset_size < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({dataset_size} images)")
         self.cfg, self.ctx, self.seed, self.desc, self.progress = cfg, ctx, seed, desc, progress
-        self.dataset_size, self.fingerprint = dataset_size, fingerprint
+        self.dataset_size, self.fingerprint, self.on_checkpoint = dataset_size, fingerprint, on_checkpoint
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.device = ctx.device
         self.model = model.to(self.device)
@@ -203,7 +209,9 @@ class Trainer:
 
     def _save(self, step: int, history: list[dict]) -> None:
         if self.checkpoint_dir is not None and self.ctx.is_main:
-            save_training_state(self.checkpoint_dir, step, self.state_dict(step, history), self.cfg.keep_checkpoints)
+            path = save_training_state(self.checkpoint_dir, step, self.state_dict(step, history), self.cfg.keep_checkpoints)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(step, path)
         self.ctx.barrier()
 
     def _try_resume(self) -> tuple[int, list[dict]] | None:
