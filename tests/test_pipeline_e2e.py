@@ -39,6 +39,8 @@ def test_repro_writes_every_output(project: Path):
     assert grid.shape[0] > 10 * 32 and grid.shape[1] > 4 * 32
     assert sorted(int(p.name) for p in (project / "samples").iterdir()) == list(range(10))
     metrics = json.loads((project / "metrics.json").read_text())
+    # No floor above chance (0.1) is possible here: the tiny run measured 0.1, its 2-epoch classifier is itself at
+    # chance (classifier_val_accuracy 0.1), and even a 93%-accurate one scores the tiny model's samples at 0.075.
     assert 0.0 <= metrics["class_consistency"] <= 1.0
     assert np.isfinite(metrics["fd_classifier"]) and metrics["fd_classifier"] >= 0
     assert metrics["protocol"]["num_generated"] == 40
@@ -57,7 +59,8 @@ def test_repro_writes_every_output(project: Path):
     curve = json.loads((project / "metrics/diffusion_loss.json").read_text())
     assert len(curve) >= 5 and all(np.isfinite(p["loss"]) for p in curve)
     ae = json.loads((project / "metrics/autoencoder.json").read_text())
-    assert ae["val_psnr"] > 10 and ae["scale_factor"] > 0
+    # measured 19.2 dB; on this val split an all-black reconstruction scores 11.2 dB, the train mean image 13.3 dB
+    assert ae["val_psnr"] > 16 and ae["scale_factor"] > 0
 
 
 def test_registered_champion_with_lineage(project: Path):

@@ -112,7 +112,9 @@ def test_cifar_tar_ingest_and_validation(rgb_run):
 def test_rgb_autoencoder_diffusion_and_grid(rgb_run):
     root, _ = rgb_run
     ae = json.loads((root / "metrics" / "autoencoder.json").read_text())
-    assert np.isfinite(ae["val_psnr"]) and ae["val_psnr"] > 8 and ae["scale_factor"] > 0
+    # measured 13.6 dB; on these 10 val images constant grey scores 11.8 dB, the train mean image 11.7 dB (each
+    # image's own mean colour, an oracle, 13.5 dB: this tiny autoencoder is barely past colour averages)
+    assert np.isfinite(ae["val_psnr"]) and ae["val_psnr"] > 12.5 and ae["scale_factor"] > 0
     assert ae["parameters"] > 0 and ae["macs_per_forward"] > 0
     meta = json.loads((root / "models" / "autoencoder" / "config.json").read_text())
     assert meta["model"]["kind"] == "kl_autoencoder" and meta["model"]["in_channels"] == 3
