@@ -2,8 +2,12 @@
 
 Each server gets a free port, a folder and a log file under one temporary root; readiness is a
 bounded poll of its health endpoint, and a server that does not come up fails with the tail of its
-log. Processes run in their own process group and are stopped with SIGTERM, then SIGKILL after a
-grace period (``prefect worker`` ignores SIGTERM).
+log. A free port is only free when asked: another process can take it before the server binds it.
+So a start that finds its port taken (in use before the start, the server exiting with "address
+already in use", or a health endpoint answered by a listener that is not ours) retries on a fresh
+port, a bounded number of times; a restart prefers the old port and moves only when it stays taken.
+Processes run in their own process group and are stopped with SIGTERM, then SIGKILL after a grace
+period (``prefect worker`` ignores SIGTERM).
 
 S3 credentials go to the S3 server and the MLflow server only (and to DVC, which talks to S3
 directly); MLflow clients use the proxied ``mlflow-artifacts:`` scheme and need none.
@@ -15,11 +19,13 @@ prints their URLs; Ctrl-C stops them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,10 +39,92 @@ S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "latentflow-test", "AWS_SECRET_ACCESS_KEY
 MLFLOW_BUCKET, DVC_BUCKET = "lf-mlflow", "lf-dvc"
 
 
-def free_port() -> int:
+PORT_ATTEMPTS = 5
+_handed_out: set[int] = set()  # ports given out by this process: two servers never draw the same one
+_handed_out_lock = threading.Lock()
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could bind ``127.0.0.1:port`` now (with SO_REUSEADDR, as servers do: a port held
+    only by connections in TIME_WAIT counts as free, one with a listener does not)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A port that is free now and was not handed out before by this process (the OS may repeat one)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        with _handed_out_lock:
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("no fresh free port after 100 tries")
+
+
+class PortTaken(RuntimeError):
+    """The server could not have its port: another process holds it."""
+
+
+def _proc_stat(pid: str) -> list[str]:
+    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _descends_from(pid: str, root: int) -> bool:
+    for _ in range(64):
+        if int(pid) == root:
+            return True
+        try:
+            pid = _proc_stat(pid)[1]
+        except (OSError, IndexError):
+            return False
+        if pid in ("0", "1"):
+            return False
+    return False
+
+
+def listener_is_ours(port: int, root_pid: int) -> bool:
+    """False when the listener on ``port`` is a process other than ``root_pid`` and its descendants (read from
+    /proc); True when it is ours or cannot be told (no /proc, or no listener seen)."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return True
+    owners = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:[") and link[8:-1] in inodes:
+                        owners.append(proc.name)
+                        break
+    return not owners or any(_descends_from(pid, root_pid) for pid in owners)
+
+
+def _says_port_taken(log: Path, offset: int) -> bool:
+    text = log.read_text(errors="replace")[offset:].lower() if log.exists() else ""
+    return any(s in text for s in ("address already in use", "already in use", f"errno {errno.EADDRINUSE}"))
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -127,14 +215,51 @@ class TeamServers:
     def log(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
 
+    def _serve(self, name: str, what: str, cmd: Callable[[int], list[str]], env: dict[str, str], health: Callable[[int], str], *,
+               timeout: float, port: int = 0, cwd: Path | None = None) -> int:
+        """Start ``cmd(port)`` and wait for ``health(port)``; on a port that turns out to be taken, retry on a fresh one
+        (``PORT_ATTEMPTS`` in all). ``port``: try this one first (waiting up to 15 s for it to be released). Returns the port."""
+        log = self.log(name)
+        tried = []
+        for attempt in range(PORT_ATTEMPTS):
+            if attempt == 0 and port:
+                deadline = time.monotonic() + 15
+                while not port_is_free(port) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                candidate = port
+            else:
+                candidate = free_port()
+            tried.append(candidate)
+            if not port_is_free(candidate):
+                continue
+            offset = log.stat().st_size if log.exists() else 0
+            proc = Proc(name, cmd(candidate), env, log, cwd=cwd).start()
+            self.procs[name] = proc
+            try:
+                wait_until(lambda c=candidate, p=proc: http_ok(health(c)) and self._ours(c, p), timeout=timeout, what=what, log=log,
+                           proc=proc.popen)
+                return candidate
+            except RuntimeError:  # PortTaken included
+                taken = _says_port_taken(log, offset) or not listener_is_ours(candidate, proc.popen.pid)
+                proc.stop()
+                if not taken:
+                    raise
+        raise RuntimeError(f"{what}: every port tried was taken by another process: {tried}; log {log}")
+
+    @staticmethod
+    def _ours(port: int, proc: Proc) -> bool:
+        """Readiness also needs the listener to be ours: a foreign server on the port fails the poll (and the start then
+        sees the port as taken) instead of passing it."""
+        if listener_is_ours(port, proc.popen.pid):
+            return True
+        raise PortTaken(port)
+
     # ------------------------------------------------------------------ S3
     def start_s3(self) -> None:
         """moto's S3 server (in-memory) as a subprocess; the buckets are created with boto3."""
-        self.s3_port = self.s3_port or free_port()
         env = {**base_env(), **S3_CREDENTIALS}
-        proc = Proc("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)], env, self.log("s3")).start()
-        self.procs["s3"] = proc
-        wait_until(lambda: http_ok(f"{self.s3_endpoint}/moto-api/"), timeout=60, what="S3 server (moto)", log=proc.log, proc=proc.popen)
+        self.s3_port = self._serve("s3", "S3 server (moto)", lambda port: [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                   env, lambda port: f"http://127.0.0.1:{port}/moto-api/", timeout=60, port=self.s3_port)
         self.create_buckets()
 
     def create_buckets(self) -> None:
@@ -160,15 +285,23 @@ class TeamServers:
     # ------------------------------------------------------------------ MLflow
     def start_mlflow(self) -> None:
         """``mlflow server`` with a SQLite backend and proxied artifacts in s3://lf-mlflow (only it holds S3 credentials)."""
-        self.mlflow_port = self.mlflow_port or free_port()
         env = {**base_env(), **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         db = self.root / "mlflow" / "mlflow.db"
         db.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{db}", "--serve-artifacts", "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/artifacts"]
-        proc = Proc("mlflow", cmd, env, self.log("mlflow")).start()
-        self.procs["mlflow"] = proc
-        wait_until(lambda: http_ok(f"{self.mlflow_uri}/health"), timeout=120, what="MLflow server", log=proc.log, proc=proc.popen)
+
+        def cmd(port: int) -> list[str]:
+            return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--backend-store-uri",
+                    f"sqlite:///{db}", "--serve-artifacts", "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/artifacts"]
+
+        self.mlflow_port = self._serve("mlflow", "MLflow server", cmd, env, lambda port: f"http://127.0.0.1:{port}/health", timeout=120,
+                                       port=self.mlflow_port)
+
+    def restart_mlflow(self) -> None:
+        """Stop MLflow (if running) and start it again on the same SQLite store: on the same port when it is released within
+        15 s, else on a fresh one (``mlflow_uri`` follows; clients must read it after the restart)."""
+        if "mlflow" in self.procs:
+            self.procs["mlflow"].stop()
+        self.start_mlflow()
 
     # ------------------------------------------------------------------ Prefect
     def prefect_env(self) -> dict[str, str]:
@@ -177,15 +310,13 @@ class TeamServers:
                 "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5", "PREFECT_LOGGING_LEVEL": "INFO"}
 
     def start_prefect(self) -> None:
-        self.prefect_port = self.prefect_port or free_port()
         home = self.root / "prefect-server"
         env = {**base_env(), "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db"}
         home.mkdir(parents=True, exist_ok=True)
-        cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.prefect_port)]
-        proc = Proc("prefect", cmd, env, self.log("prefect")).start()
-        self.procs["prefect"] = proc
-        wait_until(lambda: http_ok(f"{self.prefect_api}/health"), timeout=120, what="Prefect server", log=proc.log, proc=proc.popen)
+        self.prefect_port = self._serve(
+            "prefect", "Prefect server", lambda port: [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env, lambda port: f"http://127.0.0.1:{port}/api/health", timeout=120, port=self.prefect_port)
 
     def start_worker(self, pool: str, env: dict[str, str], cwd: Path) -> Proc:
         """``prefect worker start --pool POOL`` (process type); stopped at teardown with SIGTERM, then SIGKILL."""
@@ -198,9 +329,6 @@ class TeamServers:
     def start(self) -> TeamServers:
         """S3 first (MLflow needs it); MLflow and Prefect start in parallel."""
         self.start_s3()
-        self.mlflow_port, self.prefect_port = free_port(), free_port()
-        import threading
-
         errors: list[BaseException] = []
 
         def run(fn: Callable[[], None]) -> None:

@@ -4,7 +4,9 @@ S3 (moto's server mode), an ``mlflow server`` (SQLite backend, proxied S3 artifa
 ``prefect server start`` run for the whole module; a ``prefect worker`` on a process pool runs the
 retraining deployment, which sends the training stages to a second deployment (``run_deployment``)
 working in a separate clone of the project: the two exchange artifacts through the DVC remote on S3.
-The tests run in file order; the last two stop MLflow (restarted) and S3 (left down).
+The MLflow outage test stops the shared MLflow server and restarts it (same store; same port unless it
+was taken meanwhile); the S3 outage test stops an S3 server of its own, behind an MLflow server of its
+own, so the shared servers are up for whatever runs after either. Nothing is written into the repository.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import pytest
 import yaml
 from PIL import Image
 
+import tests.servers
 from tests.conftest import ROOT, make_project, tiny_params
-from tests.servers import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, TeamServers, base_env
+from tests.servers import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, TeamServers, base_env, http_ok
 
 pytestmark = pytest.mark.timeout(600)
 MODEL = "latentflow"
@@ -151,7 +154,7 @@ def test_retraining_deployment_runs_on_the_process_pool(servers, client_env, pro
     assert "up to date" in status.lower(), status
 
 
-def test_registered_model_lands_in_s3_with_lineage(servers, project, retrained):
+def test_registered_model_lands_in_s3_with_lineage(servers, project, retrained, tmp_path):
     from mlflow import MlflowClient
 
     client = MlflowClient(servers.mlflow_uri)
@@ -170,8 +173,14 @@ def test_registered_model_lands_in_s3_with_lineage(servers, project, retrained):
     run = client.get_run(run_id)
     for tags in (version.tags, run.data.tags):
         assert tags["dataset_digest"] == manifest["digest"]
-        assert tags["dvc.train_diffusion.models/diffusion"] == expected_md5
         assert len(tags["git_commit"].removesuffix("-dirty")) == 40
+    # the DVC hashes of the outputs travel in the run's lineage.json (through the proxy: no S3 credentials here)
+    import mlflow
+
+    lineage = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="lineage.json", tracking_uri=servers.mlflow_uri,
+                                                                  dst_path=str(tmp_path))).read_text())
+    assert lineage["dvc_lock_outs"]["dvc.train_diffusion.models/diffusion"] == expected_md5
+    assert lineage["dataset_digest"] == manifest["digest"]
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == manifest["digest"][:36] and manifest["digest"] in dataset_input.dataset.profile
     assert run.data.params["sample.steps"] == "10" and "class_consistency" in run.data.metrics
@@ -277,43 +286,86 @@ def test_mlflow_ui_shows_the_champion(servers, retrained, tmp_path):
     image = np.asarray(Image.open(io.BytesIO(check.screenshot.read_bytes())).convert("L"), dtype=np.float64)
     assert image.shape[0] >= 600 and image.shape[1] >= 1000
     assert image.std() > 20, "blank screenshot"
-    (ROOT / "reports").mkdir(exist_ok=True)
-    shutil.copy(check.screenshot, ROOT / "reports" / "mlflow_ui_champion.png")
+    # the screenshot stays in tmp_path: the tracked reports/mlflow_ui_champion.png comes from `make ui-check`
 
 
-# ------------------------------------------------------------------------------------------------ outages (last)
+# ------------------------------------------------------------------------------------------------ outages
 
 
-def _versions(servers: TeamServers) -> list[str]:
+def _versions(uri: str) -> list[str]:
     from mlflow import MlflowClient
 
-    return sorted(str(v.version) for v in MlflowClient(servers.mlflow_uri).search_model_versions(f"name='{MODEL}'"))
+    return sorted(str(v.version) for v in MlflowClient(uri).search_model_versions(f"name='{MODEL}'"))
 
 
 def test_mlflow_outage_fails_clearly_and_registers_nothing(servers, project, retrained):
-    before = _versions(servers)
+    uri = servers.mlflow_uri
+    before = _versions(uri)
     servers.procs["mlflow"].stop()
     try:
-        res = run(["latentflow", "register"], project, base_env(), timeout=240)
+        res = run(["latentflow", "register"], project, {**base_env(), "MLFLOW_TRACKING_URI": uri}, timeout=240)
     finally:
-        servers.start_mlflow()  # same port, same SQLite store
+        servers.restart_mlflow()  # same SQLite store; same port unless another process took it meanwhile
     assert res.returncode == 1, res.stderr[-3000:]
-    assert "MLflow registration failed while trying to" in res.stderr and servers.mlflow_uri in res.stderr
+    assert "MLflow registration failed while trying to" in res.stderr and uri in res.stderr
     assert "2 HTTP retries" in res.stderr and "No model version was registered" in res.stderr
-    assert _versions(servers) == before
+    assert _versions(servers.mlflow_uri) == before
 
 
-def test_s3_outage_fails_clearly_and_leaves_no_half_registered_version(servers, project, retrained):
+def test_s3_outage_fails_clearly_and_leaves_no_half_registered_version(servers, project, retrained, tmp_path):
+    """An S3 server and an MLflow server of this test's own: the S3 server goes down, the shared ones stay up."""
     from mlflow import MlflowClient
 
-    before = _versions(servers)
-    servers.procs["s3"].stop()  # left down: this is the module's last test
-    res = run(["latentflow", "register"], project, base_env(), timeout=300)
-    assert res.returncode == 1, res.stderr[-3000:]
-    assert "MLflow registration failed while trying to upload" in res.stderr, res.stderr[-3000:]
-    assert "No model version was registered" in res.stderr
-    assert _versions(servers) == before
-    client = MlflowClient(servers.mlflow_uri)
-    (latest,) = client.search_runs([client.get_experiment_by_name("latentflow").experiment_id], order_by=["attributes.start_time DESC"],
-                                   max_results=1)
-    assert latest.info.status == "FAILED"
+    outage = TeamServers(tmp_path / "servers")
+    try:
+        outage.start_s3()
+        outage.start_mlflow()
+        outage.procs["s3"].stop()
+        res = run(["latentflow", "register"], project, {**base_env(), "MLFLOW_TRACKING_URI": outage.mlflow_uri}, timeout=300)
+        assert res.returncode == 1, res.stderr[-3000:]
+        assert "MLflow registration failed while trying to upload" in res.stderr, res.stderr[-3000:]
+        assert "No model version was registered" in res.stderr
+        assert _versions(outage.mlflow_uri) == []
+        client = MlflowClient(outage.mlflow_uri)
+        (latest,) = client.search_runs([client.get_experiment_by_name("latentflow").experiment_id], order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+        assert latest.info.status == "FAILED"
+    finally:
+        outage.stop()
+    assert http_ok(f"{servers.s3_endpoint}/moto-api/") and http_ok(f"{servers.mlflow_uri}/health"), "the shared servers went down"
+
+
+# ------------------------------------------------------------------------------------------------ ports
+
+
+def test_a_port_taken_before_the_server_binds_it_moves_the_server_to_a_fresh_port(tmp_path, monkeypatch):
+    """The race a free port leaves open: the port looked free, but another listener (here one answering every GET with
+    200, so the health poll alone would pass) has it when the server starts. The start moves to a fresh port."""
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    squatter = http.server.HTTPServer(("127.0.0.1", 0), Ok)
+    taken = squatter.server_address[1]
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    real_free_port, handed = tests.servers.free_port, iter([taken])
+    monkeypatch.setattr(tests.servers, "free_port", lambda: next(handed, None) or real_free_port())
+    monkeypatch.setattr(tests.servers, "port_is_free", lambda port: True)  # the check raced: the port looked free
+    team = TeamServers(tmp_path)
+    try:
+        team.start_s3()
+        assert team.s3_port not in (0, taken)
+        assert tests.servers.listener_is_ours(team.s3_port, team.procs["s3"].popen.pid)
+        assert not tests.servers.listener_is_ours(taken, team.procs["s3"].popen.pid)
+        assert team.s3_objects(MLFLOW_BUCKET) == []  # the moto server works, buckets made
+    finally:
+        team.stop()
+        squatter.shutdown()
+        squatter.server_close()
