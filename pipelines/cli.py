@@ -229,6 +229,8 @@ def flow(
 ) -> None:
     """Run the pipeline as a Prefect flow (local ephemeral mode): one task per dvc.yaml stage, in DAG order."""
     _setup()
+    # Prefect's own 20 s for its temporary server is too short on a busy 2-core machine (seen: a timeout under load)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from pipelines.flow import latentflow_pipeline
 
     try:

@@ -26,6 +26,7 @@ from pipelines.flow import stage_order, stage_task
 
 DATA_STAGES = ("ingest", "validate")
 TRAIN_STAGES = ("train_autoencoder", "train_diffusion")
+SUMMARY_KEY = "latentflow-retrain"  # the Prefect artifact key of each retraining run's summary
 
 
 @task(name="dvc pull", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.2)
@@ -85,8 +86,11 @@ def retrain(project_dir: str = ".", train_deployment: str | None = None, train_p
     ``train_deployment`` (e.g. ``latentflow-stages/train-gpu``) sends the training stages to another
     work pool with ``run_deployment``; ``train_project_dir`` is the project folder on that machine.
     """
+    from prefect.artifacts import create_markdown_artifact
     from prefect.context import get_run_context
     from prefect.deployments import run_deployment
+
+    from pipelines.summary import changed_stages, lock_fingerprints, retrain_markdown
 
     logger = get_run_logger()
     project = str(Path(project_dir).resolve())
@@ -94,6 +98,14 @@ def retrain(project_dir: str = ".", train_deployment: str | None = None, train_p
     remote_configured = _has_remote(project)
     if remote_configured:
         dvc_pull(project)
+    changed = changed_stages(remote.dvc(["status", "--json"], project))
+    if not changed:
+        logger.info("nothing changed: every dvc.yaml stage is up to date (raw data, code and params); nothing to retrain")
+        create_markdown_artifact(retrain_markdown(project, changed={}, reran=[]), key=SUMMARY_KEY,
+                                 description="latentflow retraining: nothing changed")
+        return []
+    logger.info("changed since the last run: %s", changed)
+    before = lock_fingerprints(project)
     done = _run([s for s in order if s in DATA_STAGES], project)
     train = [s for s in order if s in TRAIN_STAGES]
     if train_deployment:
@@ -117,6 +129,10 @@ def retrain(project_dir: str = ".", train_deployment: str | None = None, train_p
     done += _run([s for s in order if s not in DATA_STAGES and s not in TRAIN_STAGES], project)
     if push and remote_configured:
         dvc_push(project)
+    after = lock_fingerprints(project)
+    reran = [s for s in order if before.get(s) != after.get(s)]
+    create_markdown_artifact(retrain_markdown(project, changed=changed, reran=reran), key=SUMMARY_KEY,
+                             description=f"latentflow retraining: re-ran {', '.join(reran) or 'nothing'}")
     return done
 
 

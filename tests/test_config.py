@@ -42,8 +42,11 @@ def test_bad_value_is_named(tmp_path: Path):
 def test_cross_field_rules(tmp_path: Path):
     with pytest.raises(ConfigError, match="attention_levels"):
         load_params(_write(tmp_path, {"train_diffusion": {"unet": {"channels": [8, 16], "attention_levels": [True]}}}))
-    with pytest.raises(ConfigError, match="ingest.root"):
-        load_params(_write(tmp_path, {"ingest": {"source": "image_folder"}}))
+    # ingest.root is a DVC dependency (dvc.yaml: ${ingest.root}): it must name a path, for every source
+    for root in (None, ""):
+        with pytest.raises(ConfigError, match="ingest.root"):
+            load_params(_write(tmp_path, {"ingest": {"source": "image_folder", "root": root}}))
+    assert load_params(_write(tmp_path, {"ingest": {"source": "image_folder"}})).ingest.root == "data/raw"
 
 
 def test_missing_file_is_clear(tmp_path: Path):

@@ -157,7 +157,7 @@ def test_tracking_server_comes_from_the_environment(project: Path, tmp_path: Pat
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), timeout=90, what="mlflow server", log=log, proc=server)
         local = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
         local_versions = len(local.search_model_versions("name='latentflow'"))
-        res = subprocess.run(["latentflow", "register"], cwd=proj, capture_output=True, text=True, timeout=600,
+        res = subprocess.run(["dvc", "repro", "--force", "--single-item", "register"], cwd=proj, capture_output=True, text=True, timeout=600,
                              env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
         assert res.returncode == 0, res.stderr[-3000:]
         remote = mlflow.MlflowClient(f"http://127.0.0.1:{port}")

@@ -1,4 +1,5 @@
-"""Headless-Chromium check of the MLflow UI: the registered model page shows the ``champion`` alias.
+"""Headless-Chromium check of the MLflow UI: the registered model page shows the ``champion`` alias, and the
+champion version's page shows its description.
 
 ``python -m components.registry.browser --tracking-uri http://127.0.0.1:5000 --model latentflow``
 writes ``reports/mlflow_ui_champion.png`` (a screenshot of the model's page) and
@@ -60,10 +61,23 @@ def rendered_aliases(dom: str) -> list[str]:
     return re.findall(ALIAS_CHIP.format(alias=r"([\w-]+)"), dom)
 
 
+def version_page_url(tracking_uri: str, model_name: str, version: str | int) -> str:
+    return f"{tracking_uri.rstrip('/')}/#/models/{model_name}/versions/{version}"
+
+
+def check_version_page(tracking_uri: str, model_name: str, version: str | int, screenshot: Path, dom_path: Path | None = None, *,
+                       wait_ms: int = 15000, timeout: float = 120) -> UiCheck:
+    """Render one version's page (its description, tags, aliases and source run) like :func:`check_model_page`."""
+    return _render(version_page_url(tracking_uri, model_name, version), screenshot, dom_path, wait_ms=wait_ms, timeout=timeout)
+
+
 def check_model_page(tracking_uri: str, model_name: str, screenshot: Path, dom_path: Path | None = None, *,
                      wait_ms: int = 15000, timeout: float = 120) -> UiCheck:
     """Render the model's page twice in headless Chromium: DOM (for the checks) and a PNG screenshot."""
-    url = model_page_url(tracking_uri, model_name)
+    return _render(model_page_url(tracking_uri, model_name), screenshot, dom_path, wait_ms=wait_ms, timeout=timeout)
+
+
+def _render(url: str, screenshot: Path, dom_path: Path | None, *, wait_ms: int, timeout: float) -> UiCheck:
     budget = f"--virtual-time-budget={wait_ms}"
     dom = _chromium([budget, "--dump-dom", url], timeout).stdout.decode(errors="replace")
     dom_path = Path(dom_path or Path(screenshot).with_suffix(".html"))
@@ -81,11 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", required=True, help="MLflow server, e.g. http://127.0.0.1:5000")
     parser.add_argument("--model", default="latentflow", help="registered model name")
     parser.add_argument("--out", type=Path, default=Path("reports/mlflow_ui_champion.png"), help="screenshot path (.png)")
+    parser.add_argument("--version-out", type=Path, default=Path("reports/mlflow_ui_champion_version.png"),
+                        help="screenshot of the champion version's page (.png)")
     args = parser.parse_args(argv)
     check = check_model_page(args.tracking_uri, args.model, args.out)
     print(f"{check.url}: title {check.title!r}, aliases {check.aliases}; screenshot {check.screenshot}, DOM {check.dom}")
     if check.title != f"Model: {args.model} - MLflow" or "champion" not in check.aliases:
         print("the page does not show the model with its champion alias", file=sys.stderr)
+        return 1
+    from mlflow import MlflowClient
+
+    version = MlflowClient(args.tracking_uri).get_model_version_by_alias(args.model, "champion").version
+    page = check_version_page(args.tracking_uri, args.model, version, args.version_out)
+    print(f"{page.url}: title {page.title!r}; screenshot {page.screenshot}, DOM {page.dom}")
+    if "Class-conditional latent diffusion generator" not in page.dom.read_text():
+        print("the version page does not show the version's description", file=sys.stderr)
         return 1
     return 0
 

@@ -118,7 +118,7 @@ def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL
             description=describe(manifest, diffusion_meta, params, metrics),
         )
     report = {"model_name": result.model_name, "version": result.version, "alias": result.alias, "model_uri": result.model_uri,
-              "run_id": result.run_id, "promoted": result.decision.promote, "reason": result.decision.reason,
+              "run_id": result.run_id, "experiment_id": result.experiment_id, "promoted": result.decision.promote, "reason": result.decision.reason,
               "tracking_uri": tracking_uri, "dataset_digest": origin["dataset_digest"], "git_commit": origin["git_commit"]}
     atomic_write_json(out_path, report)
     log.info("register: %s", report)
