@@ -5,16 +5,21 @@ run ids: no fluent active run and no global tracking URI is read or written, so
 the functions are safe to call from Prefect task threads.
 
 The model is logged with MLflow's *models from code* (``pyfunc_model.py``): nothing of ours is
-pickled, and loading a version needs only the installed package. Against a tracking server the
-HTTP retries are bounded (``RetryPolicy``); an outage ends in a ``RegistryError`` naming the step
-that failed, and a model version that was created but not fully tagged and aliased is deleted.
+pickled. It carries a copy of the ``components`` package (``code_paths``: MLflow puts the model's
+``code/`` first on ``sys.path`` before running ``pyfunc_model.py``) and ``==`` pins of what loading and
+predicting import (:func:`pinned_requirements`), so ``mlflow models serve`` works in a fresh environment
+built from the model's ``requirements.txt`` alone. Against a tracking server the HTTP retries are bounded
+(``RetryPolicy``); an outage ends in a ``RegistryError`` naming the step that failed, and a model version
+that was created but not fully tagged and aliased is deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,7 +50,10 @@ MODEL_DESCRIPTION = (
 )
 MODEL_NAME_IN_RUN = "model"
 MODEL_CODE_PATH = Path(__file__).with_name("pyfunc_model.py")
-PIP_REQUIREMENTS = ["torch", "numpy", "safetensors", "pandas", "pillow"]
+# What loading + predicting imports (pyfunc_model -> this module -> components.generation): MLflow, torch and
+# safetensors (checkpoints), numpy, pandas, Pillow (PNG). Pinned with == to the installed versions at registration.
+SERVING_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas", "safetensors", "pillow")
+CODE_PACKAGE = Path(__file__).resolve().parents[1]  # components/: bundled as the model's code/components
 MAX_PARAM_LEN = 6000
 DEFAULTS: dict[str, Any] = {"num_images": 1, "sampler": "ddim", "steps": 50, "guidance": DEFAULT_GUIDANCE, "seed": 0}
 
@@ -176,6 +184,7 @@ class RegistrationResult:
     alias: str  # "champion" or "challenger"
     decision: PromotionDecision
     model_uri: str  # models:/NAME/VERSION
+    experiment_id: str = ""
 
 
 def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -190,6 +199,18 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def pinned_requirements() -> list[str]:
+    """``name==version`` of each of :data:`SERVING_DISTRIBUTIONS`, as installed in this environment."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_DISTRIBUTIONS]
+
+
+def _copy_code_package(dest: Path) -> Path:
+    """Copy :data:`CODE_PACKAGE` (sources only: no ``__pycache__`` or compiled files) to ``dest/components``."""
+    target = dest / CODE_PACKAGE.name
+    shutil.copytree(CODE_PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__", "*.py[cod]"))
+    return target
+
+
 def _log_pyfunc(client: MlflowClient, experiment_id: str, run_id: str, model_dir: Path) -> LoggedModel:
     """Save the pyfunc locally and upload it as a LoggedModel output of ``run_id``."""
     logged = client.create_logged_model(experiment_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id)
@@ -200,7 +221,7 @@ def _log_pyfunc(client: MlflowClient, experiment_id: str, run_id: str, model_dir
             mlflow.pyfunc.save_model(
                 path=str(local_path), python_model=str(MODEL_CODE_PATH),
                 artifacts={"model_dir": str(model_dir)}, signature=SIGNATURE, input_example=INPUT_EXAMPLE,
-                pip_requirements=PIP_REQUIREMENTS,
+                code_paths=[str(_copy_code_package(Path(tmp, "code")))], pip_requirements=pinned_requirements(),
                 mlflow_model=Model(artifact_path=logged.artifact_location, run_id=run_id,
                                    model_uuid=logged.model_id, model_id=logged.model_id),
             )
@@ -370,7 +391,7 @@ def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, m
     state["version"] = None  # complete: nothing to roll back from here on
     state["step"] = "finish the run"
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-    return RegistrationResult(run_id, model_name, str(version), alias, decision, f"models:/{model_name}/{version}")
+    return RegistrationResult(run_id, model_name, str(version), alias, decision, f"models:/{model_name}/{version}", experiment_id)
 
 
 def _resolve_download_uri(client: MlflowClient, uri: str) -> str:
