@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-all flow lint install clean-outputs servers deploy ui-check run-cifar10
+.PHONY: run test test-fast test-all flow lint install clean-outputs servers deploy ui-check run-cifar10
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,11 +30,13 @@ run-cifar10: $(STAMP)  ## the CIFAR-10 preset (RGB) in runs/cifar10 (dvc repro t
 flow: $(STAMP)  ## the same pipeline as a Prefect flow (local ephemeral mode)
 	$(BIN)/latentflow flow
 
-test: $(STAMP)  ## the default test suite (includes a tiny end-to-end dvc repro)
+test: $(STAMP)  ## every test (what CI runs): unit tests, then the end-to-end dvc repro, real servers, serving from a fresh venv
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## the unit tests only (tests not marked slow): a few minutes
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-all: $(STAMP)  ## every test, slow ones included
-	$(BIN)/python -m pytest -q
+test-all: test  ## same as `make test`
 
 servers: $(STAMP)  ## local S3 (moto) + MLflow (proxied S3 artifacts) + Prefect servers on 127.0.0.1, as in the tests; Ctrl-C stops them
 	$(BIN)/python -m tests.servers $(SERVERS_DIR)

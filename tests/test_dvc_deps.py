@@ -82,6 +82,7 @@ def folder_project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project", params)
 
 
+@pytest.mark.slow
 def test_add_data_puts_a_folder_under_dvc_and_a_changed_image_reruns_ingest(folder_project: Path, tmp_path: Path):
     proj = folder_project
     src = _digit_folder(tmp_path / "my digits")
@@ -117,6 +118,7 @@ def test_add_data_puts_a_folder_under_dvc_and_a_changed_image_reruns_ingest(fold
     assert run_cli(["dvc", "status", "--with-deps", "validate"], cwd=proj).stdout.strip().endswith("up to date.")
 
 
+@pytest.mark.slow
 def test_add_data_errors_are_clear_and_change_nothing(folder_project: Path, tmp_path: Path):
     proj = folder_project
     before = (proj / "params.yaml").read_text()

@@ -15,6 +15,8 @@ from PIL import Image
 from pipelines.flow import stage_order
 from tests.conftest import ROOT, make_project, run_cli, tiny_params
 
+pytestmark = pytest.mark.slow  # an integration test: see README "Tests"
+
 STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "reference_stats", "evaluate", "register"]
 
 

@@ -20,6 +20,8 @@ from components.data.sources import SourceError, load_image_folder
 from pipelines.stages import ingest, sample, train_autoencoder, train_diffusion, validate
 from tests.conftest import SHARED_DATA, tiny_params
 
+pytestmark = pytest.mark.slow  # an integration test: see README "Tests"
+
 CIFAR_TAR = SHARED_DATA / "cifar10-test-jpg.tar"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
