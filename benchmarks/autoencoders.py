@@ -7,7 +7,8 @@ the plain autoencoder (params.yaml's diffusion budget, DDIM 50 steps, guidance 3
     python -m benchmarks.autoencoders --datasets mnist cifar10 --downstream --num-threads 1
 
 Each variant runs through the pipeline's own stage functions in a scratch directory; results go to
-``reports/benchmarks/autoencoders.json`` (one row per dataset and variant) and are printed as a table.
+``reports/benchmarks/autoencoders.json`` (``rows``: one per dataset and variant, with ``provenance`` and ``num_threads``;
+files written before provenance was recorded are a bare list of rows) and are printed as a table.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from benchmarks.provenance import provenance
 from components.config import Params
 from components.io import atomic_write_json
 from pipelines.presets import ROOT, deep_merge, preset_params
@@ -134,7 +136,7 @@ def main() -> None:
     rows = []
     for dataset in args.datasets:
         rows += run_dataset(dataset, args.downstream, args.num_threads, args.variants, overrides)
-        atomic_write_json(out, rows)
+        atomic_write_json(out, {"num_threads": args.num_threads, "rows": rows, "provenance": provenance(threads=args.num_threads)})
     print(f"\n{'dataset':8} {'variant':18} {'PSNR dB':>8} {'params':>8} {'MACs':>11} {'scale':>7} {'train s':>8} {'class cons.':>11} {'FD clf':>8}")
     for r in rows:
         cc = f"{r['class_consistency']:.3f}" if "class_consistency" in r else "-"

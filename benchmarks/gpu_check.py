@@ -6,7 +6,8 @@
 2. guided DDIM-50 sampling images/s of the default U-Net;
 3. a 2-process NCCL DDP smoke test (1 process vs 2, same global batch) when 2 GPUs are present.
 
-Results: ``reports/gpu_check.json`` (and ``$OUT/gpu_check.json`` when ``OUT`` is set). ``--dry-run`` runs the same
+Results: ``reports/benchmarks/gpu_check.json`` (``gpu_check_dry_run.json`` with ``--dry-run``; also under ``$OUT`` when
+``OUT`` is set), rendered by ``python -m benchmarks.report``. ``--dry-run`` runs the same
 code on the CPU with tiny settings, to check the script itself on a machine without a GPU.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import provenance
 from components.config import load_params
 from components.diffusion import diffusion_loss, make_betas, sample
 from components.io import atomic_write_json
@@ -160,7 +162,9 @@ def main() -> None:
         report["ddp"] = {"ok": None, "note": "one GPU: the 2-process NCCL smoke test needs two"}
     report["ok"] = all(t["losses_finite"] and t["bf16_rel_diff"] < 0.05 for t in report["train"]) and report["sample"]["finite"] \
         and report["ddp"].get("ok") is not False
-    for out in [ROOT / "reports" / "gpu_check.json", *( [Path(os.environ["OUT"]) / "gpu_check.json"] if os.environ.get("OUT") else [])]:
+    report["provenance"] = provenance()
+    name = "gpu_check_dry_run.json" if a.dry_run else "gpu_check.json"  # only a real GPU run is reported
+    for out in [ROOT / "reports" / "benchmarks" / name, *([Path(os.environ["OUT"]) / name] if os.environ.get("OUT") else [])]:
         atomic_write_json(out, report)
     print("gpu_check:", "OK" if report["ok"] else "FAILED")
     sys.exit(0 if report["ok"] else 1)

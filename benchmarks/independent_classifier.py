@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from benchmarks.provenance import provenance
 from components.data.artifact import read_dataset
 from components.data.samples import read_samples
 from components.images import to_model_range
@@ -95,6 +96,7 @@ def main() -> None:
         "sample_class_consistency": float((pred == labels).mean()),
         "per_class": per_class,
         "seconds": round(time.perf_counter() - t0, 1),
+        "provenance": provenance(),
     }
     atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

@@ -14,6 +14,11 @@ peak RSS (or CUDA peak allocation) is its own; the RSS of a subprocess that only
 baseline.
 
     python -m benchmarks.ldm_vs_pixel --pixel-max-images 110000 --ldm-budgets 5000,10000,20000,40000
+
+The pixel model stays in ``--pixel-dir`` (``models_bench/pixel``, not in git). A grid of its samples (columns are
+the classes, ``--samples-per-class`` rows; the run's sampler, steps, guidance, x0 clipping and seed):
+
+    python -m benchmarks.ldm_vs_pixel --samples-png reports/benchmarks/pixel_model_ddpm100_samples.png
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.provenance import provenance
 from components.config import load_params, params_dict
 from components.diffusion import diffusion_loss, make_betas, sample
 from components.images import to_model_range, to_uint8
@@ -167,6 +173,34 @@ def _generate(args, kind: str, labels: np.ndarray) -> tuple[np.ndarray, float]:
     return np.concatenate(out), time.perf_counter() - t0
 
 
+def write_samples_png(args) -> None:
+    """Sample ``--samples-per-class`` images of every class from the saved pixel model (``--pixel-dir``; never trains
+    one) and write them as a PNG grid to ``--samples-png``: column c holds class c, row r the r-th sample of each.
+    The PNG's text chunks record the settings and the provenance."""
+    from PIL import Image, PngImagePlugin
+
+    if not (Path(args.pixel_dir) / "model.safetensors").is_file():
+        raise SystemExit(f"no pixel model in {args.pixel_dir}: train it first with `python -m benchmarks.ldm_vs_pixel` (its benchmark run)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unet, _ = load_unet(args.pixel_dir)
+    k = unet.config.num_classes
+    labels = np.tile(np.arange(k), args.samples_per_class)
+    images, _ = _generate(args, "pixel", labels)
+    n, h, w, c = images.shape
+    grid = images.reshape(args.samples_per_class, k, h, w, c).transpose(0, 2, 1, 3, 4).reshape(args.samples_per_class * h, k * w, c)
+    info = PngImagePlugin.PngInfo()
+    settings = {"pixel_dir": str(args.pixel_dir), "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+                "clip_sample": args.pixel_clip_sample or None, "seed": args.seed, "batch_size": args.batch_size,
+                "samples_per_class": args.samples_per_class}
+    info.add_text("latentflow_settings", json.dumps(settings))
+    info.add_text("latentflow_provenance", json.dumps(provenance()))
+    out = Path(args.samples_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if c == 1 else grid).save(out, pnginfo=info)
+    print(f"wrote {out} ({n} samples, {settings})", flush=True)
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set (``VmHWM``; unlike ``ru_maxrss`` it is not inherited across exec
     from the forking parent)."""
@@ -239,9 +273,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--measure", choices=["ldm", "pixel", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--out", default="reports/benchmarks/ldm_vs_pixel.json")
+    ap.add_argument("--samples-png", default=None,
+                    help="only write a grid of the saved pixel model's samples (columns = classes) to this PNG, then stop")
+    ap.add_argument("--samples-per-class", type=int, default=3, help="rows of the --samples-png grid")
     args = ap.parse_args()
     if args.measure:
         measure(args)
+        return
+    if args.samples_png:
+        write_samples_png(args)
         return
     if args.pixel_max_images is None:
         args.pixel_max_images = load_params(args.params).train_diffusion.max_images
@@ -293,6 +333,7 @@ def main() -> None:
         "speedup_per_sample": summary[compared]["img_s"] / summary["pixel"]["img_s"],
         "macs_ratio": sizes["pixel"]["macs_per_forward"] / sizes["ldm"]["macs_per_forward"],
         "class_consistency_gap": summary[compared]["class_consistency"] - summary["pixel"]["class_consistency"],
+        "provenance": provenance(threads=args.threads or torch.get_num_threads()),
     }
     atomic_write_json(Path(args.out), result)
     print(json.dumps({k: result[k] for k in ("speedup_per_sample", "macs_ratio", "class_consistency_gap")}))

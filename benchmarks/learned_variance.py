@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.provenance import provenance
 from benchmarks.quality_vs_steps import load_classifier
 from components.config import load_params
 from components.data.artifact import read_dataset
@@ -59,7 +60,8 @@ def main() -> None:
                        "fd_classifier": frechet_distance(*feature_statistics(feats), mu_ref, sig_ref)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    atomic_write_json(args.out, {"learned_range_training": train_metrics, "num_generated": int(len(labels)), "rows": rows})
+    atomic_write_json(args.out, {"learned_range_training": train_metrics, "num_generated": int(len(labels)), "rows": rows,
+                                 "provenance": provenance()})
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.provenance import provenance
 from components.data.artifact import read_dataset
 from components.evaluation import class_consistency, feature_statistics, frechet_distance
 from components.evaluation.classifier import Classifier, ClassifierConfig, classify
@@ -94,6 +95,7 @@ def main() -> None:
         "protocol": {"num_generated": int(len(labels)), "guidance": args.guidance, "seed": args.seed, "reference": "val split",
                      "num_reference": int(len(ds.labels["val"])), "extractor": "evaluate stage classifier (models/classifier)"},
         "rows": rows,
+        "provenance": provenance(),
     }
     atomic_write_json(args.out, result)
     plot(rows, args.out.with_suffix(".png"))

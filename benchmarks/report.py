@@ -1,9 +1,17 @@
-"""Write ``reports/benchmarks.md`` from the JSON results of the speed benchmarks.
+"""Write ``reports/benchmarks.md`` from the committed JSON results in ``reports/benchmarks/``.
 
-    python -m benchmarks.throughput && python -m benchmarks.ldm_vs_pixel && python -m benchmarks.report
+    python -m benchmarks.report
 
-Reads ``reports/benchmarks/throughput.json`` (ours vs diffusers), ``reports/benchmarks/ldm_vs_pixel.json``
-and, when a GPU session produced it, ``reports/gpu_check.json``; sections whose JSON is missing say so.
+Every figure in the report comes from one of these files; each section names the command that regenerates its
+file (built from the settings the JSON records, see ``command``) and the provenance the script recorded in it
+(``benchmarks/provenance.py``; files written before it existed say so):
+
+- ``throughput.json`` (ours vs diffusers), ``ldm_vs_pixel.json`` (latent vs pixel space),
+- ``autoencoders.json``, ``autoencoders_perceptual_gan.json``, ``autoencoders_downstream.json`` (autoencoder variants),
+- ``unet_layouts*.json`` (U-Net layouts), ``pipeline_run.json`` and ``pipeline_run_<preset>.json`` (what a ``make run`` measured),
+- ``gpu_check.json`` and ``throughput_gpu.json`` (a GPU session).
+
+A section whose JSON is absent says so and names the command that writes it.
 """
 
 from __future__ import annotations
@@ -13,20 +21,76 @@ import json
 import statistics
 from pathlib import Path
 
+from benchmarks.provenance import describe
 from components.io import atomic_write_bytes
+
+COMMANDS = {  # when a file is absent
+    "throughput.json": "python -m benchmarks.throughput --threads 1",
+    "ldm_vs_pixel.json": "python -m benchmarks.ldm_vs_pixel --pixel-max-images 110000 --ldm-budgets 5000,10000,20000,40000",
+    "pixel_model_ddpm100_samples.png": "python -m benchmarks.ldm_vs_pixel --samples-png reports/benchmarks/pixel_model_ddpm100_samples.png",
+    "autoencoders.json": "python -m benchmarks.autoencoders --datasets mnist cifar10 --downstream --num-threads 1",
+    "pipeline_run.json": "make run && .venv/bin/python -m benchmarks.pipeline_run",
+    "gpu_check.json": "bash benchmarks/gpu_check.sh",
+    "throughput_gpu.json": "bash benchmarks/gpu_check.sh",
+}
+
+
+def command(name: str, r: dict | list | None) -> str:
+    """The command that rewrites ``reports/benchmarks/<name>`` with the settings recorded in ``r``."""
+    out = "" if name in ("throughput.json", "ldm_vs_pixel.json", "autoencoders.json") else f" --out reports/benchmarks/{name}"
+    if name.startswith("throughput") and isinstance(r, dict) and name != "throughput_gpu.json":
+        threads = f" --threads {r['threads']}" if r.get("threads") else ""
+        device = f" --device {r['device']}" if r.get("device", "cpu") != "cpu" else ""
+        return (f"python -m benchmarks.throughput{threads}{device} --batch {r['batch']} --train-steps {r['train_steps_per_run']} "
+                f"--sample-n {r['sample_n']} --sample-steps {r['sample_steps']} --guidance {r['guidance']:g} --repeats {r['repeats']}{out}")
+    if name == "ldm_vs_pixel.json" and isinstance(r, dict):
+        t = r["pixel_training"]
+        budgets = ",".join(str(s["max_images"]) for s in r.get("ldm_sweep") or [])
+        schedule = f" --pixel-schedule {t['schedule']},{t['beta_start']:g},{t['beta_end']:g}" if "schedule" in t else ""
+        return (f"python -m benchmarks.ldm_vs_pixel --pixel-max-images {t['max_images']} --pixel-channels {t['channels']}{schedule}"
+                f" --pixel-clip-sample {r.get('pixel_clip_sample') or 0:g}" + (f" --ldm-budgets {budgets}" if budgets else "")
+                + f" --sampler {r['sampler']} --steps {r['steps']} --guidance {r['guidance']:g} --num-per-class {r['images_per_run'] // 10}"
+                f" --repeats {r['repeats']} --threads {r['threads']}{out}")
+    if name.startswith("pipeline_run_"):
+        preset = name.removeprefix("pipeline_run_").removesuffix(".json")
+        return f"make run-{preset} && .venv/bin/python -m benchmarks.pipeline_run --root runs/{preset}{out}"
+    if name.startswith("unet_layouts") and isinstance(r, dict):
+        rows = r.get("rows") or []
+        budgets = sorted({x["images_seen"] for x in rows})
+        layouts = " ".join(dict.fromkeys(x["layout"] for x in rows))
+        threads = f" --num-threads {r['num_threads']}" if r.get("num_threads") is not None else ""
+        return (f"python -m benchmarks.unet_layouts --layouts {layouts}" + (f" --max-images {budgets[0]}" if len(budgets) == 1 else "")
+                + f"{threads} --out reports/benchmarks/{name}")
+    if name.startswith("autoencoders") and r:
+        rows = _rows(r)
+        datasets = " ".join(dict.fromkeys(x["dataset"] for x in rows))
+        variants = " ".join(dict.fromkeys(x["variant"] for x in rows))
+        down = sorted({x["diffusion_images"] for x in rows if "diffusion_images" in x})
+        threads = r.get("num_threads", 1) if isinstance(r, dict) else 1
+        return (f"python -m benchmarks.autoencoders --datasets {datasets} --variants {variants}"
+                + (f" --downstream --diffusion-images {down[0]}" if down else "") + f" --num-threads {threads}{out}")
+    return COMMANDS[name]
 
 
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def throughput_section(r: dict | None) -> list[str]:
+def _source(name: str, r: dict | list | None) -> str:
+    """The line naming a section's JSON, the command that regenerates it and the provenance it recorded."""
+    prov = r.get("provenance") if isinstance(r, dict) else None
+    return f"From `reports/benchmarks/{name}`; regenerate with `{command(name, r)}`. {describe(prov)}"
+
+
+def throughput_section(r: dict | None, name: str = "throughput.json", where: str = "") -> list[str]:
     if r is None:
-        return ["## Ours vs diffusers", "", "Not measured yet: `python -m benchmarks.throughput`.", ""]
+        return [f"## Ours vs diffusers{where}", "", f"Not measured yet: `{COMMANDS[name]}`.", ""]
     o, p = r["ours"], r["peer"]
     med = statistics.median
     return [
-        "## Ours vs diffusers (same latent size, same batch, ±10 % parameters)",
+        f"## Ours vs diffusers{where} (same latent size, same batch, ±10 % parameters)",
+        "",
+        _source(name, r),
         "",
         f"Device: {r['device']} ({r['threads']} threads). Ours: U-Net `{o['preset']}` {tuple(o['channels'])}, "
         f"{o['parameters']:,} parameters. Peer: `diffusers.UNet2DModel` block_out_channels={tuple(p['block_out_channels'])}, "
@@ -67,9 +131,33 @@ def _pixel_schedule(t: dict) -> str:
     return f", noise schedule {t['schedule']} beta {t['beta_start']:g} to {t['beta_end']:g}" if "schedule" in t else ""
 
 
-def ldm_section(r: dict | None) -> list[str]:
+def budget_sentence(sweep: list[dict], target: float, pixel_images: int) -> str:
+    """How many fewer training images the LDM needed to reach the pixel model's class consistency ``target``,
+    bracketed by the sweep: the largest budget below the target and the smallest at or above it."""
+    runs = sorted(sweep, key=lambda s: s["max_images"])
+    tried = ", ".join(f"{s['max_images']:,} images → {s['class_consistency']:.3f}" for s in runs)
+    head = (f"LDM training budgets tried for equal class consistency (the pipeline's stage, same autoencoder): {tried}; "
+            f"the pixel model reached {target:.3f} with {pixel_images:,} images. ")
+    above = [s for s in runs if s["class_consistency"] >= target]
+    if not above:
+        last = runs[-1]
+        return head + (f"No LDM budget tried reached it (the largest, {last['max_images']:,} images, is "
+                       f"{pixel_images / last['max_images']:.1f}x fewer than the pixel model's): try larger `--ldm-budgets`.")
+    hi = above[0]
+    below = [s for s in runs if s["max_images"] < hi["max_images"] and s["class_consistency"] < target]
+    if not below:
+        return head + (f"The LDM reached it with at most {hi['max_images']:,} images, at least "
+                       f"{pixel_images / hi['max_images']:.1f}x fewer training images (no smaller budget was tried).")
+    lo = below[-1]
+    return head + (f"The LDM reached it between {lo['max_images']:,} ({lo['class_consistency']:.3f}) and {hi['max_images']:,} images "
+                   f"({hi['class_consistency']:.3f}): {pixel_images / hi['max_images']:.3g}–{pixel_images / lo['max_images']:.3g}x "
+                   "fewer training images than the pixel model. Sampling cost does not depend on the training budget, so the "
+                   "speed-up holds for any level the pixel model reaches with this architecture.")
+
+
+def ldm_section(r: dict | None, samples_png: bool = False) -> list[str]:
     if r is None:
-        return ["## Latent vs pixel space", "", "Not measured yet: `python -m benchmarks.ldm_vs_pixel`.", ""]
+        return ["## Latent vs pixel space", "", f"Not measured yet: `{COMMANDS['ldm_vs_pixel.json']}`.", ""]
     mem = "cuda_peak_mb" if r["device"] == "cuda" else "peak_rss_mb"
     n = r["images_per_run"]
     compared = r.get("compared", "ldm")
@@ -87,6 +175,8 @@ def ldm_section(r: dict | None) -> list[str]:
     return [
         "## Latent vs pixel space (per sample)",
         "",
+        _source("ldm_vs_pixel.json", r),
+        "",
         f"Device: {r['device']} ({r['threads']} threads). {n} images a run, {r['sampler']} {r['steps']} steps, "
         f"guidance {r['guidance']} for every model; median of {r['repeats']} runs, each in a fresh process. The LDM's time includes "
         f"decoding. Pixel model: channels {r['pixel_training']['channels']}, trained on {r['pixel_training']['max_images']:,} images "
@@ -103,11 +193,7 @@ def ldm_section(r: dict | None) -> list[str]:
         row("sampling images/s", lambda m: f"{m['img_s']:.2f}"),
         row(f"peak memory (MB, {mem}; process baseline {r['baseline_rss_mb']:.0f})", lambda m: f"{m[mem]:.0f}"),
         "",
-        *([("LDM training budgets tried for equal class consistency (the pipeline's stage, same autoencoder): "
-            + ", ".join(f"{s['max_images']:,} images → {s['class_consistency']:.3f}" for s in sweep)
-            + f". The LDM reached the pixel model's class consistency with {r['pixel_training']['max_images'] / comp['max_images']:.0f}x "
-            "fewer training images; sampling cost does not depend on the training budget, so the speed-up holds for any "
-            "level the pixel model reaches with this architecture."), ""] if sweep else []),
+        *([budget_sentence(sweep, r["pixel"]["class_consistency"], r["pixel_training"]["max_images"]), ""] if sweep else []),
         f"**Speed-up per sample: {r['speedup_per_sample']:.1f}x** ({compared} vs pixel; MACs ratio {r['macs_ratio']:.1f}x); class "
         f"consistency gap (LDM - pixel) {r['class_consistency_gap']:+.3f}. Pipeline LDM vs pixel: "
         f"{r['ldm']['img_s'] / r['pixel']['img_s']:.1f}x at class consistency {r['ldm']['class_consistency']:.3f} vs "
@@ -117,16 +203,125 @@ def ldm_section(r: dict | None) -> list[str]:
            "budget (`--pixel-max-images`) or the LDM smaller ones (`--ldm-budgets`); the MACs ratio above does not depend on it."]
           if not _equal_consistency(comp["class_consistency"], r["pixel"]["class_consistency"], n) else []),
         "",
+        *([f"Samples of the pixel model (columns are classes 0-9): `reports/benchmarks/pixel_model_ddpm100_samples.png`; regenerate with "
+           f"`{COMMANDS['pixel_model_ddpm100_samples.png']}` (the run's sampler, steps, guidance and x0 clipping by default; it needs "
+           "the benchmark's pixel model in `models_bench/pixel`, which is not in git). The PNG records its settings and provenance "
+           "in its text chunks; one without them predates that command.", ""]
+          if samples_png else []),
     ]
+
+
+def _rows(r: dict | list | None) -> list[dict]:
+    """Rows of an autoencoder benchmark JSON: ``{"rows": [...], ...}``, or a bare list (files from before provenance)."""
+    if r is None:
+        return []
+    return r if isinstance(r, list) else r["rows"]
+
+
+def _img_s(row: dict) -> float:
+    return row["images"] / row["train_seconds"]
+
+
+def _cost_verdict(v: float, lo: float, hi: float) -> str:
+    """A variant's training images/s against the baseline's runs (lo..hi images/s); 10 % slack either side."""
+    if v < lo / 1.1:
+        return f"{lo / v:.1f}–{hi / v:.1f}x slower than the baseline's runs" if hi >= lo * 1.05 else f"{lo / v:.1f}x slower"
+    if v > hi * 1.1:
+        return "faster than every baseline run"
+    return "within the baseline runs' spread"
+
+
+def autoencoder_section(main: dict | list | None, extra: dict | list | None, downstream: dict | list | None) -> list[str]:
+    rows, extra_rows, down_rows = _rows(main), _rows(extra), _rows(downstream)
+    if not rows:
+        return ["## Autoencoder variants", "", f"Not measured yet: `{COMMANDS['autoencoders.json']}`.", ""]
+    by = {(r["dataset"], r["variant"]): r for r in rows + extra_rows}
+    names = {"kl_f4": "`kl`, f = 4", "kl_f8": "`kl`, f = 8", "vq_f4": "`vq`, f = 4", "none_f4": "`none`, f = 4 (plain MSE)",
+             "kl_f4_perceptual": "`kl` f = 4 + perceptual", "kl_f4_gan": "`kl` f = 4 + PatchGAN"}
+    variants = list(dict.fromkeys(r["variant"] for r in rows + extra_rows))
+    lines = ["## Autoencoder variants (validation PSNR, same size, same seed)", "",
+             _source("autoencoders.json", main)]
+    if extra_rows:
+        lines.append(_source("autoencoders_perceptual_gan.json", extra))
+    lines += ["", "| variant | MNIST val PSNR (dB) | CIFAR-10 val PSNR (dB) | parameters (MNIST) | MACs / round trip | MNIST training s |",
+              "|---|---|---|---|---|---|"]
+    for v in variants:
+        m, c = by.get(("mnist", v)), by.get(("cifar10", v))
+        ref = m or c
+        extras = ", ".join(f"{k} {ref[k]:,}" for k in ("perceptual_weight", "disc_weight", "disc_start_images") if k in ref)
+        lines.append(f"| {names.get(v, v)}{f' ({extras})' if extras else ''} | {m['val_psnr']:.2f} | " if m else f"| {names.get(v, v)} | – | ")
+        lines[-1] += (f"{c['val_psnr']:.2f} | " if c else "– | ") + (f"{ref['parameters']:,} | {ref['macs_per_forward'] / 1e6:.1f} M | "
+                                                                      f"{m['train_seconds'] if m else '–'} |")
+    def budgets(dataset: str) -> str:
+        return ", ".join(f"{i:,}" for i in sorted({r["images"] for r in rows + extra_rows if r["dataset"] == dataset})) or "–"
+
+    lines += ["", f"Training budget: MNIST {budgets('mnist')} images, CIFAR-10 {budgets('cifar10')} images."]
+    base_runs = [r for r in rows + down_rows if r["dataset"] == "mnist" and r["variant"] == "kl_f4"]
+    costly = [by[("mnist", v)] for v in ("kl_f4_perceptual", "kl_f4_gan") if ("mnist", v) in by]
+    if base_runs and costly:
+        speeds = sorted(_img_s(r) for r in base_runs)
+        lo, hi = speeds[0], speeds[-1]
+        verdicts = [(r, _cost_verdict(_img_s(r), lo, hi)) for r in costly]
+        slower = [names[r["variant"]] for r, text in verdicts if "slower" in text]
+        psnr = ", ".join(f"{names[r['variant']]} {r['val_psnr']:.2f} dB" for r in costly)
+        lines += ["", f"Training throughput on MNIST (wall time of the stage on a shared CPU): `kl` f = 4 alone "
+                  f"{' and '.join(f'{s:.1f}' for s in speeds)} images/s in {len(speeds)} run(s) of the same configuration; "
+                  + "; ".join(f"{names[r['variant']]} {_img_s(r):.1f} images/s ({text})" for r, text in verdicts) + ". "
+                  + ("These wall times do not show a throughput cost of the perceptual or GAN term."
+                     if not slower else f"Slower than every baseline run: {', '.join(slower)}.")
+                  + f" PSNR: {psnr} against "
+                  f"{by[('mnist', 'kl_f4')]['val_psnr']:.2f} dB for `kl` f = 4."]
+    if down_rows:
+        lines += ["", _source("autoencoders_downstream.json", downstream),
+                  "", "Downstream (the pipeline's latent U-Net trained on each autoencoder's latents, same budget, sampled with params.yaml's "
+                  "`sample` settings): "
+                  + "; ".join(f"{names.get(r['variant'], r['variant'])}: class consistency {r['class_consistency']:.3f}, Fréchet distance "
+                              f"(classifier features) {r['fd_classifier']:.1f} ({r['diffusion_images']:,} diffusion training images)"
+                              for r in down_rows) + "."]
+    return [*lines, ""]
+
+
+def unet_layouts_section(files: dict[str, dict]) -> list[str]:
+    lines = ["## U-Net layouts", ""]
+    if not files:
+        return [*lines, "No U-Net layout run committed: `python -m benchmarks.unet_layouts --num-threads 1` (after `make run`) writes "
+                "`reports/benchmarks/unet_layouts.json`.", ""]
+    for name, r in files.items():
+        lines += [_source(name, r), "", "| layout | images | params | MACs/forward | train s | class consistency | FD (classifier) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['layout']} | {x['images_seen']:,} | {x['parameters']:,} | {x['macs_per_forward'] / 1e6:.1f} M | {x['train_seconds']:.0f} | "
+                  f"{x['class_consistency']:.3f} ± {(x['class_consistency'] * (1 - x['class_consistency']) / x['num_generated']) ** 0.5:.3f} | "
+                  f"{x['fd_classifier']:.2f} |" for x in r["rows"]]
+        lines.append("")
+    return lines
+
+
+def pipeline_section(r: dict | None, name: str = "pipeline_run.json") -> list[str]:
+    title = "## Pipeline run (`make run`)" if name == "pipeline_run.json" else f"## Pipeline run ({name.removeprefix('pipeline_run_')[:-5]} preset)"
+    if r is None:
+        return [title, "", "No pipeline run committed: after `make run`, `.venv/bin/python -m benchmarks.pipeline_run` "
+                "writes `reports/benchmarks/pipeline_run.json` (a preset: `make run-cifar10 && .venv/bin/python -m benchmarks.pipeline_run "
+                "--root runs/cifar10 --out reports/benchmarks/pipeline_run_cifar10.json`).", ""]
+    ae, dm, ev = r["autoencoder"], r["diffusion"], r["evaluate"]
+    s = ev.get("sampler") or {}
+    wall = f" The whole `make run` took {r['make_run_wall_minutes']:.1f} min." if r.get("make_run_wall_minutes") else ""
+    fds = ", ".join(f"{k.removeprefix('fd_')} {v:.1f}" for k, v in ev.items() if k.startswith("fd_"))
+    return [title, "", _source(name, r), "",
+            f"Autoencoder {ae['train_seconds'] / 60:.1f} min ({ae['images_seen']:,} images, val PSNR {ae['val_psnr']:.1f} dB), latent U-Net "
+            f"{dm['train_seconds'] / 60:.1f} min ({dm['images_seen']:,} images).{wall} {ev['class_consistency']:.1%} of "
+            f"{ev['num_generated']:,} generated images ({s.get('name')} {s.get('steps')} steps, guidance {s.get('guidance')}) are classified "
+            f"as the requested class by the pipeline's classifier (its val accuracy {ev.get('classifier_val_accuracy', float('nan')):.3f}); "
+            f"Fréchet distance {fds}.", ""]
 
 
 def gpu_section(r: dict | None) -> list[str]:
     if r is None:
-        return ["## GPU check", "", "No GPU was lent to the session that wrote this report; `bash benchmarks/gpu_check.sh` on one.", ""]
+        return ["## GPU check", "", "No GPU check committed (`reports/benchmarks/gpu_check.json` is absent): "
+                "`bash benchmarks/gpu_check.sh` on a machine with a GPU writes it.", ""]
     if r.get("dry_run"):
-        return ["## GPU check", "", "Only `bash benchmarks/gpu_check.sh --dry-run` ran (on the CPU, "
-                f"{'passed' if r.get('ok') else 'FAILED'}): no GPU was lent to the session that wrote this report.", ""]
-    lines = ["## GPU check", "", f"Device: {r['device']}, torch {r['torch']}.", "",
+        return ["## GPU check", "", _source("gpu_check.json", r), "", "Only `bash benchmarks/gpu_check.sh --dry-run` ran (on the CPU, "
+                f"{'passed' if r.get('ok') else 'FAILED'}): no GPU measurement committed.", ""]
+    lines = ["## GPU check", "", _source("gpu_check.json", r), "", f"Device: {r['device']}, torch {r['torch']}.", "",
              "| model | batch | channels_last | train img/s | peak MB | bf16 vs fp32 loss |", "|---|---|---|---|---|---|"]
     for t in r["train"]:
         lines.append(f"| {t['model']} ({t['parameters']:,}) | {t['batch']} | {t['channels_last']} | {t['train_img_s']:.0f} | "
@@ -135,15 +330,32 @@ def gpu_section(r: dict | None) -> list[str]:
     return lines
 
 
+def render(root: Path) -> list[str]:
+    """The lines of ``benchmarks.md`` from the JSON in ``root/benchmarks/``."""
+    b = root / "benchmarks"
+    lines = ["# Benchmarks", "", "Written by `python -m benchmarks.report` from the committed JSON in `reports/benchmarks/`; "
+             "each section names its file, the command that regenerates it and the provenance recorded in it.", ""]
+    lines += pipeline_section(_load(b / "pipeline_run.json"))
+    for path in sorted(b.glob("pipeline_run_*.json")):
+        lines += pipeline_section(_load(path), path.name)
+    lines += throughput_section(_load(b / "throughput.json"))
+    lines += ldm_section(_load(b / "ldm_vs_pixel.json"), samples_png=(b / "pixel_model_ddpm100_samples.png").is_file())
+    lines += autoencoder_section(_load(b / "autoencoders.json"), _load(b / "autoencoders_perceptual_gan.json"),
+                                 _load(b / "autoencoders_downstream.json"))
+    lines += unet_layouts_section({p.name: _load(p) for p in sorted(b.glob("unet_layouts*.json"))})
+    gpu = _load(b / "gpu_check.json")
+    lines += gpu_section(gpu)
+    if gpu is not None and not gpu.get("dry_run") and (b / "throughput_gpu.json").is_file():
+        lines += throughput_section(_load(b / "throughput_gpu.json"), "throughput_gpu.json", " on the GPU")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reports", default="reports")
     a = ap.parse_args()
     root = Path(a.reports)
-    lines = ["# Speed benchmarks", "", "Written by `python -m benchmarks.report` from the JSON results in `reports/benchmarks/`.", ""]
-    lines += throughput_section(_load(root / "benchmarks" / "throughput.json"))
-    lines += ldm_section(_load(root / "benchmarks" / "ldm_vs_pixel.json"))
-    lines += gpu_section(_load(root / "gpu_check.json"))
+    lines = render(root)
     atomic_write_bytes(root / "benchmarks.md", "\n".join(lines).encode())
     print("\n".join(lines))
 

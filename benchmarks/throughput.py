@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.provenance import provenance
 from components.config import load_params
 from components.diffusion import make_betas, sample
 from components.io import atomic_write_json
@@ -214,6 +215,7 @@ def main() -> None:
                  "layers_per_block": 2, "train_img_s": tr_peer, "sample_img_s": sa_peer},
         "train_ratio": statistics.median(tr_ours) / statistics.median(tr_peer),
         "sample_ratio": statistics.median(sa_ours) / statistics.median(sa_peer),
+        "provenance": provenance(),
     }
     atomic_write_json(Path(a.out), result)
     print(json.dumps({k: result[k] for k in ("train_ratio", "sample_ratio")}))

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.provenance import provenance
 from components.config import load_params
 from components.data.samples import read_samples
 from components.evaluation.protocol import distribution_metrics, load_reference
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                              reference=args.reference, work=work, max_images=args.max_images)
             rows.append(row)
             atomic_write_json(args.out, {"seed": params.base.seed, "num_threads": params.base.num_threads,
-                                         "sampler": params.sample.model_dump(), "rows": rows})
+                                         "sampler": params.sample.model_dump(), "rows": rows,
+                                         "provenance": provenance()})
             print(markdown(rows), flush=True)
     print(f"\nwrote {args.out}")
 

@@ -1,0 +1,193 @@
+"""Benchmark reports are reproducible: every benchmark JSON records where it ran (``benchmarks/provenance.py``),
+``benchmarks/report.py`` derives its sentences from the JSON (not from numbers typed into it), and the pixel-model
+sample grid in ``reports/benchmarks/`` has a command that writes it."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import provenance as prov
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_provenance_records_commit_threads_machine_and_date():
+    p = prov.provenance()
+    for key in ("git_commit", "git_dirty", "torch_threads", "machine", "cpu_model", "nproc", "cpu_count", "date", "torch"):
+        assert key in p, key
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert p["git_commit"] == head
+    assert isinstance(p["git_dirty"], bool)
+    assert p["torch_threads"] == torch.get_num_threads()
+    assert p["machine"] and isinstance(p["nproc"], int) and p["nproc"] >= 1
+    assert datetime.fromisoformat(p["date"]).tzinfo is not None
+    assert prov.provenance(threads=3)["torch_threads"] == 3
+    json.dumps(p)  # goes into JSON as it is
+
+
+def test_cpu_model_from_cpuinfo(tmp_path):
+    (tmp_path / "x86").write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel\t\t: 1\nmodel name\t: AMD EPYC 9654\n")
+    (tmp_path / "arm").write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n")
+    assert prov.cpu_model(tmp_path / "x86") == "AMD EPYC 9654"
+    assert prov.cpu_model(tmp_path / "arm") == "0xd0c"
+    assert prov.cpu_model(tmp_path / "missing") is None
+
+
+def test_every_benchmark_that_writes_json_records_provenance():
+    """Each script under benchmarks/ that calls atomic_write_json also calls provenance()."""
+    writers = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        calls = {n.func.id for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        if "atomic_write_json" in calls:
+            writers.append(path.name)
+            assert "provenance" in calls, f"{path.name} writes JSON without provenance()"
+    assert {"throughput.py", "ldm_vs_pixel.py", "autoencoders.py", "unet_layouts.py", "gpu_check.py", "pipeline_run.py"} <= set(writers)
+
+
+def _ldm_vs_pixel(sweep: list[tuple[int, float]], pixel_cc: float = 0.345, **extra) -> dict:
+    model = {"parameters": 1000, "macs_per_forward": 10_000, "img_s": 7.0, "peak_rss_mb": 700.0, "cuda_peak_mb": None}
+    return {
+        "device": "cpu", "threads": 2, "sampler": "ddpm", "steps": 100, "guidance": 3.0, "images_per_run": 200, "repeats": 2,
+        "pixel_clip_sample": 1.0, "baseline_rss_mb": 600.0, "compared": "ldm_matched",
+        "pixel_training": {"channels": "32,64,96", "schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "max_images": 110000,
+                           "train_seconds": 100.0},
+        "ldm_training": {"max_images": 110080, "train_seconds": 50.0},
+        "ldm_sweep": [{"max_images": b, "class_consistency": cc, "dir": f"models_bench/ldm_{b}"} for b, cc in sweep],
+        "ldm": {**model, "class_consistency": 1.0},
+        "ldm_matched": {**model, "class_consistency": 0.305, "max_images": 10000},
+        "pixel": {**model, "img_s": 0.7, "macs_per_forward": 60_000, "class_consistency": pixel_cc},
+        "speedup_per_sample": 10.0, "macs_ratio": 6.0, "class_consistency_gap": -0.04, **extra,
+    }
+
+
+def _write(root: Path, name: str, data) -> None:
+    (root / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (root / "benchmarks" / name).write_text(json.dumps(data))
+
+
+def test_report_derives_the_training_budget_ratio_from_the_sweep(tmp_path):
+    _write(tmp_path, "ldm_vs_pixel.json", _ldm_vs_pixel([(5000, 0.1), (10000, 0.305), (20000, 0.69)], provenance=prov.provenance(threads=2)))
+    text = "\n".join(report.render(tmp_path))
+    assert "between 10,000 (0.305) and 20,000 images (0.690): 5.5–11x fewer training images than the pixel model" in text
+    assert "11x fewer" not in text.replace("5.5–11x fewer", "")
+    assert "--ldm-budgets 5000,10000,20000" in text and "--repeats 2 --threads 2" in text
+    assert f"commit {prov.git_state()[0][:10]}" in text and "2 torch threads" in text
+
+    _write(tmp_path, "ldm_vs_pixel.json", _ldm_vs_pixel([(22000, 0.4), (44000, 0.9)]))
+    text = "\n".join(report.render(tmp_path))
+    assert "at most 22,000 images, at least 5.0x fewer training images" in text
+    assert "Provenance: not recorded" in text
+
+    _write(tmp_path, "ldm_vs_pixel.json", _ldm_vs_pixel([(5000, 0.1), (10000, 0.2)]))
+    assert "No LDM budget tried reached it (the largest, 10,000 images, is 11.0x fewer" in "\n".join(report.render(tmp_path))
+
+
+def test_report_says_when_no_gpu_check_is_committed(tmp_path):
+    text = "\n".join(report.render(tmp_path))
+    assert "No GPU check committed" in text
+    assert "No pipeline run committed" in text
+    _write(tmp_path, "gpu_check.json", {"dry_run": True, "ok": True, "device": "cpu (dry run)", "torch": "x", "train": []})
+    assert "no GPU measurement committed" in "\n".join(report.render(tmp_path))
+
+
+def test_report_autoencoder_cost_sentence_follows_the_json(tmp_path):
+    def row(variant, seconds, psnr, **extra):
+        return {"dataset": "mnist", "variant": variant, "images": 40000, "train_seconds": seconds, "val_psnr": psnr, "val_mse": 0.005,
+                "parameters": 402041, "macs_per_forward": 62210048, "scale_factor": 1.1, "regularizer": "kl", **extra}
+
+    _write(tmp_path, "autoencoders.json", [row("kl_f4", 895.9, 29.91)])
+    _write(tmp_path, "autoencoders_downstream.json", [row("kl_f4", 502.6, 29.91, class_consistency=0.778, fd_classifier=27.4,
+                                                           diffusion_images=30000, diffusion_seconds=291.0)])
+    _write(tmp_path, "autoencoders_perceptual_gan.json",
+           {"rows": [row("kl_f4_perceptual", 771.8, 29.61, perceptual_weight=0.01),
+                     row("kl_f4_gan", 368.6, 27.21, disc_weight=0.5, disc_start_images=20000)],
+            "num_threads": 1, "provenance": prov.provenance(threads=1)})
+    text = "\n".join(report.render(tmp_path))
+    assert "`kl` f = 4 alone 44.6 and 79.6 images/s in 2 run(s)" in text
+    assert "+ perceptual 51.8 images/s (within the baseline runs' spread)" in text
+    assert "+ PatchGAN 108.5 images/s (faster than every baseline run)" in text
+    assert "do not show a throughput cost" in text
+    assert "--variants kl_f4_perceptual kl_f4_gan --num-threads 1 --out reports/benchmarks/autoencoders_perceptual_gan.json" in text
+
+    # a perceptual run clearly slower than every baseline run is reported as such
+    _write(tmp_path, "autoencoders_perceptual_gan.json", [row("kl_f4_perceptual", 2000.0, 29.61, perceptual_weight=0.01)])
+    text = "\n".join(report.render(tmp_path))
+    assert "+ perceptual 20.0 images/s (2.2–4.0x slower than the baseline's runs)" in text
+    assert "Slower than every baseline run: `kl` f = 4 + perceptual." in text
+
+
+def test_report_renders_unet_layout_runs_with_their_command(tmp_path):
+    row = {"layout": "res-clsAtn-chnAtn", "channels": [64, 96], "parameters": 1802937, "macs_per_forward": 35456800, "images_seen": 55040,
+           "train_seconds": 400.0, "num_generated": 500, "class_consistency": 0.9, "fd_classifier": 8.0}
+    _write(tmp_path, "unet_layouts.json", {"seed": 0, "num_threads": 1, "rows": [row, {**row, "layout": "res-res-clsAtn-chnAtn"}],
+                                           "provenance": prov.provenance(threads=1)})
+    text = "\n".join(report.render(tmp_path))
+    assert "| res-clsAtn-chnAtn | 55,040 | 1,802,937 | 35.5 M | 400 | 0.900 ± 0.013 | 8.00 |" in text
+    assert ("`python -m benchmarks.unet_layouts --layouts res-clsAtn-chnAtn res-res-clsAtn-chnAtn --max-images 55040 --num-threads 1 "
+            "--out reports/benchmarks/unet_layouts.json`") in text
+
+
+def test_committed_report_is_what_report_renders():
+    """reports/benchmarks.md is the output of `python -m benchmarks.report` on the committed JSON."""
+    rendered = "\n".join(report.render(ROOT / "reports"))
+    assert (ROOT / "reports" / "benchmarks.md").read_text() == rendered
+
+
+def test_pipeline_run_collects_the_run_figures(tmp_path):
+    from benchmarks.pipeline_run import collect
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "data" / "dataset").mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text("base:\n  num_threads: 1\n")
+    (tmp_path / "data" / "dataset" / "manifest.json").write_text(json.dumps({"digest": "abc"}))
+    (tmp_path / "metrics" / "autoencoder.json").write_text(json.dumps({"train_seconds": 258.0, "images_seen": 40000, "val_psnr": 29.9}))
+    (tmp_path / "metrics" / "diffusion.json").write_text(json.dumps({"train_seconds": 384.0, "images_seen": 110080}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"class_consistency": 0.974, "fd_classifier": 5.2, "classifier_val_accuracy": 0.99,
+                                                       "protocol": {"num_generated": 500, "sampler": {"name": "ddim", "steps": 50, "guidance": 3.0}}}))
+    r = collect(tmp_path, wall_minutes=13.5)
+    assert r["provenance"]["torch_threads"] == 1 and r["dataset_digest"] == "abc"
+    _write(tmp_path / "reports", "pipeline_run.json", r)
+    text = "\n".join(report.render(tmp_path / "reports"))
+    assert ("Autoencoder 4.3 min (40,000 images, val PSNR 29.9 dB), latent U-Net 6.4 min (110,080 images). The whole `make run` took "
+            "13.5 min. 97.4% of 500 generated images (ddim 50 steps, guidance 3.0)") in text
+
+
+def test_samples_png_command_writes_the_pixel_model_grid(tmp_path):
+    """`python -m benchmarks.ldm_vs_pixel --samples-png` writes classes as columns, --samples-per-class rows, from a saved model."""
+    from PIL import Image
+
+    from components.models.checkpoint import save_checkpoint
+    from components.models.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(in_channels=1, out_channels=1, sample_size=8, num_classes=4, channels=(8, 16), num_heads=2))
+    schedule = {"schedule": "linear", "num_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "zero_terminal_snr": False,
+                "prediction_type": "epsilon", "variance_type": "fixed_small"}
+    save_checkpoint(tmp_path / "pixel", unet, unet.config.to_dict(), {"schedule": schedule})
+    out = tmp_path / "grid.png"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.ldm_vs_pixel", "--pixel-dir", str(tmp_path / "pixel"), "--samples-png", str(out),
+                        "--samples-per-class", "2", "--steps", "3", "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    im = Image.open(out)
+    assert im.size == (4 * 8, 2 * 8)
+    assert json.loads(im.text["latentflow_settings"])["steps"] == 3
+    assert json.loads(im.text["latentflow_provenance"])["torch_threads"] == 1
+    assert np.asarray(im).std() > 0
+
+    missing = subprocess.run([sys.executable, "-m", "benchmarks.ldm_vs_pixel", "--pixel-dir", str(tmp_path / "none"), "--samples-png",
+                              str(tmp_path / "x.png")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "no pixel model" in missing.stderr
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
