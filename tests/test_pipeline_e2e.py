@@ -41,8 +41,10 @@ def test_repro_writes_every_output(project: Path):
     assert grid.shape[0] > 10 * 32 and grid.shape[1] > 4 * 32
     assert sorted(int(p.name) for p in (project / "samples").iterdir()) == list(range(10))
     metrics = json.loads((project / "metrics.json").read_text())
-    # No floor above chance (0.1) is possible here: the tiny run measured 0.1, its 2-epoch classifier is itself at
-    # chance (classifier_val_accuracy 0.1), and even a 93%-accurate one scores the tiny model's samples at 0.075.
+    # The evaluation measures something: the classifier that scores the samples reads real digits (chance is 0.1;
+    # 6 epochs at batch 32 reached 0.93 here). The tiny U-Net (2,560 images seen) has learned no class structure
+    # yet (0.075 measured), so class consistency gets no floor here; the default run's is in reports/benchmarks.
+    assert metrics["classifier_val_accuracy"] >= 0.7
     assert 0.0 <= metrics["class_consistency"] <= 1.0
     assert np.isfinite(metrics["fd_classifier"]) and metrics["fd_classifier"] >= 0
     assert metrics["protocol"]["num_generated"] == 40

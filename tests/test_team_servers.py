@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 
 import tests.servers
-from tests.conftest import ROOT, make_project, tiny_params
+from tests.conftest import ROOT, make_project, tiny_params, write_digit_folder
 from tests.servers import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, TeamServers, base_env, http_ok
 
 pytestmark = pytest.mark.timeout(600)
@@ -57,21 +57,27 @@ def team_params(servers: TeamServers) -> dict:
     p["train_autoencoder"].update(max_images=640, warmup_images=100)
     p["train_diffusion"].update(max_images=1280, warmup_images=200)
     p["evaluate"].update(extractors=["classifier"], quality_grid={"samplers": ["ddim"], "steps": [3], "num_per_class": 2})
-    p["register"].update(tracking_uri=servers.mlflow_uri, http_max_retries=2, http_backoff_factor=1, http_timeout_s=20)
+    # the MLflow server comes from the environment (client_env: MLFLOW_TRACKING_URI, as the compose worker sets it);
+    # params keep the local default, which must not be used
+    p["register"].update(http_max_retries=2, http_backoff_factor=1, http_timeout_s=20)
+    assert p["register"]["tracking_uri"].startswith("sqlite:")
     return p
 
 
 @pytest.fixture(scope="session")
 def client_env(servers) -> dict[str, str]:
-    """A team member's shell: Prefect API, S3 credentials for DVC, no MLflow S3 settings."""
-    return {**servers.prefect_env(), **S3_CREDENTIALS}
+    """A team member's shell (and the worker's): Prefect API, MLflow server, S3 credentials for DVC, no MLflow S3 settings."""
+    return {**servers.prefect_env(), **S3_CREDENTIALS, "MLFLOW_TRACKING_URI": servers.mlflow_uri}
 
 
 @pytest.fixture(scope="session")
 def project(servers, client_env, tmp_path_factory) -> Path:
-    """A committed project whose default DVC remote is s3://lf-dvc/store on the S3 server, plus prefect.yaml."""
+    """A committed project whose default DVC remote is s3://lf-dvc/store on the S3 server, plus prefect.yaml; its data is
+    a user's image folder (14 digits per class) put under DVC by `latentflow add-data` (data v1)."""
     proj = tmp_path_factory.mktemp("team") / "project"
     make_project(proj, team_params(servers))
+    digits = write_digit_folder(tmp_path_factory.mktemp("user-images") / "digits", per_class=14)
+    ok(run(["latentflow", "add-data", str(digits)], proj, client_env))
     shutil.copy(ROOT / "prefect.yaml", proj / "prefect.yaml")
     ok(run(["dvc", "remote", "add", "-d", "storage", f"s3://{DVC_BUCKET}/store"], proj, client_env))
     ok(run(["dvc", "remote", "modify", "storage", "endpointurl", servers.s3_endpoint], proj, client_env))
@@ -90,19 +96,29 @@ def retrained(servers, client_env, project, tmp_path_factory) -> dict:
     ok(run(["prefect", "work-pool", "create", "cpu", "--type", "process"], project, client_env), servers)
     ok(run(["prefect", "--no-prompt", "deploy", "--name", "retrain-cpu", "--name", "train-cpu"], project, client_env), servers)
     servers.start_worker("cpu", client_env, cwd=project)
-    trigger = (
-        "import json, sys\n"
-        "from prefect.deployments import run_deployment\n"
-        "fr = run_deployment('latentflow-retrain/retrain-cpu', parameters=json.loads(sys.argv[1]), timeout=480, poll_interval=1)\n"
-        "print(json.dumps({'id': str(fr.id), 'type': fr.state.type.value if fr.state else None, 'name': fr.state.name if fr.state else None}))\n"
-    )
     parameters = {"train_deployment": "latentflow-stages/train-cpu", "train_project_dir": str(gpu_clone)}
-    out = ok(run([sys.executable, "-c", trigger, json.dumps(parameters)], project, client_env, timeout=540), servers)
-    result = json.loads(out.strip().splitlines()[-1])
+    return {"flow_run": trigger_retrain(servers, client_env, project, parameters), "gpu_clone": gpu_clone, "parameters": parameters}
+
+
+TRIGGER = (
+    "import json, sys\n"
+    "from prefect.deployments import run_deployment\n"
+    "fr = run_deployment('latentflow-retrain/retrain-cpu', parameters=json.loads(sys.argv[1]), timeout=480, poll_interval=1)\n"
+    "print(json.dumps({'id': str(fr.id), 'type': fr.state.type.value if fr.state else None, 'name': fr.state.name if fr.state else None}))\n"
+)
+
+
+def trigger_retrain(servers: TeamServers, client_env: dict[str, str], project: Path, parameters: dict) -> dict:
+    """A manual run of the scheduled deployment (what the cron schedule creates), waited for; fails with its logs."""
+    out = ok(run([sys.executable, "-c", TRIGGER, json.dumps(parameters)], project, client_env, timeout=540), servers)
+    return _completed(json.loads(out.strip().splitlines()[-1]), servers, client_env, project)
+
+
+def _completed(result: dict, servers: TeamServers, client_env: dict[str, str], project: Path) -> dict:
     if result["type"] != "COMPLETED":
         logs = run(["prefect", "flow-run", "logs", result["id"]], project, client_env).stdout
         pytest.fail(f"retraining flow run ended {result}:\n{logs[-6000:]}\n{servers.logs_tail()}")
-    return {"flow_run": result, "gpu_clone": gpu_clone}
+    return result
 
 
 def md5(path: Path) -> str:
@@ -278,15 +294,113 @@ def test_champion_predicts_in_a_fresh_process(servers, retrained, tmp_path):
 
 def test_mlflow_ui_shows_the_champion(servers, retrained, tmp_path):
     """Headless Chromium renders the registered model page: title, the version row's `@ champion` chip, a real screenshot."""
-    from components.registry.browser import check_model_page
+    from mlflow import MlflowClient
+
+    from components.registry.browser import check_model_page, check_version_page
 
     check = check_model_page(servers.mlflow_uri, MODEL, tmp_path / "mlflow_ui_champion.png")
     assert check.title == f"Model: {MODEL} - MLflow"
     assert check.aliases == ["champion"]
+    assert "class-conditional latent diffusion" in check.dom.read_text()  # the registered model's description
     image = np.asarray(Image.open(io.BytesIO(check.screenshot.read_bytes())).convert("L"), dtype=np.float64)
     assert image.shape[0] >= 600 and image.shape[1] >= 1000
     assert image.std() > 20, "blank screenshot"
+    # the champion version's own page: what it generates, from which data, and why it is champion
+    version = MlflowClient(servers.mlflow_uri).get_model_version_by_alias(MODEL, "champion")
+    page = check_version_page(servers.mlflow_uri, MODEL, version.version, tmp_path / "mlflow_ui_champion_version.png")
+    dom = page.dom.read_text()
+    assert "Class-conditional latent diffusion generator: 10 classes" in dom and version.tags["dataset_digest"][:12] in dom
+    assert "Promotion: champion" in dom
+    shot = np.asarray(Image.open(page.screenshot).convert("L"), dtype=np.float64)
+    assert shot.std() > 20, "blank version-page screenshot"
     # the screenshot stays in tmp_path: the tracked reports/mlflow_ui_champion.png comes from `make ui-check`
+
+
+# ------------------------------------------------------------------------------------------------ the retraining loop
+
+ARTIFACTS = (
+    "import asyncio, json, sys\n"
+    "from prefect.client.orchestration import get_client\n"
+    "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey\n"
+    "async def main():\n"
+    "    async with get_client() as c:\n"
+    "        arts = await c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=['latentflow-retrain'])))\n"
+    "        out = {}\n"
+    "        for a in arts:\n"
+    "            fr = await c.read_flow_run(a.flow_run_id)\n"
+    "            out[str(a.flow_run_id)] = {'data': a.data, 'start': fr.start_time.timestamp(), 'end': fr.end_time.timestamp()}\n"
+    "        print(json.dumps(out))\n"
+    "asyncio.run(main())\n"
+)
+
+
+def _summaries(project: Path, client_env: dict[str, str]) -> dict[str, dict]:
+    return json.loads(ok(run([sys.executable, "-c", ARTIFACTS], project, client_env)).strip().splitlines()[-1])
+
+
+def test_retraining_sees_new_images_and_does_nothing_when_nothing_changed(servers, client_env, project, retrained, tmp_path):
+    """Run 1 (the fixture) on data v1 made version 1 champion. New images land in the DVC-tracked folder: run 2 re-runs
+    from ingest and registers version 2 under the promotion rule. Run 3, nothing changed, twice at once: no new version,
+    the runs do not overlap (deployment concurrency limit 1) and each says "nothing changed"."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(servers.mlflow_uri)
+    assert _versions(servers.mlflow_uri) == ["1"] and client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    run1 = _summaries(project, client_env)[retrained["flow_run"]["id"]]["data"]
+    assert "Re-ran" in run1 and "`ingest`" in run1 and "v1" in run1 and "**champion**" in run1, run1
+    digest_v1 = json.loads((project / "data/dataset/manifest.json").read_text())["digest"]
+
+    # data v2: four more digits per class, recorded in the .dvc file and pushed, as a user would
+    write_digit_folder(project / "data/raw/digits", per_class=4, start=14)
+    ok(run(["latentflow", "add-data", "data/raw/digits"], project, client_env))
+    ok(run(["dvc", "push"], project, client_env, timeout=300))
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    ok(run([*git, "commit", "-q", "-am", "data v2: 40 new digits"], project, client_env))
+    assert "data/raw/digits" in ok(run(["dvc", "status", "ingest"], project, client_env))
+
+    run2 = trigger_retrain(servers, client_env, project, retrained["parameters"])
+    manifest = json.loads((project / "data/dataset/manifest.json").read_text())
+    assert manifest["digest"] != digest_v1 and manifest["counts"] == {"train": 160, "val": 20}  # 18 per class, 2 held out
+    assert _versions(servers.mlflow_uri) == ["1", "2"]
+    v2 = client.get_model_version(MODEL, "2")
+    assert v2.tags["dataset_digest"] == manifest["digest"] and v2.tags["compared_to_version"] == "1"
+    promoted = v2.tags["promotion_decision"] == "promoted"
+    assert client.get_model_version_by_alias(MODEL, "champion").version == ("2" if promoted else "1")
+    if not promoted:
+        assert client.get_model_version_by_alias(MODEL, "challenger").version == "2"
+    summary2 = _summaries(project, client_env)[run2["id"]]["data"]
+    assert "data/raw/digits" in summary2 and "Re-ran: `ingest`, `validate`, `train_autoencoder`" in summary2, summary2
+    assert f"v2]({servers.mlflow_uri}/#/models/{MODEL}/versions/2)" in summary2 and v2.run_id in summary2
+
+    # run 3: nothing changed; a scheduled and a manual run at once wait for each other
+    lock_before = (project / "dvc.lock").read_text()
+    procs = [subprocess.Popen([sys.executable, "-c", TRIGGER, json.dumps(retrained["parameters"])], cwd=project, env=client_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=540)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(_completed(json.loads(out.strip().splitlines()[-1]), servers, client_env, project))
+    assert _versions(servers.mlflow_uri) == ["1", "2"], "nothing changed, yet a version was registered"
+    assert (project / "dvc.lock").read_text() == lock_before
+    summaries = _summaries(project, client_env)
+    a, b = (summaries[r["id"]] for r in results)
+    for s in (a, b):
+        assert s["data"].startswith("# latentflow retraining: nothing changed") and f"{MODEL} v2" in s["data"], s["data"]
+    first, second = sorted((a, b), key=lambda s: s["start"])
+    assert first["end"] <= second["start"], "the two retraining runs overlapped (deployment concurrency limit 1)"
+    code = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        "        d = await c.read_deployment_by_name('latentflow-retrain/retrain-cpu')\n"
+        "        print(json.dumps({'limit': d.global_concurrency_limit.limit if d.global_concurrency_limit else None,\n"
+        "                          'strategy': str(getattr(d.concurrency_options, 'collision_strategy', None))}))\n"
+        "asyncio.run(main())\n"
+    )
+    limit = json.loads(ok(run([sys.executable, "-c", code], project, client_env)).strip().splitlines()[-1])
+    assert limit["limit"] == 1 and "ENQUEUE" in limit["strategy"], limit
 
 
 # ------------------------------------------------------------------------------------------------ outages
