@@ -14,6 +14,7 @@ travels as a small *hand-off* archive on the same remote, under ``<remote>/hando
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -126,10 +127,29 @@ def pack_handoff(project_dir: str | Path) -> bytes:
 
 
 def unpack_handoff(data: bytes, project_dir: str | Path) -> list[str]:
-    """Extract a hand-off archive into ``project_dir`` (regular files only, no paths outside it)."""
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
-        tar.extractall(project_dir, members=members, filter="data")
+    """Extract a hand-off archive into ``project_dir`` (regular files only, no paths outside it).
+
+    Each output in the archive (``dvc.lock`` and every uncached output folder or file) replaces the one in
+    ``project_dir`` whole: extracting on top would keep files the other machine no longer has (e.g. data docs of
+    an older validation run), and DVC would then see the output as changed."""
+    import shutil
+    import tempfile
+
+    project_dir = Path(project_dir)
+    project_dir.mkdir(parents=True, exist_ok=True)
+    roots = ["dvc.lock", *uncached_outputs(project_dir)] if (project_dir / "dvc.yaml").is_file() else None
+    with tempfile.TemporaryDirectory(prefix=".handoff-", dir=project_dir) as tmp:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
+            tar.extractall(tmp, members=members, filter="data")
+        for rel in roots if roots is not None else [m.name for m in members if m.isfile()]:
+            new, target = Path(tmp, rel), project_dir / rel
+            if not new.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(new, target)
     return [m.name for m in members if m.isfile()]
 
 

@@ -127,3 +127,14 @@ def test_handoff_round_trip_keeps_lock_and_uncached_outputs(tmp_path: Path):
     (src / "models/big.bin").write_bytes(b"x" * 10)
     assert sorted(unpack_handoff(pack_handoff(src), dst)) == ["dvc.lock", "reports/validation/report.json"]
     assert (dst / "reports/validation/report.json").read_text() == '{"success": true}'
+    # an output folder arrives whole: files the sender no longer has (older data docs) do not survive on the receiver
+    (dst / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (dst / "reports/validation/old_docs.html").write_text("stale")
+    (dst / "models").mkdir()
+    (dst / "models/keep.bin").write_bytes(b"y")
+    (src / "reports/validation/report.json").write_text('{"success": false}')
+    assert sorted(unpack_handoff(pack_handoff(src), dst)) == ["dvc.lock", "reports/validation/report.json"]
+    assert sorted(p.name for p in (dst / "reports/validation").iterdir()) == ["report.json"]
+    assert (dst / "reports/validation/report.json").read_text() == '{"success": false}'
+    assert (dst / "models/keep.bin").read_bytes() == b"y"  # what is not in the archive is left alone
+    assert not any(p.name.startswith(".handoff-") for p in dst.iterdir())
