@@ -79,6 +79,8 @@ _L, _ST, _TD, _C = "components/training/loop.py", "components/training/state.py"
 _CUDA = "CUDA only: the fused-AdamW probe never runs on the CPU (a test checks the CPU optimizer is not fused)"
 _BARRIER = ("DDP synchronisation only: a no-op in one process, and a missing barrier is a race the 2-rank test cannot observe "
             "deterministically")
+_FLOOR = ("a higher threshold for the 2**-24 floor (2**-23, 1, 2**24, or <=) changes nothing: clamp(min=2**-24) leaves values >= 2**-24 "
+          "alone, so only whether entries below 2**-24 are raised matters (a lower threshold is killed)")
 _DIM = "cumprod over dim -1 of a 1-D tensor is the cumprod over dim 0"
 _SEED = ("which hash of SeedSequence's state becomes the step seed is arbitrary: any deterministic (seed, step) -> seed that differs "
          "between steps keeps runs reproducible, resumable and split-invariant, which is what the tests check")
@@ -95,15 +97,20 @@ EQUIVALENT: dict[str, str] = {
     f"{_F} | learned_range_log_variance | ac = torch.cumprod(1 - b, 0) | 0 -> -1": _DIM,
     f"{_F} | vlb_terms | ac = torch.cumprod(1 - betas.double().to(x0.device), 0) | 0 -> -1": _DIM,
     f"{_F} | diffusion_loss | T = ac.shape[0] | 0 -> -1": "ac is 1-D: shape[-1] is shape[0]",
+    f"{_F} | simple_loss | T = alphas_cumprod.shape[0] | 0 -> -1": "alphas_cumprod is 1-D: shape[-1] is shape[0]",
+    f"{_F} | simple_loss | return F.mse_loss(pred.float(), target_for(prediction_type, x0, noise, t, alphas_cumprod).float()) | "
+    "swap arguments 1 and 2 @11": "the mean squared error is symmetric in its two arguments",
     f"{_SC} | rescale_zero_terminal_snr | sq = torch.cumprod(1 - betas.double(), dim=0).sqrt() | 0 -> -1": _DIM,
     f"{_SC} | _named_betas | min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), 0.999) | "
     "swap arguments 1 and 2": "min is symmetric",
+    **{f"{_SC} | alphas_cumprod | return ac.clamp(min=2.0**-24) if ac[-1] < 2.0**-24 else ac | {d}": _FLOOR
+       for d in ("< -> <= @37", "2.0 -> 1.0 @46", "drop - @51", "24 -> 0 @52", "24 -> 23 @52")},
     f"{_SC} | alphas_cumprod | ac = torch.cumprod(1.0 - betas.double(), dim=0) | 0 -> -1": _DIM,
     f"{_SC} | sampling_timesteps | ts = [int(round(T - i * ratio)) - 1 for i in range(N)][::-1] | drop -": "the list is sorted on return",
     f"{_SC} | sampling_timesteps | ts = torch.linspace(0, T - 1, N, dtype=torch.float64).round().long().tolist() | swap arguments 1 and 2":
         "the reversed grid holds the same (symmetric) points and the list is sorted on return",
     **{f"{_L} | step_seed | return (int(a) << 31) ^ int(b) | {d}": _SEED for d in ("^ -> |", "<< -> >>", "31 -> 0", "31 -> 30", "31 -> 32")},
-    f"{_L} | Batch | @dataclass(frozen=True) | True -> False": "nothing assigns to a Batch; frozen only guards against a loss function doing so",
+    f"{_L} |  | @dataclass(frozen=True) | True -> False": "nothing assigns to a Batch; frozen only guards against a loss function doing so",
     f"{_L} | LoopConfig | warmup_images: int = 0 | 0 -> -1": "ceil(-1 / batch_size) = 0 warmup steps for any batch_size >= 2",
     f"{_L} | LoopConfig | fused_optimizer: bool = True | True -> False": "CUDA only: the fused AdamW is never used on the CPU (tested)",
     **{f"{_L} | LoopResult | {line} | {d}": "run() always sets it before returning the result"
@@ -129,6 +136,7 @@ EQUIVALENT: dict[str, str] = {
     f"{_L} | Trainer.run | self.optimizer.zero_grad(set_to_none=True) | True -> False":
         "zeroed instead of freed gradients: the same update for every parameter that is in the graph at each step (all of the "
         "project's models: tests/test_models.py checks the U-Net's backward reaches every parameter); memory only",
+    f"{_S} | dpmpp_2m | final_alpha: float = 1.0, | 1.0 -> 2.0": "any final alpha >= 1 takes the 'land on x0' branch, as 1 does",
     f"{_S} | guided.denoise | return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out | > -> >=":
         "with exactly C channels cond[:, C:] is empty and the concatenation returns out unchanged",
 }
