@@ -80,3 +80,15 @@ def write_digit_folder(dest: Path, per_class: int = 14, start: int = 0) -> Path:
         for i, row in enumerate(x[y == label][start : start + per_class], start=start):
             Image.fromarray(row.reshape(28, 28).astype(np.uint8)).save(dest / str(label) / f"{i}.png")
     return dest
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one torch thread is as fast, and on a shared CPU two OpenMP threads spin-wait (10x slower).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -26,12 +26,7 @@ from components.training.loop import Trainer
 EMA_DECAY = 0.5  # reached after 8 updates of the warmup (1 + n) / (10 + n): both regimes are exercised
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 class RecordingTrainer(Trainer):

@@ -18,13 +18,7 @@ from components.diffusion.samplers import guided
 from components.models.unet import UNet, UNetConfig
 from components.training.diffusion import train_diffusion
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 class AffineToyModel(torch.nn.Module):

@@ -33,12 +33,7 @@ AC = alphas_cumprod(BETAS)
 TS = sampling_timesteps(1000, 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 # ------------------------------------------------------------------------------------- the public sampler functions

@@ -31,12 +31,7 @@ from components.training.state import (
 DATA = torch.randn(64, 4, generator=torch.Generator().manual_seed(3))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 def _model() -> torch.nn.Module:
