@@ -39,7 +39,7 @@ test-fast: $(STAMP)  ## the unit tests only (tests not marked slow): a few minut
 test-all: test  ## same as `make test`
 
 servers: $(STAMP)  ## local S3 (moto) + MLflow (proxied S3 artifacts) + Prefect servers on 127.0.0.1, as in the tests; Ctrl-C stops them
-	$(BIN)/python -m tests.servers $(SERVERS_DIR)
+	$(BIN)/python -m infra.local_servers $(SERVERS_DIR)
 
 deploy: $(STAMP)  ## create the process pool and the deployments of prefect.yaml on $$PREFECT_API_URL (team setup: README)
 	$(BIN)/prefect work-pool inspect cpu >/dev/null 2>&1 || $(BIN)/prefect work-pool create cpu --type process

@@ -42,7 +42,7 @@ def collect(root: Path, wall_minutes: float | None = None) -> dict:
     manifest = read("data/dataset/manifest.json")
     threads = (params.get("base") or {}).get("num_threads") or None
     return {
-        "dataset_digest": manifest.get("digest"),
+        "dataset_digest": manifest.get("dataset_digest"),
         "autoencoder": {k: v for k, v in read("metrics/autoencoder.json").items() if k in STAGE_KEYS},
         "diffusion": {k: v for k, v in read("metrics/diffusion.json").items() if k in STAGE_KEYS},
         "evaluate": {k: metrics[k] for k in EVAL_KEYS if k in metrics}

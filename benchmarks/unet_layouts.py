@@ -62,7 +62,7 @@ def run_layout(params, preset: str, *, data_dir: Path, autoencoder: Path, classi
                       sampler=s.sampler, steps=s.steps, guidance=s.guidance, eta=s.eta, timestep_spacing=s.timestep_spacing)
     images, labels = read_samples(work / preset / "samples")
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
-    _, refs = load_reference(reference, manifest["digest"])
+    _, refs = load_reference(reference, manifest["dataset_digest"])
     state, meta = read_checkpoint(classifier)
     clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
     clf.load_state_dict(state)

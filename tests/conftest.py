@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,30 @@ def make_project(dest: Path, params: dict) -> Path:
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def sigkill_at_line(cmd: list[str], event: str, *, cwd: Path | None = None, stderr=None, timeout: float = 300) -> list[str]:
+    """Start ``cmd`` and SIGKILL it as soon as it prints the line ``event`` on stdout (the program then waits to be
+    killed, so the kill lands exactly there, however loaded the machine). Returns its stdout lines up to the event;
+    fails if it ends without printing the event or was not killed by the signal. A watchdog kills a run that never
+    gets there after ``timeout`` seconds, so it cannot hang the suite."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if lines[-1] == event:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.stdout.close()
+    assert lines and lines[-1] == event, f"{cmd[-3:]} ended without printing {event!r} (exit {proc.returncode}): {lines[-5:]}"
+    assert proc.returncode == -signal.SIGKILL, f"{cmd[-3:]} was not killed at {event!r} (exit {proc.returncode})"
+    return lines
 
 
 @pytest.fixture

@@ -149,7 +149,7 @@ def test_pipeline_run_collects_the_run_figures(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "data" / "dataset").mkdir(parents=True)
     (tmp_path / "params.yaml").write_text("base:\n  num_threads: 1\n")
-    (tmp_path / "data" / "dataset" / "manifest.json").write_text(json.dumps({"digest": "abc"}))
+    (tmp_path / "data" / "dataset" / "manifest.json").write_text(json.dumps({"dataset_digest": "abc"}))
     (tmp_path / "metrics" / "autoencoder.json").write_text(json.dumps({"train_seconds": 258.0, "images_seen": 40000, "val_psnr": 29.9}))
     (tmp_path / "metrics" / "diffusion.json").write_text(json.dumps({"train_seconds": 384.0, "images_seen": 110080}))
     (tmp_path / "metrics.json").write_text(json.dumps({"class_consistency": 0.974, "fd_classifier": 5.2, "classifier_val_accuracy": 0.99,

@@ -44,9 +44,9 @@ def test_ingest_writes_verified_artifact(tmp_path: Path):
     assert manifest["counts"] == {"train": 270, "val": 30}
     assert ds.image_shape == (32, 32, 1) and ds.num_classes == 10
     assert manifest["counts_per_class"]["val"] == {str(i): 3 for i in range(10)}
-    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["digest"] == manifest["digest"]
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["dataset_digest"] == manifest["dataset_digest"]
     # the same params give byte-identical arrays
-    assert ingest.run(params, out_dir=tmp_path / "ds2")["digest"] == manifest["digest"]
+    assert ingest.run(params, out_dir=tmp_path / "ds2")["dataset_digest"] == manifest["dataset_digest"]
     # a tampered array is caught by its sha256
     np.save(tmp_path / "ds" / "val_labels.npy", np.zeros(30, dtype=np.int64))
     with pytest.raises(ArtifactError, match="val_labels.npy"):

@@ -98,7 +98,7 @@ def test_add_data_puts_a_folder_under_dvc_and_a_changed_image_reruns_ingest(fold
     assert "ingest" in status and "data/raw/digits" in status and "modified" in status, status
     res = run_cli(["dvc", "repro", "validate"], cwd=proj)
     assert res.returncode == 0 and "Running stage 'ingest'" in res.stdout and "Running stage 'validate'" in res.stdout, res.stdout[-2000:]
-    assert json.loads((proj / "data/dataset/manifest.json").read_text())["digest"] != first["digest"]
+    assert json.loads((proj / "data/dataset/manifest.json").read_text())["dataset_digest"] != first["dataset_digest"]
     # add-data on the folder itself records the new version in its .dvc file
     before = (proj / "data/raw/digits.dvc").read_text()
     res = run_cli(["latentflow", "add-data", "data/raw/digits"], cwd=proj)

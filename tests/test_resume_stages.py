@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from components.training.state import checkpoint_dirs
-from tests.conftest import make_project, run_cli, tiny_params
+from tests.conftest import make_project, run_cli, sigkill_at_line, tiny_params
 
 
 def _params() -> dict:
@@ -83,23 +80,10 @@ def _kill_at_checkpoint(root: Path, stage: str, mode: str, k: int) -> None:
     event = f"checkpoint {k} written" if mode == "after" else f"checkpoint {k} half-written"
     log = root / f"{stage}-killed.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _HANG_AT_CHECKPOINT, stage, mode, str(k)], cwd=root, stdout=subprocess.PIPE,
-                                stderr=err, text=True)
-        watchdog = threading.Timer(300, proc.kill)  # a run that never gets there must not hang the suite
-        watchdog.start()
-        lines = []
         try:
-            for line in proc.stdout:
-                lines.append(line.strip())
-                if lines[-1] == event:
-                    proc.send_signal(signal.SIGKILL)
-                    break
-            proc.wait(timeout=60)
-        finally:
-            watchdog.cancel()
-            proc.stdout.close()
-    assert event in lines and proc.returncode == -signal.SIGKILL, (
-        f"{stage} was not killed at {event!r} (exit {proc.returncode}): {lines[-5:]}\n{log.read_text()[-2000:]}")
+            sigkill_at_line([sys.executable, "-c", _HANG_AT_CHECKPOINT, stage, mode, str(k)], event, cwd=root, stderr=err)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{log.read_text()[-2000:]}") from None
 
 
 # Fixed kill points (checkpoints every 2 steps of 60): the autoencoder right after checkpoint 10 is complete, the

@@ -24,9 +24,9 @@ import pytest
 import yaml
 from PIL import Image
 
-import tests.servers
+import infra.local_servers
+from infra.local_servers import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, TeamServers, base_env, http_ok
 from tests.conftest import ROOT, make_project, tiny_params, write_digit_folder
-from tests.servers import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, TeamServers, base_env, http_ok
 
 pytestmark = pytest.mark.timeout(600)
 MODEL = "latentflow"
@@ -188,7 +188,7 @@ def test_registered_model_lands_in_s3_with_lineage(servers, project, retrained, 
     expected_md5 = next(o["md5"] for o in lock["train_diffusion"]["outs"] if o["path"] == "models/diffusion")
     run = client.get_run(run_id)
     for tags in (version.tags, run.data.tags):
-        assert tags["dataset_digest"] == manifest["digest"]
+        assert tags["dataset_digest"] == manifest["dataset_digest"]
         assert len(tags["git_commit"].removesuffix("-dirty")) == 40
     # the DVC hashes of the outputs travel in the run's lineage.json (through the proxy: no S3 credentials here)
     import mlflow
@@ -196,9 +196,9 @@ def test_registered_model_lands_in_s3_with_lineage(servers, project, retrained, 
     lineage = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="lineage.json", tracking_uri=servers.mlflow_uri,
                                                                   dst_path=str(tmp_path))).read_text())
     assert lineage["dvc_lock_outs"]["dvc.train_diffusion.models/diffusion"] == expected_md5
-    assert lineage["dataset_digest"] == manifest["digest"]
+    assert lineage["dataset_digest"] == manifest["dataset_digest"]
     (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == manifest["digest"][:36] and manifest["digest"] in dataset_input.dataset.profile
+    assert dataset_input.dataset.digest == manifest["dataset_digest"][:36] and manifest["dataset_digest"] in dataset_input.dataset.profile
     assert run.data.params["sample.steps"] == "10" and "class_consistency" in run.data.metrics
 
 
@@ -348,7 +348,7 @@ def test_retraining_sees_new_images_and_does_nothing_when_nothing_changed(server
     assert _versions(servers.mlflow_uri) == ["1"] and client.get_model_version_by_alias(MODEL, "champion").version == "1"
     run1 = _summaries(project, client_env)[retrained["flow_run"]["id"]]["data"]
     assert "Re-ran" in run1 and "`ingest`" in run1 and "v1" in run1 and "**champion**" in run1, run1
-    digest_v1 = json.loads((project / "data/dataset/manifest.json").read_text())["digest"]
+    digest_v1 = json.loads((project / "data/dataset/manifest.json").read_text())["dataset_digest"]
 
     # data v2: four more digits per class, recorded in the .dvc file and pushed, as a user would
     write_digit_folder(project / "data/raw/digits", per_class=4, start=14)
@@ -360,10 +360,10 @@ def test_retraining_sees_new_images_and_does_nothing_when_nothing_changed(server
 
     run2 = trigger_retrain(servers, client_env, project, retrained["parameters"])
     manifest = json.loads((project / "data/dataset/manifest.json").read_text())
-    assert manifest["digest"] != digest_v1 and manifest["counts"] == {"train": 160, "val": 20}  # 18 per class, 2 held out
+    assert manifest["dataset_digest"] != digest_v1 and manifest["counts"] == {"train": 160, "val": 20}  # 18 per class, 2 held out
     assert _versions(servers.mlflow_uri) == ["1", "2"]
     v2 = client.get_model_version(MODEL, "2")
-    assert v2.tags["dataset_digest"] == manifest["digest"] and v2.tags["compared_to_version"] == "1"
+    assert v2.tags["dataset_digest"] == manifest["dataset_digest"] and v2.tags["compared_to_version"] == "1"
     promoted = v2.tags["promotion_decision"] == "promoted"
     assert client.get_model_version_by_alias(MODEL, "champion").version == ("2" if promoted else "1")
     if not promoted:
@@ -469,15 +469,15 @@ def test_a_port_taken_before_the_server_binds_it_moves_the_server_to_a_fresh_por
     squatter = http.server.HTTPServer(("127.0.0.1", 0), Ok)
     taken = squatter.server_address[1]
     threading.Thread(target=squatter.serve_forever, daemon=True).start()
-    real_free_port, handed = tests.servers.free_port, iter([taken])
-    monkeypatch.setattr(tests.servers, "free_port", lambda: next(handed, None) or real_free_port())
-    monkeypatch.setattr(tests.servers, "port_is_free", lambda port: True)  # the check raced: the port looked free
+    real_free_port, handed = infra.local_servers.free_port, iter([taken])
+    monkeypatch.setattr(infra.local_servers, "free_port", lambda: next(handed, None) or real_free_port())
+    monkeypatch.setattr(infra.local_servers, "port_is_free", lambda port: True)  # the check raced: the port looked free
     team = TeamServers(tmp_path)
     try:
         team.start_s3()
         assert team.s3_port not in (0, taken)
-        assert tests.servers.listener_is_ours(team.s3_port, team.procs["s3"].popen.pid)
-        assert not tests.servers.listener_is_ours(taken, team.procs["s3"].popen.pid)
+        assert infra.local_servers.listener_is_ours(team.s3_port, team.procs["s3"].popen.pid)
+        assert not infra.local_servers.listener_is_ours(taken, team.procs["s3"].popen.pid)
         assert team.s3_objects(MLFLOW_BUCKET) == []  # the moto server works, buckets made
     finally:
         team.stop()

@@ -3,10 +3,8 @@ checkpoint rotation, fingerprints, the wall-clock budget."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from components.training.common import NonFiniteLossError
 from components.training.distributed import DistContext
 from components.training.loop import Batch, LoopConfig, Trainer, step_seed
 from components.training.state import checkpoint_dirs, join_tensors, load_training_state, split_tensors
+from tests.conftest import sigkill_at_line
 
 WORKER = Path(__file__).parent / "workers" / "tiny_trainer.py"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -44,28 +43,6 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run_until(cmd: list[str], event: str) -> list[str]:
-    """Start ``cmd``, SIGKILL it as soon as it prints the line ``event`` (the worker then waits to be killed, so the
-    kill lands exactly there, however loaded the machine); its stdout up to the event."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    watchdog = threading.Timer(120, proc.kill)  # a worker that never gets there must not hang the suite
-    watchdog.start()
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line.strip())
-            if lines[-1] == event:
-                proc.send_signal(signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    finally:
-        watchdog.cancel()
-        proc.stdout.close()
-    assert lines and lines[-1] == event, f"the worker ended without printing {event!r} (exit {proc.returncode}): {lines[-5:]}"
-    assert proc.returncode == -signal.SIGKILL, f"the worker was not killed at {event!r} (exit {proc.returncode})"
-    return lines
-
-
 # Fixed kill points, each exact: the worker stops at the point and waits for the SIGKILL.
 @pytest.mark.parametrize(("hang", "at", "resume_from"), [
     ("--hang-after-checkpoint", 3, 3),  # right after the first checkpoint is complete
@@ -78,7 +55,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, straight: Path, h
     ckpts = tmp_path / "ckpts"
     common = ["--steps", str(STEPS), "--checkpoints", str(ckpts), "--checkpoint-every", str(EVERY)]
     event = f"checkpoint {at}" if hang == "--hang-after-checkpoint" else f"step {at}"
-    _run_until(_worker(tmp_path / "never.safetensors", *common, hang, str(at)), event)
+    sigkill_at_line(_worker(tmp_path / "never.safetensors", *common, hang, str(at)), event, timeout=120)
     assert not (tmp_path / "never.safetensors").exists()
     expected = [s for s in range(EVERY, STEPS, EVERY) if s <= resume_from][-2:]
     assert [int(p.name.split("_")[1]) for p in checkpoint_dirs(ckpts)] == expected

@@ -61,7 +61,7 @@ def write_dataset(out_dir: Path, images: dict, labels: dict, class_names: list[s
             "counts": {s: len(labels[s]) for s in SPLITS},
             "counts_per_class": counts,
             "sha256": hashes,
-            "digest": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest(),
+            "dataset_digest": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest(),
             **extra,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -75,6 +75,9 @@ def read_dataset(data_dir: str | Path, verify: bool = True) -> Dataset:
     if not manifest_path.is_file():
         raise ArtifactError(f"{manifest_path} not found: run `latentflow ingest` (or `dvc repro ingest`) first")
     manifest = json.loads(manifest_path.read_text())
+    if "dataset_digest" not in manifest:
+        raise ArtifactError(f"{manifest_path} has no `dataset_digest` (written by an older latentflow, which called it "
+                            "`digest`): re-run `latentflow ingest` (or `dvc repro ingest`)")
     images, labels = {}, {}
     for split in SPLITS:
         for kind, store in (("images", images), ("labels", labels)):

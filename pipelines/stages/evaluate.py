@@ -27,7 +27,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     setup(params)
     cfg = params.evaluate
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
-    ref_manifest, refs = load_reference(ref_dir, manifest["digest"])  # fail fast, before any work
+    ref_manifest, refs = load_reference(ref_dir, manifest["dataset_digest"])  # fail fast, before any work
     gen_images, gen_labels = read_samples(samples_dir)
     if list(gen_images.shape[1:]) != manifest["shape"]:
         raise ValueError(f"samples are {gen_images.shape[1:]} but the dataset is {tuple(manifest['shape'])}; re-run sample")
@@ -58,7 +58,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         "sampler": {"name": s.sampler, "steps": s.steps, "guidance": s.guidance, "eta": s.eta},
         "kid": {"kernel": "(x.y/d + 1)^3", "subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size},
         "precision_recall": {"k": cfg.pr_k},
-        "dataset_digest": manifest["digest"],
+        "dataset_digest": manifest["dataset_digest"],
     }
     atomic_write_json(quality_path, rows)
     plot_quality(rows, Path(quality_path).with_suffix(".png"))

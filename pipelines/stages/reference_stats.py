@@ -34,7 +34,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
                            batch_size=cfg.classifier_batch_size, lr=cfg.classifier_lr, seed=params.base.seed)
     val_accuracy = float((classify(clf, ds.images["val"])[1] == ds.labels["val"]).mean())
     extractors, skipped = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception)
-    manifest = {"dataset_digest": ds.manifest["digest"], "reference_split": "val", "num_reference": int(len(ds.labels["val"])),
+    manifest = {"dataset_digest": ds.manifest["dataset_digest"], "reference_split": "val", "num_reference": int(len(ds.labels["val"])),
                 "classifier_val_accuracy": val_accuracy, "extractors": {}, "skipped": skipped}
     with atomic_dir(out_dir) as tmp:
         for name, extractor in extractors.items():
@@ -45,6 +45,6 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
             manifest["extractors"][name] = dataclasses.asdict(extractor.info)
             log.info("reference_stats: %s features of %d images in %.1f s", name, len(feats), time.perf_counter() - t0)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    save_checkpoint(Path(models_dir) / "classifier", clf, clf.config.to_dict(), {"val_accuracy": val_accuracy, "dataset_digest": ds.manifest["digest"]})
+    save_checkpoint(Path(models_dir) / "classifier", clf, clf.config.to_dict(), {"val_accuracy": val_accuracy, "dataset_digest": ds.manifest["dataset_digest"]})
     log.info("reference_stats: %s", {k: v for k, v in manifest.items() if k != "extractors"} | {"extractors": list(manifest["extractors"])})
     return manifest

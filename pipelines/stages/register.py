@@ -42,7 +42,7 @@ def lineage(params: Params, *, models_dir: Path, data_dir: Path, ref_dir: Path, 
     models = {part: _read_json(Path(models_dir) / part / "config.json", f"the {part} checkpoint") for part in ("autoencoder", "diffusion")}
     reference = _read_json(Path(ref_dir) / "manifest.json", "the reference statistics")
     digest = check_same_dataset({
-        f"{data_dir}": manifest.get("digest"),
+        f"{data_dir}": manifest.get("dataset_digest"),
         f"{models_dir}/autoencoder": models["autoencoder"].get("dataset_digest"),
         f"{models_dir}/diffusion": models["diffusion"].get("dataset_digest"),
         f"{ref_dir}": reference.get("dataset_digest"),
@@ -67,7 +67,7 @@ def describe(manifest: dict, diffusion_meta: dict, params: Params, metrics: dict
     shape = "x".join(str(v) for v in manifest.get("shape", []))
     primary = params.register_.primary_metric
     return (f"Class-conditional latent diffusion generator: {len(names)} classes ({', '.join(map(str, names[:12]))}), "
-            f"{shape} images. Trained on {manifest.get('source')} (dataset {str(manifest.get('digest'))[:12]}, "
+            f"{shape} images. Trained on {manifest.get('source')} (dataset {str(manifest.get('dataset_digest'))[:12]}, "
             f"{(manifest.get('counts') or {}).get('train')} training images). Default sampling: {s.sampler}, {s.steps} steps, "
             f"guidance {s.guidance}. {primary} = {metrics.get(primary, float('nan')):.4g}. "
             "Load: mlflow.pyfunc.load_model('models:/<name>@champion').predict(pd.DataFrame({'class_label': [3]})).")
@@ -112,8 +112,8 @@ def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL
             params=params_dict(params), metrics=numeric,
             artifacts=[p for p in (Path(grid_path), Path(metrics_path), QUALITY_PATH.with_suffix(".png"), extra / "lineage.json") if p.is_file()],
             primary_metric=cfg.primary_metric, greater_is_better=cfg.greater_is_better, min_improvement=cfg.min_improvement, tags=tags,
-            dataset={"name": f"{manifest['source']}-{manifest['digest'][:12]}", "digest": manifest["digest"], "source": str(data_dir),
-                     "source_type": "local", "profile": json.dumps({"digest": manifest["digest"], "counts": manifest.get("counts")})},
+            dataset={"name": f"{manifest['source']}-{manifest['dataset_digest'][:12]}", "digest": manifest["dataset_digest"], "source": str(data_dir),
+                     "source_type": "local", "profile": json.dumps({"dataset_digest": manifest["dataset_digest"], "counts": manifest.get("counts")})},
             retry=RetryPolicy(cfg.http_max_retries, cfg.http_backoff_factor, cfg.http_timeout_s),
             description=describe(manifest, diffusion_meta, params, metrics),
         )

@@ -26,7 +26,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = MODELS_DIR / 
     ctx = init_distributed(device)
     # resumable state lives beside the models folder: <project>/checkpoints/train_autoencoder
     ckpt_dir = Path(out_dir).resolve().parent.parent / CHECKPOINTS_DIR / "train_autoencoder"
-    fingerprint = training_fingerprint(params, "train_autoencoder", ds.manifest["digest"])
+    fingerprint = training_fingerprint(params, "train_autoencoder", ds.manifest["dataset_digest"])
     model, result = fit_autoencoder(ds.images["train"], params.train_autoencoder, seed=params.base.seed, ctx=ctx,
                                     checkpoint_dir=ckpt_dir, fingerprint=fingerprint, progress=ctx.is_main)
     if not ctx.is_main:  # rank 0 writes the outputs
@@ -39,7 +39,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = MODELS_DIR / 
     save_checkpoint(out_dir, model, model.config.to_dict(), {
         "scale_factor": float(model.scale_factor),
         "training": params_dict(params)["train_autoencoder"],
-        "dataset_digest": ds.manifest["digest"],
+        "dataset_digest": ds.manifest["dataset_digest"],
         "metrics": metrics,
     })
     atomic_write_json(Path(metrics_dir) / "autoencoder.json", metrics)

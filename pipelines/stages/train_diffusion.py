@@ -38,7 +38,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     # z = scale * (mean + std * n): scale the mean, shift log-variance by 2 log(scale).
     mean, logvar = mean * scale, logvar + 2 * np.log(scale)
     ctx = init_distributed(device)
-    fingerprint = training_fingerprint(params, "train_diffusion", ds.manifest["digest"], Path(models_dir) / "autoencoder" / "model.safetensors")
+    fingerprint = training_fingerprint(params, "train_diffusion", ds.manifest["dataset_digest"], Path(models_dir) / "autoencoder" / "model.safetensors")
     ema_unet, result = fit(mean, logvar, torch.from_numpy(ds.labels["train"]), ds.num_classes, cfg, seed=params.base.seed, ctx=ctx,
                            checkpoint_dir=Path(models_dir).resolve().parent / CHECKPOINTS_DIR / "train_diffusion",
                            fingerprint=fingerprint, progress=ctx.is_main)
@@ -66,7 +66,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
                      "prediction_type": cfg.prediction_type, "variance_type": cfg.variance_type},
         "class_names": ds.class_names,
         "training": params_dict(params)["train_diffusion"],
-        "dataset_digest": ds.manifest["digest"],
+        "dataset_digest": ds.manifest["dataset_digest"],
         "weights": "ema",
         "metrics": metrics,
     })

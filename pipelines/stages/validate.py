@@ -35,7 +35,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = VALIDATION_DI
             "failed": report.failed,
             "statistics": report.statistics,
             "dataset_facts": report.dataset_facts,
-            "dataset_digest": ds.manifest["digest"],
+            "dataset_digest": ds.manifest["dataset_digest"],
             "results": report.results,
         }
         (tmp / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -1,4 +1,4 @@
-"""Real servers on 127.0.0.1 for the team-setup tests: S3 (moto), MLflow (proxied S3 artifacts), Prefect.
+"""Real servers on 127.0.0.1 for development and the team-setup tests: S3 (moto), MLflow (proxied S3 artifacts), Prefect.
 
 Each server gets a free port, a folder and a log file under one temporary root; readiness is a
 bounded poll of its health endpoint, and a server that does not come up fails with the tail of its
@@ -12,7 +12,7 @@ period (``prefect worker`` ignores SIGTERM).
 S3 credentials go to the S3 server and the MLflow server only (and to DVC, which talks to S3
 directly); MLflow clients use the proxied ``mlflow-artifacts:`` scheme and need none.
 
-``python -m tests.servers [ROOT]`` starts the three servers for manual use (``make servers``) and
+``python -m infra.local_servers [ROOT]`` starts the three servers for manual use (``make servers``) and
 prints their URLs; Ctrl-C stops them.
 """
 
@@ -363,7 +363,7 @@ def main() -> None:
 
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="latentflow-servers-"))
     servers = TeamServers(root).start()
-    print(f"S3 (moto)     {servers.s3_endpoint}  buckets {MLFLOW_BUCKET}, {DVC_BUCKET}; credentials: {', '.join(S3_CREDENTIALS)} as in tests/servers.py")
+    print(f"S3 (moto)     {servers.s3_endpoint}  buckets {MLFLOW_BUCKET}, {DVC_BUCKET}; credentials: {', '.join(S3_CREDENTIALS)} as in infra/local_servers.py")
     print(f"MLflow        {servers.mlflow_uri}")
     print(f"Prefect API   {servers.prefect_api}")
     print(f"logs          {root / 'logs'}   (Ctrl-C or SIGTERM stops everything)", flush=True)
