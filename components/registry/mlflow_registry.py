@@ -394,9 +394,14 @@ def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, m
     return RegistrationResult(run_id, model_name, str(version), alias, decision, f"models:/{model_name}/{version}", experiment_id)
 
 
+URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> or runs:/RUN_ID/PATH"
+
+
 def _resolve_download_uri(client: MlflowClient, uri: str) -> str:
     """Map ``models:/NAME@alias``, ``models:/NAME/VERSION`` or ``models:/m-<id>`` to artifact storage."""
     path = uri.removeprefix("models:/").strip("/")
+    if not path or path.startswith("@") or path.endswith("@"):
+        raise RegistryError(f"{uri!r} names no model: expected {URI_FORMS}")
     if "@" in path:
         name, alias = path.split("@", 1)
         return client.get_model_version_download_uri(name, client.get_model_version_by_alias(name, alias).version)
@@ -406,13 +411,44 @@ def _resolve_download_uri(client: MlflowClient, uri: str) -> str:
     return client.get_logged_model(path).artifact_location
 
 
-def load_generator_from_uri(uri: str, tracking_uri: str | None = None):
-    """Load the ``LatentDiffusionGenerator`` packaged at ``uri`` (e.g. ``models:/NAME@champion``).
+def packaged_model_dir(local: Path, uri: str = "") -> Path:
+    """The ``model_dir`` artifact (``autoencoder/`` + ``diffusion/``) inside a downloaded pyfunc model, found through
+    its ``MLmodel`` file (read as plain YAML: nothing of the model is imported or run)."""
+    import yaml
 
-    With ``tracking_uri`` the ``models:/`` URI is resolved through an explicit client, so the
-    global MLflow tracking/registry URI is neither needed nor modified.
+    mlmodel = Path(local) / "MLmodel"
+    try:
+        spec = yaml.safe_load(mlmodel.read_text()) or {}
+        rel = spec["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{uri or local} is not a latentflow model (no model_dir artifact in {mlmodel}: {type(exc).__name__}: {exc}); "
+                            "register models with `latentflow register`") from None
+    model_dir = (Path(local) / rel).resolve()
+    if not model_dir.is_relative_to(Path(local).resolve()):
+        raise RegistryError(f"{mlmodel}: model_dir {rel!r} points outside the model")
+    return model_dir
+
+
+def load_generator_from_uri(uri: str, tracking_uri: str | None = None):
+    """Load the ``LatentDiffusionGenerator`` packaged at ``uri`` (``models:/NAME@champion``, ``models:/NAME/3``,
+    ``runs:/RUN_ID/model``).
+
+    Only the weights and JSON configs of the model's ``model_dir`` artifact are read (safetensors): the packaged
+    pyfunc code (``pyfunc_model.py``, the bundled ``components/``) is not run and nothing is unpickled, so a
+    tampered registry entry cannot execute code here (serving with ``mlflow models serve`` does run the
+    packaged code, by design). With ``tracking_uri`` the URI is resolved through an explicit client, so the global
+    MLflow tracking/registry URI is neither needed nor modified. A missing model, alias, version or run, or an
+    unreachable server, is a :class:`RegistryError` naming the URI and the tracking server.
     """
-    if tracking_uri is not None and uri.startswith("models:/"):
-        location = _resolve_download_uri(MlflowClient(tracking_uri), uri)
-        uri = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri)
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().generator
+    from components.generation import LatentDiffusionGenerator
+
+    try:
+        location = _resolve_download_uri(MlflowClient(tracking_uri), uri) if uri.startswith("models:/") else uri
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri))
+    except (MlflowException, OSError) as exc:
+        where = tracking_uri or mlflow.get_tracking_uri()
+        raise RegistryError(
+            f"cannot load {uri} from the MLflow tracking server {where}: {_short(exc)}. Check the name, alias or version "
+            f"({URI_FORMS}; list them in the MLflow UI) and that MLFLOW_TRACKING_URI or register.tracking_uri names the right server"
+        ) from None
+    return LatentDiffusionGenerator.from_dir(packaged_model_dir(local, uri))
