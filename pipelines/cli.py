@@ -93,9 +93,16 @@ def validate(params: ParamsOpt = Path("params.yaml")) -> None:
     _run_stage("validate", stage.run, params)
 
 
+def _finite_positive(value: float | None) -> float | None:
+    """typer callback: a finite number > 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number of minutes > 0, got {value}")
+    return value
+
+
 MaxTimeOpt = Annotated[
     float | None,
-    typer.Option("--max-time", help="wall-clock budget in minutes: stop early with a resumable checkpoint "
+    typer.Option("--max-time", callback=_finite_positive, help="wall-clock budget in minutes: stop early with a resumable checkpoint "
                  "(overrides runtime.max_time_minutes); rerun the stage to continue"),
 ]
 
@@ -270,8 +277,8 @@ def flow(
 def add_data_cmd(
     src: Annotated[Path, typer.Argument(help="a folder of <class>/*.png|jpg images, or a .tar of one")],
     name: Annotated[str | None, typer.Option(help="folder name under data/raw (default: the source's name)")] = None,
-    channels: Annotated[int | None, typer.Option(help="1 (grey) or 3 (RGB) [params: ingest.channels]")] = None,
-    image_size: Annotated[int | None, typer.Option(help="resize to this square size [params: ingest.image_size]")] = None,
+    channels: Annotated[int | None, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB) [params: ingest.channels]")] = None,
+    image_size: Annotated[int | None, typer.Option(min=8, max=512, help="resize to this square size, 8..512 [params: ingest.image_size]")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Put your images under DVC and train on them: copy SRC to data/raw/NAME, `dvc add` it, and set

@@ -389,4 +389,12 @@ ARTIFACT_CASES = [
     Case("dataset-array-tampered", "validate", _tampered_dataset, 1, ("val_labels.npy", "sha256", "re-run ingest")),
 ]
 
-CASES = IMAGE_CASES + PARAMS_CASES + SAMPLER_CASES + MODEL_CASES + REGISTRY_CASES + ARTIFACT_CASES
+OPTION_CASES = [
+    Case("train-max-time-negative", "options", _params(args=("train_diffusion", "--max-time", "-5")), 2, ("--max-time", "> 0")),
+    Case("train-max-time-nan", "options", _params(args=("train_autoencoder", "--max-time", "nan")), 2, ("--max-time", "finite")),
+    Case("add-data-source-missing", "options", _params(args=("add-data", "no_such_folder")), 1, ("no_such_folder", "does not exist")),
+    Case("add-data-image-size-too-big", "options", _params(args=("add-data", "data/raw/digits", "--image-size", "4096")), 2,
+         ("--image-size", "less than or equal to 512")),
+]
+
+CASES = OPTION_CASES + IMAGE_CASES + PARAMS_CASES + SAMPLER_CASES + MODEL_CASES + REGISTRY_CASES + ARTIFACT_CASES
