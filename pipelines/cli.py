@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -73,6 +74,8 @@ def _run_stage(name: str, stage, params_path: Path, max_time: float | None = Non
         raise typer.Exit(2) from None
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         typer.secho(f"latentflow {name} failed: {type(exc).__name__}: {exc}", fg="red", err=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            typer.secho(f"The disk is full: free space where the outputs go (df -h {Path.cwd()}) and re-run.", err=True)
         typer.secho("The previous outputs of this stage are left intact.", err=True)
         raise typer.Exit(1) from None
 
