@@ -11,13 +11,15 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from components.diffusion.options import DEFAULT_GUIDANCE, SAMPLERS
 from components.errors import ConfigError
 from components.models.unet_presets import BLOCK_NAMES, PRESET_NAMES, check_block_list, resolve_layout
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # every float must be finite: a NaN or infinite value is an error naming its key, never a silent NaN downstream
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BaseParams(_Section):
@@ -35,6 +37,9 @@ class IngestParams(_Section):
     channels: Literal[1, 3] = 1
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     max_per_class: int | None = Field(None, ge=1)
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="larger images are refused before decoding "
+                                  "(decompression bombs); the default is above any camera's")
+    allow_external_symlinks: bool = Field(False, description="follow symlinks that lead outside ingest.root")
     out_dir: str = "data/dataset"
 
     @model_validator(mode="after")
@@ -233,7 +238,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -10,7 +10,26 @@ import torch
 
 from components.diffusion import DEFAULT_GUIDANCE, make_betas, sample
 from components.images import to_uint8
-from components.models.checkpoint import load_autoencoder, load_unet
+from components.models.checkpoint import CheckpointError, load_autoencoder, load_unet
+
+SCHEDULE_KEYS = ("schedule", "num_timesteps", "beta_start", "beta_end", "prediction_type")
+
+
+def check_pair(autoencoder, unet, diffusion_meta: dict, model_dir: Path) -> None:
+    """The two checkpoints of a model folder belong together: the U-Net works on the autoencoder's latents
+    (channels and size) and ``diffusion/config.json`` holds the noise schedule. A :class:`CheckpointError` names
+    the mismatch otherwise (two folders from different runs, or a hand-edited config)."""
+    cfg = diffusion_meta.get("schedule")
+    missing = [k for k in SCHEDULE_KEYS if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise CheckpointError(f"{model_dir}/diffusion/config.json lacks schedule {'/'.join(missing)} (the 'schedule' section "
+                              "train_diffusion writes); re-run train_diffusion or restore the folder (dvc checkout)")
+    latent, ucfg = autoencoder.config.latent_shape, unet.config
+    if (ucfg.in_channels, ucfg.sample_size) != (latent[0], latent[1]):
+        raise CheckpointError(
+            f"{model_dir}: the diffusion U-Net takes {ucfg.in_channels}x{ucfg.sample_size}x{ucfg.sample_size} latents but the autoencoder "
+            f"makes {latent[0]}x{latent[1]}x{latent[2]}: autoencoder/ and diffusion/ come from different runs; re-run train_diffusion"
+        )
 
 
 class LatentDiffusionGenerator:
@@ -35,9 +54,13 @@ class LatentDiffusionGenerator:
     def from_dir(cls, model_dir: str | Path, device: str = "cpu") -> LatentDiffusionGenerator:
         """Load ``model_dir/autoencoder`` and ``model_dir/diffusion`` checkpoints (safetensors + JSON)."""
         model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise CheckpointError(f"model folder {model_dir} not found: pass a folder holding autoencoder/ and diffusion/ (`models` "
+                                  "after dvc repro) or an MLflow URI such as models:/latentflow@champion")
         dev = torch.device(device)
         autoencoder, _ = load_autoencoder(model_dir / "autoencoder", dev)
         unet, meta = load_unet(model_dir / "diffusion", dev)
+        check_pair(autoencoder, unet, meta, model_dir)
         return cls(autoencoder, unet, meta, dev)
 
     @torch.no_grad()

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -72,6 +74,8 @@ def _run_stage(name: str, stage, params_path: Path, max_time: float | None = Non
         raise typer.Exit(2) from None
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         typer.secho(f"latentflow {name} failed: {type(exc).__name__}: {exc}", fg="red", err=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            typer.secho(f"The disk is full: free space where the outputs go (df -h {Path.cwd()}) and re-run.", err=True)
         typer.secho("The previous outputs of this stage are left intact.", err=True)
         raise typer.Exit(1) from None
 
@@ -92,9 +96,16 @@ def validate(params: ParamsOpt = Path("params.yaml")) -> None:
     _run_stage("validate", stage.run, params)
 
 
+def _finite_positive(value: float | None) -> float | None:
+    """typer callback: a finite number > 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number of minutes > 0, got {value}")
+    return value
+
+
 MaxTimeOpt = Annotated[
     float | None,
-    typer.Option("--max-time", help="wall-clock budget in minutes: stop early with a resumable checkpoint "
+    typer.Option("--max-time", callback=_finite_positive, help="wall-clock budget in minutes: stop early with a resumable checkpoint "
                  "(overrides runtime.max_time_minutes); rerun the stage to continue"),
 ]
 
@@ -145,24 +156,35 @@ def register(params: ParamsOpt = Path("params.yaml")) -> None:
     _run_stage("register", stage.run, params)
 
 
+def _finite_nonnegative(value: float | None) -> float | None:
+    """typer callback: a finite number >= 0 (``nan`` and ``inf`` parse as floats, and ``nan`` passes a range check)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be a finite number >= 0, got {value}")
+    return value
+
+
 @app.command()
 def sample(
-    num_per_class: Annotated[int | None, typer.Option("--num-per-class", help="images per class [params: sample.num_per_class]")] = None,
-    seed: Annotated[int | None, typer.Option(help="random seed; same seed, same images [params: base.seed]")] = None,
-    out: Annotated[Path, typer.Option(help="output folder: OUT/<label>/<index>.png")] = Path("samples"),
+    num_per_class: Annotated[int | None, typer.Option("--num-per-class", min=1, help="images per class, >= 1 [params: sample.num_per_class]")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=2**63 - 1, help="random seed; same seed, same images [params: base.seed]")] = None,
+    out: Annotated[Path, typer.Option(help="output folder: OUT/<label>/<index>.png (replaced; must be new, empty or a samples folder)")] = Path("samples"),
     model: Annotated[str, typer.Option(help="model folder (autoencoder/ + diffusion/) or MLflow URI, e.g. models:/latentflow@champion")] = "models",
     sampler: Annotated[str | None, typer.Option(help=f"{' | '.join(SAMPLERS)} [params: sample.sampler]")] = None,
-    steps: Annotated[int | None, typer.Option(help="sampler steps [params: sample.steps]")] = None,
-    guidance: Annotated[float | None, typer.Option(help="classifier-free guidance scale; 1 = none [params: sample.guidance]")] = None,
-    eta: Annotated[float | None, typer.Option(help="DDIM eta (0 deterministic, 1 DDPM-like) [params: sample.eta]")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps, 1 .. the model's training timesteps [params: sample.steps]")] = None,
+    guidance: Annotated[float | None, typer.Option(callback=_finite_nonnegative,
+                                                   help="classifier-free guidance scale, >= 0; 1 = none [params: sample.guidance]")] = None,
+    eta: Annotated[float | None, typer.Option(callback=_finite_nonnegative, help="DDIM eta, >= 0 (0 deterministic, 1 DDPM-like) [params: sample.eta]")] = None,
     grid: Annotated[Path | None, typer.Option(help="also write a grid PNG (one row per class) here")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Generate images: OUT/<label>/<index>.png at the dataset's resolution.
 
-    Defaults come from params.yaml's `sample` section when the file exists.
+    Defaults come from params.yaml's `sample` section when the file exists. Every option is checked before any
+    work; on failure nothing is written to OUT or GRID.
     """
     from components.config import ConfigError, Params, load_params
+    from components.data.samples import check_samples_target
+    from components.errors import OptionError
 
     _setup()
     from components.registry.lineage import resolve_tracking_uri
@@ -171,26 +193,40 @@ def sample(
     try:
         cfg = load_params(params) if params.is_file() else Params()
     except ConfigError as exc:
-        typer.secho(str(exc), fg="red", err=True)
+        typer.secho(f"latentflow sample: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+    s = cfg.sample
+    sampler = s.sampler if sampler is None else sampler
+    problems = []
+    if sampler not in SAMPLERS:
+        problems.append(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    try:
+        check_samples_target(out)
+    except ValueError as exc:
+        problems.append(f"--out: {exc}")
+    if grid is not None and grid.is_dir():
+        problems.append(f"--grid {grid} is a folder; give the path of a PNG file, e.g. {grid / 'samples_grid.png'}")
+    if problems:
+        for line in problems:
+            typer.secho(f"latentflow sample: {line}", fg="red", err=True)
+        raise typer.Exit(2)
     if cfg.base.num_threads:  # the stages apply base.num_threads; so does sampling
         import torch
 
         torch.set_num_threads(cfg.base.num_threads)
-    s = cfg.sample
-    sampler = sampler or s.sampler
-    if sampler not in SAMPLERS:
-        typer.secho(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}", fg="red", err=True)
-        raise typer.Exit(2)
     try:
         stage.run(
-            model=model, out_dir=out, num_per_class=num_per_class or s.num_per_class, seed=cfg.base.seed if seed is None else seed,
-            sampler=sampler, steps=steps or s.steps, guidance=s.guidance if guidance is None else guidance,
-            eta=s.eta if eta is None else eta, timestep_spacing=s.timestep_spacing, grid_path=grid,
-            tracking_uri=resolve_tracking_uri(cfg.register_.tracking_uri),
+            model=model, out_dir=out, num_per_class=s.num_per_class if num_per_class is None else num_per_class,
+            seed=cfg.base.seed if seed is None else seed, sampler=sampler, steps=s.steps if steps is None else steps,
+            guidance=s.guidance if guidance is None else guidance, eta=s.eta if eta is None else eta,
+            timestep_spacing=s.timestep_spacing, grid_path=grid, tracking_uri=resolve_tracking_uri(cfg.register_.tracking_uri),
         )
+    except OptionError as exc:
+        typer.secho(f"latentflow sample: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         typer.secho(f"latentflow sample failed: {type(exc).__name__}: {exc}", fg="red", err=True)
+        typer.secho(f"Nothing was written to {out}.", err=True)
         raise typer.Exit(1) from None
 
 
@@ -244,8 +280,8 @@ def flow(
 def add_data_cmd(
     src: Annotated[Path, typer.Argument(help="a folder of <class>/*.png|jpg images, or a .tar of one")],
     name: Annotated[str | None, typer.Option(help="folder name under data/raw (default: the source's name)")] = None,
-    channels: Annotated[int | None, typer.Option(help="1 (grey) or 3 (RGB) [params: ingest.channels]")] = None,
-    image_size: Annotated[int | None, typer.Option(help="resize to this square size [params: ingest.image_size]")] = None,
+    channels: Annotated[int | None, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB) [params: ingest.channels]")] = None,
+    image_size: Annotated[int | None, typer.Option(min=8, max=512, help="resize to this square size, 8..512 [params: ingest.image_size]")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Put your images under DVC and train on them: copy SRC to data/raw/NAME, `dvc add` it, and set

@@ -15,7 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+from components.data.sources import IMAGE_SUFFIXES  # what ingest reads
+
 RAW_DIR = Path("data/raw")
 
 

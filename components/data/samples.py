@@ -10,10 +10,30 @@ import numpy as np
 from components.io import atomic_dir, atomic_write_bytes
 
 
+def check_samples_target(out_dir: Path) -> None:
+    """``out_dir`` may be replaced by a samples folder: it does not exist, or is an empty folder, or a samples folder
+    (only ``<label>/<index>.png``). Anything else (a file, a folder of other things: ``--out data`` or ``--out .``)
+    is a ``ValueError``: replacing it would delete what it holds."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise ValueError(f"{out_dir} is a file, not a folder: samples are written as OUT/<label>/<index>.png and replace OUT; "
+                         "choose another --out")
+    for entry in out_dir.iterdir():
+        ok = entry.is_dir() and not entry.is_symlink() and entry.name.isdigit() and all(
+            f.is_file() and f.suffix == ".png" and f.stem.isdigit() for f in entry.iterdir())
+        if not ok:
+            raise ValueError(f"{out_dir} is not a samples folder (it holds {entry.name!r}, not only <label>/<index>.png); sample replaces "
+                             "its --out folder, which would delete that: choose a new or empty folder for --out")
+
+
 def write_samples(images: np.ndarray, labels: np.ndarray, out_dir: Path) -> None:
-    """Write ``out_dir/<label>/<index>.png`` atomically (the whole folder is replaced at once)."""
+    """Write ``out_dir/<label>/<index>.png`` atomically (the whole folder is replaced at once). ``out_dir`` must pass
+    :func:`check_samples_target` (nothing but samples is ever replaced)."""
     from PIL import Image
 
+    check_samples_target(out_dir)
     with atomic_dir(out_dir) as tmp:
         counters: dict[int, int] = {}
         for img, label in zip(images, labels, strict=True):

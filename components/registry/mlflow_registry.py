@@ -18,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import io
+import logging
 import math
+import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,6 +43,7 @@ from mlflow.types.schema import ColSpec, Schema
 from components.diffusion.options import DEFAULT_GUIDANCE
 from components.io import env_overrides
 
+log = logging.getLogger("latentflow")
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_DESCRIPTION = (
     "latentflow: class-conditional latent diffusion image generators (KL autoencoder + EMA U-Net), one version per "
@@ -331,6 +335,68 @@ def _roll_back(client: MlflowClient, model_name: str, state: dict[str, Any]) -> 
             client.set_terminated(state["run_id"], RunStatus.to_string(RunStatus.FAILED))
 
 
+REGISTRATION_TAG, OWNER_TAG = "registration", "latentflow.owner"
+STALE_AFTER_S = 6 * 3600  # an in-progress registration of another host older than this is abandoned
+
+
+def _owner() -> str:
+    """``host:pid`` of this process: who is registering (a tag on the run and on the new version)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_gone(owner: str | None, started_ms: int | None) -> bool:
+    """The process that tagged ``owner`` no longer runs: on this host, its pid is gone; elsewhere, it started more
+    than :data:`STALE_AFTER_S` ago. A registration without an owner tag is never touched."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return started_ms is not None and time.time() - started_ms / 1000 > STALE_AFTER_S
+
+
+def recover_interrupted(client: MlflowClient, model_name: str, experiment_id: str | None) -> list[str]:
+    """Finish or undo what a killed registration (SIGKILL, power loss) left behind, before a new one starts.
+
+    A version still tagged ``registration=in_progress`` by a process that is gone is either complete in all but its
+    last tag (it already holds its alias ``champion``/``challenger``: the tag is set) or half-registered (no alias:
+    it is deleted, so it can never be loaded or compared against). Runs still RUNNING for a gone owner are marked
+    FINISHED when their version completed, FAILED otherwise. Returns what was done, one line each."""
+    done: list[str] = []
+    try:
+        aliases = client.get_registered_model(model_name).aliases
+    except MlflowException:
+        aliases = {}
+    aliased = {str(v) for v in aliases.values()}
+    completed_runs = set()
+    for mv in client.search_model_versions(f"name='{model_name}'"):
+        tags = mv.tags or {}
+        if tags.get(REGISTRATION_TAG) != "in_progress" or not _owner_gone(tags.get(OWNER_TAG), mv.creation_timestamp):
+            if tags.get(REGISTRATION_TAG) == "complete":
+                completed_runs.add(mv.run_id)
+            continue
+        if str(mv.version) in aliased:
+            client.set_model_version_tag(model_name, str(mv.version), REGISTRATION_TAG, "complete")
+            completed_runs.add(mv.run_id)
+            done.append(f"version {mv.version}: completed (it held its alias; only the last tag was missing)")
+        else:
+            client.delete_model_version(model_name, str(mv.version))
+            done.append(f"version {mv.version}: deleted (its registration by {tags.get(OWNER_TAG)} was interrupted)")
+    if experiment_id is not None:
+        for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            if _owner_gone(run.data.tags.get(OWNER_TAG), run.info.start_time):
+                status = RunStatus.FINISHED if run.info.run_id in completed_runs else RunStatus.FAILED
+                client.set_terminated(run.info.run_id, RunStatus.to_string(status))
+                done.append(f"run {run.info.run_id}: marked {RunStatus.to_string(status)} (its process is gone)")
+    return done
+
+
 def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, model_name: str, model_dir: Path, params: dict,
               metrics: dict[str, float], artifacts: list[Path], primary_metric: str, greater_is_better: bool, min_improvement: float,
               tags: dict[str, str], run_name: str | None, artifact_location: str | None, dataset: dict[str, str] | None,
@@ -338,8 +404,12 @@ def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, m
     state["step"] = f"find or create experiment {experiment!r}"
     exp = client.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location)
+    state["step"] = "finish or undo an interrupted registration"
+    for line in recover_interrupted(client, model_name, experiment_id):
+        log.warning("register: recovered an interrupted registration: %s", line)
     state["step"] = "create the run"
-    run_id = state["run_id"] = client.create_run(experiment_id, tags=dict(tags), run_name=run_name).info.run_id
+    owner = _owner()
+    run_id = state["run_id"] = client.create_run(experiment_id, tags={**tags, OWNER_TAG: owner}, run_name=run_name).info.run_id
     state["step"] = "log params, metrics and the dataset input"
     flat = list(flatten_params(params).items())
     for i in range(0, len(flat), 100):  # log_batch accepts at most 100 params per call
@@ -374,7 +444,10 @@ def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, m
     # latter through the *global* tracking URI (MlflowClient()), which we must not depend on.
     verdict = (f"Promotion: {'champion' if decision.promote else 'challenger'} — {decision.reason}"
                f"{f' (compared with version {champ_version})' if champ_version else ''}.")
+    # tagged in_progress at creation (one call): if this process dies before the alias is set, the next registration
+    # sees it and deletes it (recover_interrupted)
     version = state["version"] = client.create_model_version(model_name, logged.artifact_location, run_id=run_id, model_id=logged.model_id,
+                                                             tags={REGISTRATION_TAG: "in_progress", OWNER_TAG: owner},
                                                              description=f"{description} {verdict}".strip()).version
     version_tags = {
         **tags, metric_tag: repr(decision.new_value), "promotion_reason": decision.reason,
@@ -389,14 +462,20 @@ def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, m
     state["step"] = f"set alias {alias!r} on version {version}"
     client.set_registered_model_alias(model_name, alias, version)
     state["version"] = None  # complete: nothing to roll back from here on
+    client.set_model_version_tag(model_name, str(version), REGISTRATION_TAG, "complete")
     state["step"] = "finish the run"
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return RegistrationResult(run_id, model_name, str(version), alias, decision, f"models:/{model_name}/{version}", experiment_id)
 
 
+URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> or runs:/RUN_ID/PATH"
+
+
 def _resolve_download_uri(client: MlflowClient, uri: str) -> str:
     """Map ``models:/NAME@alias``, ``models:/NAME/VERSION`` or ``models:/m-<id>`` to artifact storage."""
     path = uri.removeprefix("models:/").strip("/")
+    if not path or path.startswith("@") or path.endswith("@"):
+        raise RegistryError(f"{uri!r} names no model: expected {URI_FORMS}")
     if "@" in path:
         name, alias = path.split("@", 1)
         return client.get_model_version_download_uri(name, client.get_model_version_by_alias(name, alias).version)
@@ -406,13 +485,44 @@ def _resolve_download_uri(client: MlflowClient, uri: str) -> str:
     return client.get_logged_model(path).artifact_location
 
 
-def load_generator_from_uri(uri: str, tracking_uri: str | None = None):
-    """Load the ``LatentDiffusionGenerator`` packaged at ``uri`` (e.g. ``models:/NAME@champion``).
+def packaged_model_dir(local: Path, uri: str = "") -> Path:
+    """The ``model_dir`` artifact (``autoencoder/`` + ``diffusion/``) inside a downloaded pyfunc model, found through
+    its ``MLmodel`` file (read as plain YAML: nothing of the model is imported or run)."""
+    import yaml
 
-    With ``tracking_uri`` the ``models:/`` URI is resolved through an explicit client, so the
-    global MLflow tracking/registry URI is neither needed nor modified.
+    mlmodel = Path(local) / "MLmodel"
+    try:
+        spec = yaml.safe_load(mlmodel.read_text()) or {}
+        rel = spec["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{uri or local} is not a latentflow model (no model_dir artifact in {mlmodel}: {type(exc).__name__}: {exc}); "
+                            "register models with `latentflow register`") from None
+    model_dir = (Path(local) / rel).resolve()
+    if not model_dir.is_relative_to(Path(local).resolve()):
+        raise RegistryError(f"{mlmodel}: model_dir {rel!r} points outside the model")
+    return model_dir
+
+
+def load_generator_from_uri(uri: str, tracking_uri: str | None = None):
+    """Load the ``LatentDiffusionGenerator`` packaged at ``uri`` (``models:/NAME@champion``, ``models:/NAME/3``,
+    ``runs:/RUN_ID/model``).
+
+    Only the weights and JSON configs of the model's ``model_dir`` artifact are read (safetensors): the packaged
+    pyfunc code (``pyfunc_model.py``, the bundled ``components/``) is not run and nothing is unpickled, so a
+    tampered registry entry cannot execute code here (serving with ``mlflow models serve`` does run the
+    packaged code, by design). With ``tracking_uri`` the URI is resolved through an explicit client, so the global
+    MLflow tracking/registry URI is neither needed nor modified. A missing model, alias, version or run, or an
+    unreachable server, is a :class:`RegistryError` naming the URI and the tracking server.
     """
-    if tracking_uri is not None and uri.startswith("models:/"):
-        location = _resolve_download_uri(MlflowClient(tracking_uri), uri)
-        uri = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri)
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().generator
+    from components.generation import LatentDiffusionGenerator
+
+    try:
+        location = _resolve_download_uri(MlflowClient(tracking_uri), uri) if uri.startswith("models:/") else uri
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri))
+    except (MlflowException, OSError) as exc:
+        where = tracking_uri or mlflow.get_tracking_uri()
+        raise RegistryError(
+            f"cannot load {uri} from the MLflow tracking server {where}: {_short(exc)}. Check the name, alias or version "
+            f"({URI_FORMS}; list them in the MLflow UI) and that MLFLOW_TRACKING_URI or register.tracking_uri names the right server"
+        ) from None
+    return LatentDiffusionGenerator.from_dir(packaged_model_dir(local, uri))

