@@ -73,7 +73,7 @@ def template(corpus_root: Path, ctx: Ctx) -> Path:
             assert result.exit_code == 0, _failure_text(result)
     finally:
         os.chdir(cwd)
-    digest = json.loads((project / "data/dataset/manifest.json").read_text())["digest"]
+    digest = json.loads((project / "data/dataset/manifest.json").read_text())["dataset_digest"]
     (project / "reference_stats").mkdir()
     b.write_json(project / "reference_stats/manifest.json", {"dataset_digest": digest, "reference_split": "val", "num_reference": 20,
                                                              "classifier_val_accuracy": 0.9, "extractors": {}, "skipped": {}})

@@ -120,7 +120,7 @@ def test_servers_listen_on_loopback_by_default():
             assert LOOPBACK_PORT.match(str(port)), f"{name} publishes {port} on every interface of the host"
     dockerfile = (ROOT / "infra/docker/mlflow.Dockerfile").read_text()
     assert '"--host", "127.0.0.1"' in dockerfile
-    for path in ("tests/servers.py", "pipelines/deployments.py", "Makefile"):
+    for path in ("infra/local_servers.py", "pipelines/deployments.py", "Makefile"):
         text = (ROOT / path).read_text()
         assert "0.0.0.0" not in text and "--host 0.0.0.0" not in text, path
 
