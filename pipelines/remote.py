@@ -69,7 +69,13 @@ def dvc(args: list[str], project_dir: str | Path, timeout: float = 1800) -> str:
     """Run ``dvc <args>`` in ``project_dir``; a failure raises with DVC's own message."""
     proc = subprocess.run(["dvc", *args], cwd=project_dir, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {project_dir} (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+        output = (proc.stdout + proc.stderr)[-3000:]
+        hint = ""
+        if "Could not connect to the endpoint URL" in output:
+            hint = ("\nThe DVC remote's S3 endpoint is unreachable: check that the S3 server is up and the remote's "
+                    "`endpointurl` (`dvc remote list --show-origin`, `dvc config -l`); nothing local was changed, so a re-run "
+                    "transfers what is missing.")
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {project_dir} (exit {proc.returncode}):\n{output}{hint}")
     return proc.stdout
 
 

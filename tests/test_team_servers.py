@@ -28,7 +28,7 @@ import infra.local_servers
 from infra.local_servers import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, TeamServers, base_env, http_ok
 from tests.conftest import ROOT, make_project, tiny_params, write_digit_folder
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)  # includes the session fixtures (servers, retraining run) for the first test that uses them
 MODEL = "latentflow"
 
 
@@ -447,6 +447,40 @@ def test_s3_outage_fails_clearly_and_leaves_no_half_registered_version(servers, 
     finally:
         outage.stop()
     assert http_ok(f"{servers.s3_endpoint}/moto-api/") and http_ok(f"{servers.mlflow_uri}/health"), "the shared servers went down"
+
+
+PUSH_ONLY = (
+    "import sys\n"
+    "from prefect import flow\n"
+    "from pipelines.deployments import dvc_push\n"
+    "flow(name='push-during-outage')(lambda project: dvc_push(project))(sys.argv[1])\n"
+)
+
+
+def _tree_digest(root: Path, parts: tuple[str, ...]) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for part in parts for p in sorted((root / part).rglob("*") if (root / part).is_dir() else [root / part]) if p.is_file()}
+
+
+def test_s3_down_during_dvc_push_retries_a_bounded_number_of_times_and_keeps_local_outputs(servers, client_env, project, retrained):
+    """The retraining flow's push task against a DVC remote whose S3 endpoint is down (nothing listens on its port):
+    3 Prefect retries with backoff, then the flow fails with DVC's own message naming the remote; the workspace and
+    the local cache are untouched (the next run pushes them)."""
+    outputs = ("data/dataset", "models", "samples", "reference_stats", "metrics.json", "dvc.lock")
+    before, status_before = _tree_digest(project, outputs), ok(run(["dvc", "status"], project, client_env))
+    dead = f"http://127.0.0.1:{infra.local_servers.free_port()}"
+    ok(run(["dvc", "remote", "modify", "--local", "storage", "endpointurl", dead], project, client_env))
+    try:
+        res = run([sys.executable, "-c", PUSH_ONLY, str(project)], project, client_env, timeout=600)
+    finally:
+        (project / ".dvc/config.local").unlink()
+    log = res.stdout + res.stderr
+    assert res.returncode != 0, log[-3000:]
+    assert "`dvc push` failed in" in log and f'Could not connect to the endpoint URL: "{dead}/' in log, log[-3000:]
+    assert "The DVC remote's S3 endpoint is unreachable" in log
+    assert "Retry 3/3 will start" in log and "Retries are exhausted" in log, log[-3000:]  # four attempts, then Failed
+    assert _tree_digest(project, outputs) == before
+    assert ok(run(["dvc", "status"], project, client_env)) == status_before
 
 
 # ------------------------------------------------------------------------------------------------ ports
