@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "sample": "samplers",
     # schedules
     "alphas_cumprod": "schedules",
+    "dpm_solver_timesteps": "schedules",
     "make_betas": "schedules",
     "rescale_zero_terminal_snr": "schedules",
     "sampling_timesteps": "schedules",

@@ -15,7 +15,7 @@ import torch
 from components.diffusion.forward import to_x0_eps
 from components.diffusion.options import SAMPLERS
 from components.diffusion.schedules import alphas_cumprod as _alphas_cumprod
-from components.diffusion.schedules import sampling_timesteps
+from components.diffusion.schedules import dpm_solver_timesteps, sampling_timesteps
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -200,7 +200,9 @@ def sample(
     """Run ``sampler`` ("ddim" | "ddpm" | "dpmpp_2m") from ``x_T`` for ``num_steps`` steps and return x_0.
 
     ``model(x_t, t[, class_labels])`` returns the prediction of type ``prediction_type``; knob names
-    follow diffusers' scheduler configs. ``set_alpha_to_one`` chooses the DDIM final alpha (1, or
+    follow diffusers' scheduler configs, and so do the timestep grids: DDIM and DDPM evaluate the model on
+    ``sampling_timesteps`` (diffusers' DDIMScheduler/DDPMScheduler), DPM-Solver++ on ``dpm_solver_timesteps``
+    (DPMSolverMultistepScheduler: N + 1 grid points for N steps, the last one the end of the run). ``set_alpha_to_one`` chooses the DDIM final alpha (1, or
     alpha_bar_0; for DPM-Solver++ this is diffusers' ``final_sigmas_type`` "zero" or "sigma_min"); DDPM
     always ends at alpha 1, as in Ho et al. ``clip_sample=r`` clamps every x0 prediction to [-r, r] (diffusers'
     ``clip_sample``/``clip_sample_range``; the model output itself is kept, as diffusers'
@@ -209,7 +211,8 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
     ac = _alphas_cumprod(betas)
-    timesteps = sampling_timesteps(len(betas), num_steps, timestep_spacing, steps_offset)
+    grid = dpm_solver_timesteps if sampler == "dpmpp_2m" else sampling_timesteps
+    timesteps = grid(len(betas), num_steps, timestep_spacing, steps_offset)
     final_alpha = 1.0 if (set_alpha_to_one or sampler == "ddpm") else float(ac[0])
     denoise = guided(model, class_labels, guidance_scale)
     if sampler != "ddpm":  # deterministic samplers ignore learned-variance channels
