@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from components.diffusion import dpm_solver_timesteps, make_betas, sample, sampling_timesteps
+from components.diffusion import alphas_cumprod, dpm_solver_timesteps, karras_timesteps, make_betas, sample, sampling_timesteps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -304,24 +304,18 @@ def _visits_zero_alpha_with_epsilon(zero_snr: bool, prediction: str, timesteps: 
 
 @GRID
 def test_ddim_matches_diffusers_on_the_grid(schedule, zero_snr, prediction, spacing, steps):
-    """DDIM (eta = 0, final alpha 1) on diffusers' DDIM timestep list.
+    """DDIM (eta = 0, final alpha 1) on diffusers' DDIM timestep list, against DDIMScheduler where it is well-defined.
 
-    Reference 1, every cell: diffusers' first-order DPM-Solver++ (DPMSolverMultistepScheduler, solver_order=1,
-    final_sigmas_type="zero") on that list, which is DDIM's update (Lu et al. 2022b, sec. 4: DPM-Solver++1 is DDIM),
-    steps from each timestep to the next one of the list and raises a zero alpha_bar_{T-1} to 2**-24 as we do.
-    Reference 2, DDIMScheduler itself, where it is well-defined: not where it steps off its own list, not where it
-    divides by alpha_bar_{T-1} = 0 (both asserted, with the reason, instead of compared)."""
+    Where it is not (asserted, with the reason: it steps off its own list, or divides by alpha_bar_{T-1} = 0), the
+    reference is diffusers' first-order DPM-Solver++ (DPMSolverMultistepScheduler, solver_order=1,
+    final_sigmas_type="zero") on the same list: DDIM's update (Lu et al. 2022b, sec. 4: DPM-Solver++1 is DDIM), stepping
+    from each timestep to the next one of the list and raising a zero alpha_bar_{T-1} to 2**-24, as we do."""
     ours = _ours("ddim", schedule, zero_snr, prediction, spacing, steps)
     ddim = _scheduler(DDIMScheduler, **_diffusers_kw(schedule, zero_snr, prediction), clip_sample=False, set_alpha_to_one=True,
                       timestep_spacing=spacing)
     ddim.set_timesteps(steps)
     timesteps = ddim.timesteps.tolist()
     assert timesteps == sampling_timesteps(1000, steps, spacing)
-
-    dpm1 = _scheduler(DPMSolverMultistepScheduler, **_diffusers_kw(schedule, zero_snr, prediction), algorithm_type="dpmsolver++",
-                      solver_order=1, final_sigmas_type="zero")
-    dpm1.set_timesteps(timesteps=timesteps)
-    _close(ours, _run(dpm1, _x_T(steps)), "first-order DPM-Solver++")
 
     direct = _run(ddim, _x_T(steps))
     if _visits_zero_alpha_with_epsilon(zero_snr, prediction, timesteps):
@@ -330,6 +324,11 @@ def test_ddim_matches_diffusers_on_the_grid(schedule, zero_snr, prediction, spac
         assert spacing == "linspace" or (spacing == "trailing" and 1000 % steps)
     else:
         _close(ours, direct, "DDIMScheduler")
+        return
+    dpm1 = _scheduler(DPMSolverMultistepScheduler, **_diffusers_kw(schedule, zero_snr, prediction), algorithm_type="dpmsolver++",
+                      solver_order=1, final_sigmas_type="zero")
+    dpm1.set_timesteps(timesteps=timesteps)
+    _close(ours, _run(dpm1, _x_T(steps)), "first-order DPM-Solver++")
 
 
 @GRID
@@ -351,3 +350,52 @@ def test_ddpm_matches_diffusers_on_the_grid(schedule, zero_snr, prediction, spac
         ddpm.alphas_cumprod[-1] = 2.0**-24
         ref = _run(ddpm, _x_T(steps), seed=7)
     _close(ours, ref, "DDPMScheduler")
+
+
+@pytest.mark.parametrize(("schedule", "zero_snr", "prediction", "steps"),
+                         list(itertools.product(SCHEDULES, (False, True), PREDICTIONS, GRID_STEPS)))
+def test_dpm_solver_karras_matches_diffusers_on_the_grid(schedule, zero_snr, prediction, steps):
+    """dpmpp_2m_karras against DPMSolverMultistepScheduler(use_karras_sigmas=True), otherwise configured as the
+    dpmpp_2m grid, ending at sigma zero and at sigma_min. Karras levels replace the timestep spacing (diffusers ignores
+    ``timestep_spacing`` with them), so the grid has no spacing axis.
+
+    Ill-defined in diffusers itself, and refused by ours with a ValueError (asserted, with the reason):
+    - zero terminal SNR where alpha_bar_{T-1} = 2**-24 is above alpha_bar_{T-2} (the linear schedule): sigma is not
+      monotone in t and the timestep of sigma_max is not unique (diffusers finds 995 or 999 depending on float32
+      rounding, and at 50 steps puts 995 first twice, which its step() cannot run);
+    - wherever the first two levels round to t = 999 (the cosine schedule, whose sigma jumps ~30x from t = 998 to 999,
+      and the zero-SNR ones, whose sigma_max is 4096): diffusers' step() then runs off its sigma list (IndexError,
+      asserted). diffusers does not round timesteps for
+      ``beta_schedule="squaredcos_cap_v2"`` (fractional timesteps, which our integer-timestep models do not take), so the
+      cosine reference is the same betas given as ``trained_betas``, where it rounds as for every other schedule.
+    """
+    betas = _betas(schedule, zero_snr)
+    ac = alphas_cumprod(betas)
+    kw = _diffusers_kw(schedule, zero_snr, prediction)
+    if schedule == "cosine":
+        assert DPMSolverMultistepScheduler(**kw, use_karras_sigmas=True).set_timesteps(steps) is None
+        del kw["beta_schedule"]
+        kw["trained_betas"] = tuple(make_betas("cosine", 1000).tolist())
+    if not (ac[1:] < ac[:-1]).all():
+        assert zero_snr and ac[-1] > ac[-2]
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            _ours("dpmpp_2m_karras", schedule, zero_snr, prediction, "leading", steps)
+        return
+    for set_alpha_to_one, final in ((True, "zero"), (False, "sigma_min")):
+        dpm = _scheduler(DPMSolverMultistepScheduler, **kw, algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                         lower_order_final=True, use_karras_sigmas=True, final_sigmas_type=final)
+        dpm.set_timesteps(steps)
+        timesteps = dpm.timesteps.tolist()
+        if timesteps[0] == timesteps[1]:
+            assert (schedule == "cosine" or zero_snr) and timesteps[0] == 999
+            with pytest.raises(IndexError):
+                _run(dpm, _x_T(steps))
+            with pytest.raises(ValueError, match="same timestep 999"):
+                _ours("dpmpp_2m_karras", schedule, zero_snr, prediction, "leading", steps, set_alpha_to_one=set_alpha_to_one)
+            continue
+        assert karras_timesteps(ac, steps)[0] == timesteps
+        ours = _ours("dpmpp_2m_karras", schedule, zero_snr, prediction, "leading", steps, set_alpha_to_one=set_alpha_to_one)
+        _close(ours, _run(dpm, _x_T(steps)), final)
+        if final == "sigma_min":  # the timestep spacing is ignored, as by diffusers
+            trailing = _ours("dpmpp_2m_karras", schedule, zero_snr, prediction, "trailing", steps, set_alpha_to_one=False)
+            assert torch.equal(ours, trailing)

@@ -13,7 +13,18 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from components.diffusion import alphas_cumprod, ddim, ddpm, dpm_solver_timesteps, dpmpp_2m, make_betas, sample, sampling_timesteps
+from components.diffusion import (
+    alphas_cumprod,
+    ddim,
+    ddpm,
+    dpm_solver_timesteps,
+    dpmpp_2m,
+    dpmpp_2m_karras,
+    karras_timesteps,
+    make_betas,
+    sample,
+    sampling_timesteps,
+)
 from components.diffusion.samplers import guided
 
 W = torch.linspace(-0.4, 0.4, 16).reshape(4, 4)
@@ -315,6 +326,23 @@ def test_dpm_solver_timestep_bounds():
         dpm_solver_timesteps(1000, 10, steps_offset=100)
     with pytest.raises(ValueError, match="unknown timestep_spacing"):
         dpm_solver_timesteps(1000, 10, "karras")
+
+
+def test_karras_levels_bounds_and_their_sampler_takes_only_their_timesteps():
+    """Karras levels run from the schedule's sigma_max to its sigma_min (Karras et al. 2022, eq. 5); one step is
+    sigma_max alone; dpmpp_2m_karras refuses a timestep list other than theirs (it would pair the model's timesteps
+    with other noise levels)."""
+    ts, alphas = karras_timesteps(AC, 4)
+    assert ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert alphas[0] == pytest.approx(float(AC[-1]), rel=1e-9) and alphas[-1] == pytest.approx(float(AC[0]), rel=1e-9)
+    assert karras_timesteps(AC, 1) == ([999], [pytest.approx(float(AC[-1]), rel=1e-9)])
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+        karras_timesteps(AC, 0)
+    with pytest.raises(ValueError, match="dpmpp_2m_karras runs on karras_timesteps"):
+        dpmpp_2m_karras(model, _x(), [750, 500, 250, 0], AC)
+    direct = dpmpp_2m_karras(model, _x(), ts, AC)
+    assert torch.equal(direct, sample(model, _x(), betas=BETAS, sampler="dpmpp_2m_karras", num_steps=4, timestep_spacing="trailing"))
+    assert (direct - sample(model, _x(), betas=BETAS, sampler="dpmpp_2m", num_steps=4)).abs().max() > 1e-3
 
 
 def test_zero_terminal_alpha_bar_is_raised_to_two_to_the_minus_24():

@@ -125,3 +125,36 @@ def dpm_solver_timesteps(num_train_timesteps: int, num_steps: int, spacing: str 
     if max(ts) >= T:
         raise ValueError(f"steps_offset={steps_offset} pushes timesteps past T-1={T - 1}")
     return sorted(ts, reverse=True)
+
+
+def karras_timesteps(alphas_cumprod: torch.Tensor, num_steps: int, rho: float = 7.0) -> tuple[list[int], list[float]]:
+    """The ``num_steps`` noise levels of Karras et al. 2022 (eq. 5, rho = 7) between the schedule's largest and
+    smallest, as diffusers' ``use_karras_sigmas=True``: sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) -
+    sigma_max^(1/rho)))^rho with sigma = sqrt((1 - alpha_bar)/alpha_bar). Returns the timesteps at which the model is
+    evaluated (each sigma mapped to t by linear interpolation in log sigma, rounded to the nearest integer) and the
+    alpha_bar = 1/(1 + sigma^2) of each sigma, which the solver uses (not the alpha_bar of the rounded t, as diffusers).
+
+    Two cases are refused, being ill-defined in diffusers too: a schedule whose alpha_bar is not strictly decreasing
+    (zero terminal SNR: alpha_bar_{T-1} raised from 0 to 2**-24 is above alpha_bar_{T-2}, so sigma -> t has no unique
+    answer near T - 1 and diffusers' answer turns on float32 rounding), and levels whose first two round to the same
+    timestep (the cosine schedule, whose sigma jumps ~30x from t = T-2 to T-1: diffusers' step() then runs off its
+    list; with ``beta_schedule="squaredcos_cap_v2"`` it does not round, passing the model fractional timesteps).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    ac = alphas_cumprod.double().cpu().numpy()
+    if not (ac[1:] < ac[:-1]).all():
+        raise ValueError("Karras noise levels need alpha_bar strictly decreasing in t, and this schedule's is not (zero "
+                         "terminal SNR raises alpha_bar_{T-1} from 0 to 2**-24, above alpha_bar_{T-2}): use dpmpp_2m")
+    log_sigmas = 0.5 * np.log((1 - ac) / ac)
+    lo, hi = math.exp(log_sigmas[0]) ** (1 / rho), math.exp(log_sigmas[-1]) ** (1 / rho)
+    sigmas = (hi + np.linspace(0, 1, num_steps) * (lo - hi)) ** rho
+    # diffusers' _sigma_to_t: the last index whose log sigma is <= log sigma, then linear interpolation to the next
+    log_s = np.log(np.maximum(sigmas, 1e-10))
+    low = np.clip(np.cumsum(log_s[None, :] - log_sigmas[:, None] >= 0, axis=0).argmax(axis=0), None, len(log_sigmas) - 2)
+    w = np.clip((log_sigmas[low] - log_s) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    timesteps = np.round((1 - w) * low + w * (low + 1)).astype(np.int64).tolist()
+    if num_steps > 1 and timesteps[0] == timesteps[1]:
+        raise ValueError(f"the first two of {num_steps} Karras noise levels fall on the same timestep {timesteps[0]} (the "
+                         "schedule's sigma jumps at t = T-1, as the cosine schedule's does): use dpmpp_2m, or fewer steps")
+    return timesteps, (1 / (1 + sigmas**2)).tolist()
