@@ -132,7 +132,7 @@ def karras_timesteps(alphas_cumprod: torch.Tensor, num_steps: int, rho: float = 
     smallest, as diffusers' ``use_karras_sigmas=True``: sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) -
     sigma_max^(1/rho)))^rho with sigma = sqrt((1 - alpha_bar)/alpha_bar). Returns the timesteps at which the model is
     evaluated (each sigma mapped to t by linear interpolation in log sigma, rounded to the nearest integer) and the
-    alpha_bar = 1/(1 + sigma^2) of each sigma, which the solver uses (not the alpha_bar of the rounded t, as diffusers).
+    alpha_bar = 1/(1 + sigma^2) of each level, which the solver uses, as diffusers does (not the rounded t's alpha_bar).
 
     Two cases are refused, being ill-defined in diffusers too: a schedule whose alpha_bar is not strictly decreasing
     (zero terminal SNR: alpha_bar_{T-1} raised from 0 to 2**-24 is above alpha_bar_{T-2}, so sigma -> t has no unique
@@ -143,6 +143,8 @@ def karras_timesteps(alphas_cumprod: torch.Tensor, num_steps: int, rho: float = 
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     ac = alphas_cumprod.double().cpu().numpy()
+    if len(ac) < 2:
+        raise ValueError(f"Karras noise levels need at least 2 training timesteps, got {len(ac)}")
     if not (ac[1:] < ac[:-1]).all():
         raise ValueError("Karras noise levels need alpha_bar strictly decreasing in t, and this schedule's is not (zero "
                          "terminal SNR raises alpha_bar_{T-1} from 0 to 2**-24, above alpha_bar_{T-2}): use dpmpp_2m")
