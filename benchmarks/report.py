@@ -9,6 +9,7 @@ file (built from the settings the JSON records, see ``command``) and the provena
 - ``throughput.json`` (ours vs diffusers), ``ldm_vs_pixel.json`` (latent vs pixel space),
 - ``autoencoders.json``, ``autoencoders_perceptual_gan.json``, ``autoencoders_downstream.json`` (autoencoder variants),
 - ``unet_layouts*.json`` (U-Net layouts), ``pipeline_run.json`` and ``pipeline_run_<preset>.json`` (what a ``make run`` measured),
+- ``quality_vs_steps.json`` (quality vs sampler steps of the default model),
 - ``gpu_check.json`` and ``throughput_gpu.json`` (a GPU session).
 
 A section whose JSON is absent says so and names the command that writes it.
@@ -32,6 +33,7 @@ COMMANDS = {  # when a file is absent
     "pipeline_run.json": "make run && .venv/bin/python -m benchmarks.pipeline_run",
     "gpu_check.json": "bash benchmarks/gpu_check.sh",
     "throughput_gpu.json": "bash benchmarks/gpu_check.sh",
+    "quality_vs_steps.json": "make run && .venv/bin/python -m benchmarks.quality_vs_steps --num-per-class 20",
 }
 
 
@@ -51,6 +53,13 @@ def command(name: str, r: dict | list | None) -> str:
                 f" --pixel-clip-sample {r.get('pixel_clip_sample') or 0:g}" + (f" --ldm-budgets {budgets}" if budgets else "")
                 + f" --sampler {r['sampler']} --steps {r['steps']} --guidance {r['guidance']:g} --num-per-class {r['images_per_run'] // 10}"
                 f" --repeats {r['repeats']} --threads {r['threads']}{out}")
+    if name == "quality_vs_steps.json" and isinstance(r, dict):
+        p = r["protocol"]
+        samplers = ",".join(dict.fromkeys(x["sampler"] for x in r["rows"]))
+        steps = ",".join(str(s) for s in dict.fromkeys(x["steps"] for x in r["rows"]))
+        return (f"python -m benchmarks.quality_vs_steps --samplers {samplers} --steps {steps} --num-per-class "
+                f"{p['num_generated'] // 10} --guidance {p['guidance']:g} --seed {p['seed']} "
+                f"--timestep-spacing {p.get('timestep_spacing', 'leading')}")
     if name.startswith("pipeline_run_"):
         preset = name.removeprefix("pipeline_run_").removesuffix(".json")
         return f"make run-{preset} && .venv/bin/python -m benchmarks.pipeline_run --root runs/{preset}{out}"
@@ -314,6 +323,37 @@ def pipeline_section(r: dict | None, name: str = "pipeline_run.json") -> list[st
             f"Fréchet distance {fds}.", ""]
 
 
+def quality_vs_steps_section(r: dict | None) -> list[str]:
+    """Class consistency and Fréchet distance (classifier features) per sampler and step count."""
+    title = "## Quality vs sampler steps"
+    if r is None:
+        return [title, "", "Not measured yet (`reports/benchmarks/quality_vs_steps.json` is absent): "
+                f"`{COMMANDS['quality_vs_steps.json']}`. dpmpp_2m figures measured before issue 13's fix (a DDIM timestep grid "
+                "under DPM-Solver++ for leading and linspace spacing) are not comparable with it.", ""]
+    p, rows = r["protocol"], r["rows"]
+    steps = list(dict.fromkeys(x["steps"] for x in rows))
+    samplers = list(dict.fromkeys(x["sampler"] for x in rows))
+    cell = {(x["sampler"], x["steps"]): x for x in rows}
+
+    def table(key: str, fmt: str) -> list[str]:
+        out = ["| sampler | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]
+        for sm in samplers:
+            vals = [cell.get((sm, st)) for st in steps]
+            out.append(f"| {sm} | " + " | ".join("–" if v is None or "error" in v else format(v[key], fmt) for v in vals) + " |")
+        return out
+
+    lines = [title, "", _source("quality_vs_steps.json", r), "",
+             f"{p['num_generated']} images per run ({p['num_generated'] // 10} per class), guidance {p['guidance']:g}, seed {p['seed']}, "
+             f"timestep spacing {p.get('timestep_spacing', 'leading')}; the same initial noise and labels for every run. "
+             f"Reference: the {p['reference']} ({p['num_reference']} images); features: {p['extractor']}.", "",
+             "Class consistency (share classified as the requested class):", "", *table("class_consistency", ".3f"), "",
+             "Fréchet distance in the classifier's feature space (lower is better):", "", *table("fd_classifier", ".2f"), ""]
+    errors = [x for x in rows if "error" in x]
+    if errors:
+        lines += ["Not run (the sampler refuses the step count): " + "; ".join(f"{x['sampler']} {x['steps']}: {x['error']}" for x in errors), ""]
+    return lines
+
+
 def gpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["## GPU check", "", "No GPU check committed (`reports/benchmarks/gpu_check.json` is absent): "
@@ -343,6 +383,7 @@ def render(root: Path) -> list[str]:
     lines += autoencoder_section(_load(b / "autoencoders.json"), _load(b / "autoencoders_perceptual_gan.json"),
                                  _load(b / "autoencoders_downstream.json"))
     lines += unet_layouts_section({p.name: _load(p) for p in sorted(b.glob("unet_layouts*.json"))})
+    lines += quality_vs_steps_section(_load(b / "quality_vs_steps.json"))
     gpu = _load(b / "gpu_check.json")
     lines += gpu_section(gpu)
     if gpu is not None and not gpu.get("dry_run") and (b / "throughput_gpu.json").is_file():

@@ -137,6 +137,23 @@ def test_report_renders_unet_layout_runs_with_their_command(tmp_path):
             "--out reports/benchmarks/unet_layouts.json`") in text
 
 
+def test_report_renders_quality_vs_steps_tables_and_refused_step_counts(tmp_path):
+    assert "Not measured yet (`reports/benchmarks/quality_vs_steps.json` is absent)" in "\n".join(report.render(tmp_path))
+    rows = [{"sampler": "ddim", "steps": 10, "class_consistency": 0.5, "fd_classifier": 20.0, "seconds": 1.0},
+            {"sampler": "dpmpp_2m", "steps": 10, "class_consistency": 0.875, "fd_classifier": 4.25, "seconds": 1.0},
+            {"sampler": "ddim", "steps": 1000, "class_consistency": 0.9, "fd_classifier": 3.5, "seconds": 9.0},
+            {"sampler": "dpmpp_2m", "steps": 1000, "error": "num_steps=1000 is too many"}]
+    _write(tmp_path, "quality_vs_steps.json", {"protocol": {"num_generated": 200, "guidance": 3.0, "seed": 2024, "reference": "val split",
+                                                            "num_reference": 500, "extractor": "clf", "timestep_spacing": "leading"},
+                                               "rows": rows, "provenance": prov.provenance(threads=2)})
+    text = "\n".join(report.render(tmp_path))
+    assert "| ddim | 0.500 | 0.900 |" in text and "| dpmpp_2m | 0.875 | – |" in text
+    assert "| ddim | 20.00 | 3.50 |" in text and "| dpmpp_2m | 4.25 | – |" in text
+    assert "dpmpp_2m 1000: num_steps=1000 is too many" in text
+    assert ("`python -m benchmarks.quality_vs_steps --samplers ddim,dpmpp_2m --steps 10,1000 --num-per-class 20 --guidance 3 "
+            "--seed 2024 --timestep-spacing leading`") in text
+
+
 def test_committed_report_is_what_report_renders():
     """reports/benchmarks.md is the output of `python -m benchmarks.report` on the committed JSON."""
     rendered = "\n".join(report.render(ROOT / "reports"))

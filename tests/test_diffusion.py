@@ -89,7 +89,7 @@ def test_sampler_names_have_one_source():
     from components.diffusion import DEFAULT_GUIDANCE, SAMPLERS
     from components.diffusion.samplers import _SAMPLER_FNS
 
-    assert tuple(_SAMPLER_FNS) == SAMPLERS == ("ddim", "ddpm", "dpmpp_2m")
+    assert tuple(_SAMPLER_FNS) == SAMPLERS == ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras")
     assert SampleParams().guidance == DEFAULT_GUIDANCE
     for name in SAMPLERS:
         SampleParams(sampler=name)

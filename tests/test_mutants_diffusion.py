@@ -13,7 +13,18 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from components.diffusion import alphas_cumprod, ddim, ddpm, dpmpp_2m, make_betas, sample, sampling_timesteps
+from components.diffusion import (
+    alphas_cumprod,
+    ddim,
+    ddpm,
+    dpm_solver_timesteps,
+    dpmpp_2m,
+    dpmpp_2m_karras,
+    karras_timesteps,
+    make_betas,
+    sample,
+    sampling_timesteps,
+)
 from components.diffusion.samplers import guided
 
 W = torch.linspace(-0.4, 0.4, 16).reshape(4, 4)
@@ -42,7 +53,7 @@ def test_sampler_functions_called_directly_use_their_documented_defaults():
     x = _x()
     direct = ddim(model, x, TS, AC, final_alpha=1.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(direct, sample(model, x, betas=BETAS, sampler="ddim", num_steps=8, eta=0.0))
-    assert torch.equal(dpmpp_2m(model, x, TS, AC), sample(model, x, betas=BETAS, sampler="dpmpp_2m", num_steps=8))
+    assert torch.equal(dpmpp_2m(model, x, dpm_solver_timesteps(1000, 8), AC), sample(model, x, betas=BETAS, sampler="dpmpp_2m", num_steps=8))
     via_sample = sample(model, x, betas=BETAS, sampler="ddpm", num_steps=8, generator=torch.Generator().manual_seed(2))
     assert torch.equal(ddpm(model, x, TS, AC, generator=torch.Generator().manual_seed(2)), via_sample)
     assert torch.isfinite(via_sample).all()
@@ -175,8 +186,8 @@ def test_diffusion_loss_with_given_t_and_noise_is_the_weighted_per_example_mse(k
 @pytest.mark.parametrize("steps", [14, 15])
 def test_dpm_solver_last_step_order_switches_at_15_steps_as_diffusers(steps):
     """lower_order_final: with a final sigma > 0, runs of fewer than 15 steps end with a first-order step,
-    runs of 15 or more stay second order (diffusers' DPMSolverMultistepScheduler). Trailing spacing, so that the last
-    step (t = T/N - 1 down to alpha_bar_0) is a real one: with leading spacing it starts at t = 0 and does nothing."""
+    runs of 15 or more stay second order (diffusers' DPMSolverMultistepScheduler). Trailing spacing: the last step
+    (t = T/N - 1 down to alpha_bar_0) is a long one, where the order shows most."""
     from diffusers import DPMSolverMultistepScheduler
 
     dpm = DPMSolverMultistepScheduler(num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
@@ -299,17 +310,56 @@ def test_schedule_and_timestep_bounds():
         sampling_timesteps(1000, 10, "karras")
 
 
+def test_dpm_solver_timestep_bounds():
+    """DPM-Solver's grid (N + 1 points, the last, t = 0, being the end of the run): its bounds and errors."""
+    assert dpm_solver_timesteps(10, 1) == [5] and dpm_solver_timesteps(10, 1, "linspace") == [9]
+    assert dpm_solver_timesteps(10, 9) == list(range(9, 0, -1)) == dpm_solver_timesteps(10, 9, "linspace")
+    for bad in (0, 11):
+        with pytest.raises(ValueError, match="num_steps must be in"):
+            dpm_solver_timesteps(10, bad)
+    for spacing in ("leading", "linspace"):  # 11 points on 0..9 cannot be distinct
+        with pytest.raises(ValueError, match="too many for 10 training timesteps"):
+            dpm_solver_timesteps(10, 10, spacing)
+    assert dpm_solver_timesteps(10, 10, "trailing") == list(range(9, -1, -1))
+    assert dpm_solver_timesteps(1000, 10, steps_offset=99)[0] == 999  # ratio 1000 // 11 = 90: 900 + 99
+    with pytest.raises(ValueError, match="past T-1"):
+        dpm_solver_timesteps(1000, 10, steps_offset=100)
+    with pytest.raises(ValueError, match="unknown timestep_spacing"):
+        dpm_solver_timesteps(1000, 10, "karras")
+
+
+def test_karras_levels_bounds_and_their_sampler_takes_only_their_timesteps():
+    """Karras levels run from the schedule's sigma_max to its sigma_min (Karras et al. 2022, eq. 5); one step is
+    sigma_max alone; dpmpp_2m_karras refuses a timestep list other than theirs (it would pair the model's timesteps
+    with other noise levels)."""
+    ts, alphas = karras_timesteps(AC, 4)
+    assert ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert alphas[0] == pytest.approx(float(AC[-1]), rel=1e-9) and alphas[-1] == pytest.approx(float(AC[0]), rel=1e-9)
+    assert karras_timesteps(AC, 1) == ([999], [pytest.approx(float(AC[-1]), rel=1e-9)])
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+        karras_timesteps(AC, 0)
+    with pytest.raises(ValueError, match="dpmpp_2m_karras runs on karras_timesteps"):
+        dpmpp_2m_karras(model, _x(), [750, 500, 250, 0], AC)
+    direct = dpmpp_2m_karras(model, _x(), ts, AC)
+    assert torch.equal(direct, sample(model, _x(), betas=BETAS, sampler="dpmpp_2m_karras", num_steps=4, timestep_spacing="trailing"))
+    assert (direct - sample(model, _x(), betas=BETAS, sampler="dpmpp_2m", num_steps=4)).abs().max() > 1e-3
+
+
 def test_zero_terminal_alpha_bar_is_raised_to_two_to_the_minus_24():
-    """As diffusers: only the zero at t = T-1 is lifted; a schedule that stays above 2**-24 is left alone."""
+    """As diffusers: only the zero at t = T-1 (zero terminal SNR) is lifted; any positive alpha_bar is left alone,
+    however small: the cosine schedule's alpha_bar_{T-1} (~2.4e-9, below 2**-24) is its own (issue 13: raising it
+    moved cosine epsilon-prediction samples by up to ~0.8 of their scale)."""
     zero = make_betas("linear", 1000, zero_terminal_snr=True)
     ac = alphas_cumprod(zero)
     raw = torch.cumprod(1.0 - zero.double(), dim=0)
     assert raw[-1] == 0 and ac[-1] == 2.0**-24
-    torch.testing.assert_close(ac[:-1], raw[:-1].clamp(min=2.0**-24), rtol=0, atol=0)
+    torch.testing.assert_close(ac[:-1], raw[:-1], rtol=0, atol=0)
     assert torch.equal(AC, torch.cumprod(1.0 - BETAS.double(), dim=0))
-    # a terminal alpha_bar just under 2**-24 (4e-8, above 2**-25) is raised too
-    tiny = alphas_cumprod(torch.tensor([0.5, 1 - 8e-8], dtype=torch.float64))
-    assert tiny[0] == 0.5 and tiny[1] == 2.0**-24
+    cosine = make_betas("cosine", 1000)
+    raw_cos = torch.cumprod(1.0 - cosine.double(), dim=0)
+    assert 0 < raw_cos[-1] < 2.0**-26 and torch.equal(alphas_cumprod(cosine), raw_cos)
+    tiny = alphas_cumprod(torch.tensor([0.5, 1 - 8e-8], dtype=torch.float64))  # 4e-8, just under 2**-24
+    assert tiny[0] == 0.5 and tiny[1] == pytest.approx(4e-8, rel=1e-6)
     # epsilon-prediction sampling from t = T-1 of a zero-SNR schedule stays finite
     out = sample(model, _x(), betas=zero, sampler="ddim", num_steps=5, timestep_spacing="trailing")
     assert torch.isfinite(out).all()

@@ -28,10 +28,13 @@ _EXPORTS: dict[str, str] = {
     "ddim": "samplers",
     "ddpm": "samplers",
     "dpmpp_2m": "samplers",
+    "dpmpp_2m_karras": "samplers",
     "guided": "samplers",
     "sample": "samplers",
     # schedules
     "alphas_cumprod": "schedules",
+    "dpm_solver_timesteps": "schedules",
+    "karras_timesteps": "schedules",
     "make_betas": "schedules",
     "rescale_zero_terminal_snr": "schedules",
     "sampling_timesteps": "schedules",

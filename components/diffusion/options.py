@@ -5,5 +5,5 @@ Pure Python (no torch), so ``components.config`` and the CLI can validate agains
 
 from __future__ import annotations
 
-SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "dpmpp_2m")
+SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras")
 DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale (Ho & Salimans 2022); 1 = no guidance

@@ -15,7 +15,7 @@ import torch
 from components.diffusion.forward import to_x0_eps
 from components.diffusion.options import SAMPLERS
 from components.diffusion.schedules import alphas_cumprod as _alphas_cumprod
-from components.diffusion.schedules import sampling_timesteps
+from components.diffusion.schedules import dpm_solver_timesteps, karras_timesteps, sampling_timesteps
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -133,12 +133,44 @@ def dpmpp_2m(
     first order  x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) D0,
     second order adds - 0.5 alpha_t (e^{-h} - 1) D1 with D1 = (h/h_0)(m0 - m1) (the previous x0 prediction).
     The first step and the last step are first order when the run ends at alpha = 1 or has fewer than 15
-    steps (``lower_order_final``, as diffusers). Deterministic: ``eta`` and ``generator`` are unused.
+    steps (``lower_order_final``, as diffusers). ``timesteps`` are the first N of the N + 1 grid points
+    (``dpm_solver_timesteps``); the run ends at ``final_alpha``. Deterministic: ``eta`` and ``generator`` are unused.
     """
+    ac = alphas_cumprod.double()
+    return _dpmpp_2m(denoise, x, timesteps, [ac[t] for t in timesteps], final_alpha, prediction_type, clip_sample)
+
+
+def dpmpp_2m_karras(
+    denoise: Denoise,
+    x: torch.Tensor,
+    timesteps: Sequence[int],
+    alphas_cumprod: torch.Tensor,
+    *,
+    final_alpha: float = 1.0,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
+    clip_sample: float | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022b, alg. 2) on the noise levels of Karras et al. 2022 (eq. 5, rho = 7), as
+    diffusers' ``DPMSolverMultistepScheduler(use_karras_sigmas=True)``: ``len(timesteps)`` steps whose levels come
+    from ``karras_timesteps``, whose timesteps ``timesteps`` must be (the grid replaces any timestep spacing); the
+    model sees each level's rounded timestep, the solver the level itself. Deterministic.
+    """
+    ts, alphas = karras_timesteps(alphas_cumprod, len(timesteps))
+    if list(timesteps) != ts:
+        raise ValueError(f"dpmpp_2m_karras runs on karras_timesteps(alphas_cumprod, {len(timesteps)})[0] = {ts}, got {list(timesteps)}")
+    return _dpmpp_2m(denoise, x, ts, [torch.tensor(a, dtype=torch.float64) for a in alphas], final_alpha, prediction_type, clip_sample)
+
+
+def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, timesteps: Sequence[int], alphas: Sequence[torch.Tensor], final_alpha: float,
+              prediction_type: str, clip_sample: float | None) -> torch.Tensor:
+    """DPM-Solver++(2M) evaluating the model at ``timesteps[i]`` where the solver's alpha_bar is ``alphas[i]``."""
     n = len(timesteps)
     prev_x0: torch.Tensor | None = None
     lam_prev: torch.Tensor | None = None
-    for i, (t, a_s, a_t) in enumerate(_steps(timesteps, alphas_cumprod, final_alpha)):
+    for i, (t, a_s) in enumerate(zip(timesteps, alphas, strict=True)):
+        a_t = alphas[i + 1] if i + 1 < n else torch.tensor(final_alpha, dtype=torch.float64)
         out = denoise(x, _t_batch(t, x))
         x0, _ = to_x0_eps(prediction_type, out.double(), x.double(), a_s)
         x0 = _clip(x0, clip_sample)
@@ -156,7 +188,7 @@ def dpmpp_2m(
     return x
 
 
-_SAMPLER_FNS = {"ddim": ddim, "ddpm": ddpm, "dpmpp_2m": dpmpp_2m}  # keyed by options.SAMPLERS (a test checks they agree)
+_SAMPLER_FNS = {"ddim": ddim, "ddpm": ddpm, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_karras": dpmpp_2m_karras}  # keyed by options.SAMPLERS (a test checks they agree)
 
 
 def guided(model, class_labels: torch.Tensor | None, guidance_scale: float) -> Denoise:
@@ -197,10 +229,13 @@ def sample(
     guidance_scale: float = 1.0,
     clip_sample: float | None = None,
 ) -> torch.Tensor:
-    """Run ``sampler`` ("ddim" | "ddpm" | "dpmpp_2m") from ``x_T`` for ``num_steps`` steps and return x_0.
+    """Run ``sampler`` ("ddim" | "ddpm" | "dpmpp_2m" | "dpmpp_2m_karras") from ``x_T`` for ``num_steps`` steps and return x_0.
 
     ``model(x_t, t[, class_labels])`` returns the prediction of type ``prediction_type``; knob names
-    follow diffusers' scheduler configs. ``set_alpha_to_one`` chooses the DDIM final alpha (1, or
+    follow diffusers' scheduler configs, and so do the timestep grids: DDIM and DDPM evaluate the model on
+    ``sampling_timesteps`` (diffusers' DDIMScheduler/DDPMScheduler), DPM-Solver++ on ``dpm_solver_timesteps``
+    (DPMSolverMultistepScheduler: N + 1 grid points for N steps, the last one the end of the run); ``dpmpp_2m_karras``
+    on Karras et al.'s noise levels (``use_karras_sigmas=True``), which ignore ``timestep_spacing``. ``set_alpha_to_one`` chooses the DDIM final alpha (1, or
     alpha_bar_0; for DPM-Solver++ this is diffusers' ``final_sigmas_type`` "zero" or "sigma_min"); DDPM
     always ends at alpha 1, as in Ho et al. ``clip_sample=r`` clamps every x0 prediction to [-r, r] (diffusers'
     ``clip_sample``/``clip_sample_range``; the model output itself is kept, as diffusers'
@@ -209,7 +244,11 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
     ac = _alphas_cumprod(betas)
-    timesteps = sampling_timesteps(len(betas), num_steps, timestep_spacing, steps_offset)
+    if sampler == "dpmpp_2m_karras":
+        timesteps = karras_timesteps(ac, num_steps)[0]
+    else:
+        grid = dpm_solver_timesteps if sampler == "dpmpp_2m" else sampling_timesteps
+        timesteps = grid(len(betas), num_steps, timestep_spacing, steps_offset)
     final_alpha = 1.0 if (set_alpha_to_one or sampler == "ddpm") else float(ac[0])
     denoise = guided(model, class_labels, guidance_scale)
     if sampler != "ddpm":  # deterministic samplers ignore learned-variance channels
