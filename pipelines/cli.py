@@ -68,12 +68,25 @@ def _run_stage(name: str, stage, params_path: Path, max_time: float | None = Non
 
             shutdown_distributed()
     except ConfigError as exc:
+        _mark_run_failed(name, exc)
         typer.secho(f"latentflow {name}: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        _mark_run_failed(name, exc)
         typer.secho(f"latentflow {name} failed: {type(exc).__name__}: {exc}", fg="red", err=True)
         typer.secho("The previous outputs of this stage are left intact.", err=True)
         raise typer.Exit(1) from None
+    except BaseException as exc:  # anything else (a bug, Ctrl-C) still ends the execution's MLflow run FAILED
+        if not (isinstance(exc, SystemExit) and not exc.code):
+            _mark_run_failed(name, exc)
+        raise
+
+
+def _mark_run_failed(name: str, exc: BaseException) -> None:
+    """The pipeline execution's open MLflow run (opened by a training stage) ends FAILED; never raises."""
+    from pipelines.stages.tracking import mark_failed
+
+    mark_failed(name, exc)
 
 
 @app.command()
@@ -110,7 +123,7 @@ _TRAINING_HELP = (
 def train_autoencoder(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOpt = None) -> None:
     from pipelines.stages import train_autoencoder as stage
 
-    _run_stage("train_autoencoder", stage.run, params, max_time=max_time)
+    _run_stage("train_autoencoder", stage.run, params, max_time=max_time, track=True)
 
 
 @app.command("train_diffusion", help="Train the class-conditional latent U-Net with EMA -> models/diffusion, loss curve."
@@ -118,7 +131,7 @@ def train_autoencoder(params: ParamsOpt = Path("params.yaml"), max_time: MaxTime
 def train_diffusion(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOpt = None) -> None:
     from pipelines.stages import train_diffusion as stage
 
-    _run_stage("train_diffusion", stage.run, params, max_time=max_time)
+    _run_stage("train_diffusion", stage.run, params, max_time=max_time, track=True)
 
 
 @app.command("reference_stats")
