@@ -214,6 +214,32 @@ def run(force: Annotated[bool, typer.Option(help="re-run every stage (dvc repro 
     raise typer.Exit(subprocess.call(["dvc", "repro", *(["--force"] if force else [])]))
 
 
+@app.command("exp-preset")
+def exp_preset(
+    preset: Annotated[str, typer.Argument(help="a folder name under presets/, e.g. cifar10")],
+    queue: Annotated[bool, typer.Option(help="queue it (`dvc exp run --queue`); start with `dvc queue start`")] = False,
+    name: Annotated[str | None, typer.Option(help="experiment name; default the preset's")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the `dvc exp run` command only")] = False,
+) -> None:
+    """Run a params preset as a DVC experiment of this repository: `dvc exp run -n PRESET -S key=value ...` with every
+    key of presets/PRESET/params.yaml, so `dvc exp show` and `dvc plots diff` compare it with main and other experiments."""
+    import shlex
+
+    from components.config import ConfigError
+    from pipelines.presets import preset_overrides
+
+    _setup()
+    try:
+        overrides = preset_overrides(preset)
+    except (ConfigError, OSError) as exc:
+        typer.secho(f"latentflow exp-preset: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    cmd = ["dvc", "exp", "run", "-n", name or preset, *(["--queue"] if queue else []), *[a for o in overrides for a in ("-S", o)]]
+    typer.echo(shlex.join(cmd))
+    if not dry_run:
+        raise typer.Exit(subprocess.call(cmd))
+
+
 @app.command("init-run")
 def init_run(
     preset: Annotated[str, typer.Argument(help="a folder name under presets/, e.g. cifar10")],
@@ -221,7 +247,9 @@ def init_run(
     repro: Annotated[bool, typer.Option(help="then run `dvc repro` in it")] = False,
 ) -> None:
     """Lay out a run directory for a params preset (dvc.yaml + params.yaml = project params merged with
-    presets/<preset>/params.yaml); `cd` there and run `dvc repro`."""
+    presets/<preset>/params.yaml); `cd` there and run `dvc repro`. A DVC project without git of its own (`dvc exp`
+    does not work there): its outputs and mlflow.db stay apart from the workspace's. `latentflow exp-preset` runs the
+    preset as an experiment of this repository instead."""
     from components.config import ConfigError
     from pipelines.presets import init_run_dir
 

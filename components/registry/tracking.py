@@ -132,7 +132,7 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
 
 def resume_or_create_run(client: MlflowClient, experiment_id: str, candidate: str | None, *, tags: dict[str, str],
                          run_name: str | None = None, superseded_status: str = "KILLED") -> tuple[str, bool]:
-    """``(run_id, reused)``: ``candidate`` when it is a RUNNING run of ``experiment_id`` (``tags`` are added to it),
+    """``(run_id, reused)``: ``candidate`` when it is a RUNNING run of ``experiment_id`` (``tags`` it lacks are added),
     else a new run with ``tags``; a RUNNING candidate that is not reused ends ``superseded_status``."""
     if candidate:
         try:
@@ -141,7 +141,8 @@ def resume_or_create_run(client: MlflowClient, experiment_id: str, candidate: st
             run = None
         if run is not None and run.info.status == "RUNNING" and run.info.experiment_id == experiment_id:
             for key, value in tags.items():
-                client.set_tag(candidate, key, value)
+                if key not in run.data.tags:  # the stage that opened the run keeps its tags (e.g. latentflow.opened_by)
+                    client.set_tag(candidate, key, value)
             return candidate, True
     run_id = client.create_run(experiment_id, tags=dict(tags), run_name=run_name).info.run_id
     return run_id, False
