@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import make_project, run_cli, tiny_params
 
-pytestmark = pytest.mark.slow  # two pipeline executions: see README "Tests"
+# two pipeline executions (each about 3 minutes on an idle 2-core CPU; the fixture's time counts against the first test)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 # exp-a runs every stage (nothing was run on main); exp-b changes the U-Net's learning rate, so DVC re-runs
 # train_diffusion and what follows but keeps the autoencoder: its run gets the autoencoder's curve from the history file
@@ -27,7 +28,9 @@ def _ok(res: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    proj = make_project(tmp_path_factory.mktemp("exp") / "project", tiny_params())
+    params = tiny_params()
+    params["base"]["num_threads"] = 1  # tiny models: one thread is as fast, and robust on a shared CPU
+    proj = make_project(tmp_path_factory.mktemp("exp") / "project", params)
     for name, overrides in EXPERIMENTS.items():
         subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=proj, check=True)  # each experiment: baseline + its -S
         _ok(run_cli(["dvc", "exp", "run", "-n", name, *[a for o in overrides for a in ("-S", o)]], cwd=proj, timeout=1200))
