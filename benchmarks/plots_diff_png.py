@@ -39,16 +39,18 @@ def render(data: dict, out: Path, plot_ids: list[str] | None = None) -> None:
         content = data[plot_id][0]["content"]
         enc = content.get("encoding", {})
         x = enc.get("x", {}).get("field", "step")
+        y_enc = enc.get("y") or next((layer["encoding"]["y"] for layer in content.get("layer", []) if "y" in layer.get("encoding", {})), {})
+        y = y_enc.get("field", "dvc_inferred_y_value")  # several y fields: DVC's dvc_inferred_y_value + field
         series: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for p in content["data"]["values"]:
-            if p.get("dvc_inferred_y_value") is not None:
-                series.setdefault((p["rev"], p["field"]), []).append((float(p[x]), float(p["dvc_inferred_y_value"])))
+            if p.get(y) is not None:
+                series.setdefault((p["rev"], p.get("field", y)), []).append((float(p[x]), float(p[y])))
         fields = {f for _, f in series}
         for (rev, field), pts in series.items():
             pts.sort()
             label = rev if len(fields) == 1 else f"{rev}: {field}"
             ax.plot(*zip(*pts, strict=True), marker="o" if len(pts) < 8 else None, ms=3, lw=1.2, label=label)
-        ax.set(title=plot_id, xlabel=enc.get("x", {}).get("title", x), ylabel=enc.get("y", {}).get("title", ""))
+        ax.set(title=plot_id, xlabel=enc.get("x", {}).get("title", x), ylabel=y_enc.get("title", ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
