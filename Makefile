@@ -23,9 +23,8 @@ install: $(STAMP)
 run: $(STAMP)  ## the default pipeline: ingest -> ... -> register (dvc repro)
 	$(BIN)/dvc repro
 
-run-cifar10: $(STAMP)  ## the CIFAR-10 preset (RGB) in runs/cifar10 (dvc repro there)
-	$(BIN)/latentflow init-run cifar10 --dest runs/cifar10
-	cd runs/cifar10 && dvc repro
+run-cifar10: $(STAMP)  ## the CIFAR-10 preset (RGB) as the DVC experiment `cifar10` (dvc exp run -S ... from presets/cifar10)
+	$(BIN)/latentflow exp-preset cifar10
 
 flow: $(STAMP)  ## the same pipeline as a Prefect flow (local ephemeral mode)
 	$(BIN)/latentflow flow

@@ -70,14 +70,27 @@ def _run_stage(name: str, stage, params_path: Path, max_time: float | None = Non
 
             shutdown_distributed()
     except ConfigError as exc:
+        _mark_run_failed(name, exc)
         typer.secho(f"latentflow {name}: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        _mark_run_failed(name, exc)
         typer.secho(f"latentflow {name} failed: {type(exc).__name__}: {exc}", fg="red", err=True)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             typer.secho(f"The disk is full: free space where the outputs go (df -h {Path.cwd()}) and re-run.", err=True)
         typer.secho("The previous outputs of this stage are left intact.", err=True)
         raise typer.Exit(1) from None
+    except BaseException as exc:  # anything else (a bug, Ctrl-C) still ends the execution's MLflow run FAILED
+        if not (isinstance(exc, SystemExit) and not exc.code):
+            _mark_run_failed(name, exc)
+        raise
+
+
+def _mark_run_failed(name: str, exc: BaseException) -> None:
+    """The pipeline execution's open MLflow run (opened by a training stage) ends FAILED; never raises."""
+    from pipelines.stages.tracking import mark_failed
+
+    mark_failed(name, exc)
 
 
 @app.command()
@@ -121,7 +134,7 @@ _TRAINING_HELP = (
 def train_autoencoder(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOpt = None) -> None:
     from pipelines.stages import train_autoencoder as stage
 
-    _run_stage("train_autoencoder", stage.run, params, max_time=max_time)
+    _run_stage("train_autoencoder", stage.run, params, max_time=max_time, track=True)
 
 
 @app.command("train_diffusion", help="Train the class-conditional latent U-Net with EMA -> models/diffusion, loss curve."
@@ -129,7 +142,7 @@ def train_autoencoder(params: ParamsOpt = Path("params.yaml"), max_time: MaxTime
 def train_diffusion(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOpt = None) -> None:
     from pipelines.stages import train_diffusion as stage
 
-    _run_stage("train_diffusion", stage.run, params, max_time=max_time)
+    _run_stage("train_diffusion", stage.run, params, max_time=max_time, track=True)
 
 
 @app.command("reference_stats")
@@ -237,6 +250,32 @@ def run(force: Annotated[bool, typer.Option(help="re-run every stage (dvc repro 
     raise typer.Exit(subprocess.call(["dvc", "repro", *(["--force"] if force else [])]))
 
 
+@app.command("exp-preset")
+def exp_preset(
+    preset: Annotated[str, typer.Argument(help="a folder name under presets/, e.g. cifar10")],
+    queue: Annotated[bool, typer.Option(help="queue it (`dvc exp run --queue`); start with `dvc queue start`")] = False,
+    name: Annotated[str | None, typer.Option(help="experiment name; default the preset's")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the `dvc exp run` command only")] = False,
+) -> None:
+    """Run a params preset as a DVC experiment of this repository: `dvc exp run -n PRESET -S key=value ...` with every
+    key of presets/PRESET/params.yaml, so `dvc exp show` and `dvc plots diff` compare it with main and other experiments."""
+    import shlex
+
+    from components.config import ConfigError
+    from pipelines.presets import preset_overrides
+
+    _setup()
+    try:
+        overrides = preset_overrides(preset)
+    except (ConfigError, OSError) as exc:
+        typer.secho(f"latentflow exp-preset: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    cmd = ["dvc", "exp", "run", "-n", name or preset, *(["--queue"] if queue else []), *[a for o in overrides for a in ("-S", o)]]
+    typer.echo(shlex.join(cmd))
+    if not dry_run:
+        raise typer.Exit(subprocess.call(cmd))
+
+
 @app.command("init-run")
 def init_run(
     preset: Annotated[str, typer.Argument(help="a folder name under presets/, e.g. cifar10")],
@@ -244,7 +283,9 @@ def init_run(
     repro: Annotated[bool, typer.Option(help="then run `dvc repro` in it")] = False,
 ) -> None:
     """Lay out a run directory for a params preset (dvc.yaml + params.yaml = project params merged with
-    presets/<preset>/params.yaml); `cd` there and run `dvc repro`."""
+    presets/<preset>/params.yaml); `cd` there and run `dvc repro`. A DVC project without git of its own (`dvc exp`
+    does not work there): its outputs and mlflow.db stay apart from the workspace's. `latentflow exp-preset` runs the
+    preset as an experiment of this repository instead."""
     from components.config import ConfigError
     from pipelines.presets import init_run_dir
 

@@ -1,6 +1,7 @@
-"""Params presets and run directories: a preset (``presets/<name>/params.yaml``) holds only the keys that
-differ from the project's ``params.yaml``; :func:`init_run_dir` merges it and lays out a directory that
-``dvc repro`` runs as its own project (DVC reads the ``params.yaml`` next to ``dvc.yaml``)."""
+"""Params presets: a preset (``presets/<name>/params.yaml``) holds only the keys that differ from the project's
+``params.yaml``. :func:`preset_overrides` turns it into ``dvc exp run -S`` overrides, so a preset runs as a DVC
+experiment of the repository (``latentflow exp-preset NAME``) that ``dvc exp show`` compares with ``main``;
+:func:`init_run_dir` instead lays out a directory that ``dvc repro`` runs as its own project, outside git."""
 
 from __future__ import annotations
 
@@ -41,6 +42,35 @@ def preset_params(name: str, base_params: Path = ROOT / "params.yaml") -> dict:
     if root and not Path(root).is_absolute():
         merged["ingest"]["root"] = str((ROOT / root).resolve())
     return merged
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.extend(_flatten(value, f"{name}.") if isinstance(value, dict) else [(name, value)])
+    return out
+
+
+def _hydra_value(value: object) -> str:
+    """A value in Hydra's override grammar (what ``dvc exp run -S key=value`` parses): YAML flow style, strings quoted."""
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def preset_overrides(name: str, base_params: Path = ROOT / "params.yaml") -> list[str]:
+    """``key=value`` overrides (for ``dvc exp run -S``) that turn ``base_params`` into preset ``name``: every leaf of the
+    preset, with a relative ``ingest.root`` made absolute (a queued experiment runs in a temporary copy of the project)."""
+    merged = preset_params(name, base_params)
+    preset = yaml.safe_load((PRESETS_DIR / name / "params.yaml").read_text()) or {}
+    wanted = dict(_flatten(preset))
+    leaves = dict(_flatten(merged))
+    return [f"{key}={_hydra_value(leaves[key])}" for key in wanted]
 
 
 def run_dir_dvc_yaml() -> str:

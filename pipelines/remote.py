@@ -24,6 +24,9 @@ from urllib.parse import urlparse
 import yaml
 
 HANDOFF_PREFIX = "handoff"
+# the open MLflow run of the pipeline execution (components/registry/tracking.py STATE_PATH): the run a training
+# stage opened on the GPU machine is the run `register` finishes on the CPU machine
+RUN_STATE = ".latentflow/mlflow_run.json"
 
 
 @dataclass(frozen=True)
@@ -122,11 +125,11 @@ def uncached_outputs(project_dir: str | Path) -> list[str]:
 
 
 def pack_handoff(project_dir: str | Path) -> bytes:
-    """A tar.gz of ``dvc.lock`` and every uncached output that exists in ``project_dir``."""
+    """A tar.gz of ``dvc.lock``, the open MLflow run's state file and every uncached output that exists in ``project_dir``."""
     project_dir = Path(project_dir)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for rel in ["dvc.lock", *uncached_outputs(project_dir)]:
+        for rel in ["dvc.lock", RUN_STATE, *uncached_outputs(project_dir)]:
             if (project_dir / rel).exists():
                 tar.add(project_dir / rel, arcname=rel)
     return buffer.getvalue()
@@ -143,7 +146,7 @@ def unpack_handoff(data: bytes, project_dir: str | Path) -> list[str]:
 
     project_dir = Path(project_dir)
     project_dir.mkdir(parents=True, exist_ok=True)
-    roots = ["dvc.lock", *uncached_outputs(project_dir)] if (project_dir / "dvc.yaml").is_file() else None
+    roots = ["dvc.lock", RUN_STATE, *uncached_outputs(project_dir)] if (project_dir / "dvc.yaml").is_file() else None
     with tempfile.TemporaryDirectory(prefix=".handoff-", dir=project_dir) as tmp:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]

@@ -99,6 +99,27 @@ def quality_vs_steps(generator, classifier, ref: dict, *, samplers: Sequence[str
     return rows
 
 
+def quality_by_steps(rows: list[dict], samplers: Sequence[str] | None = None) -> list[dict]:
+    """The rows of :func:`quality_vs_steps` reshaped for ``dvc plots``: one row per step count, with the class
+    consistency of each sampler in a column named after it and its Fréchet distance in ``fd_<sampler>``. Every sampler
+    of ``samplers`` (default: all that exist) has its columns, null where the grid did not run it, so ``dvc.yaml`` can
+    name the columns once and DVC draws one series per sampler (and per experiment) instead of one zig-zag line."""
+    from components.diffusion.options import SAMPLERS
+
+    samplers = list(SAMPLERS if samplers is None else samplers)
+    unknown = sorted({r["sampler"] for r in rows} - set(samplers))
+    if unknown:
+        raise ValueError(f"quality rows have samplers {unknown} that are not columns {samplers}")
+    by_key = {(r["sampler"], r["steps"]): r for r in rows}
+    table = []
+    for n in sorted({r["steps"] for r in rows}):
+        row: dict = {"steps": n}
+        row.update({s: by_key[(s, n)]["class_consistency"] if (s, n) in by_key else None for s in samplers})
+        row.update({f"fd_{s}": by_key[(s, n)]["fd_classifier"] if (s, n) in by_key else None for s in samplers})
+        table.append(row)
+    return table
+
+
 def plot_quality(rows: list[dict], out: Path) -> None:
     """Class consistency and FD against sampler steps, one line per sampler, as a PNG at ``out`` (atomic)."""
     import matplotlib

@@ -9,10 +9,37 @@ from pathlib import Path
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
+DVC_ROOT_ENV = "DVC_ROOT"  # set by DVC in every stage's environment: the project root (for a queued experiment, the workspace's)
+SQLITE_PREFIX = "sqlite:///"
+
+
 def resolve_tracking_uri(params_value: str | None) -> str:
     """Where MLflow runs and models go: ``$MLFLOW_TRACKING_URI`` when set (the environment: a team's server),
-    else ``register.tracking_uri`` from params (the local default ``sqlite:///mlflow.db``)."""
-    return os.environ.get(TRACKING_URI_ENV) or params_value or "sqlite:///mlflow.db"
+    else ``register.tracking_uri`` from params (the local default ``sqlite:///mlflow.db``).
+
+    Inside a DVC stage a relative SQLite path is anchored at ``$DVC_ROOT``: ``dvc exp run --queue`` runs each
+    experiment in a temporary copy of the project, whose own ``mlflow.db`` would be deleted with it; DVC points
+    ``DVC_ROOT`` at the workspace, so every experiment logs into the workspace's store."""
+    uri = os.environ.get(TRACKING_URI_ENV) or params_value or "sqlite:///mlflow.db"
+    root = os.environ.get(DVC_ROOT_ENV)
+    if root and uri.startswith(SQLITE_PREFIX) and not uri[len(SQLITE_PREFIX):].startswith("/"):
+        path = uri[len(SQLITE_PREFIX):]
+        if path and not path.startswith(":memory:"):
+            return SQLITE_PREFIX + str((Path(root) / path).resolve())
+    return uri
+
+
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: for a local SQLite store, ``mlruns/<experiment>`` beside the
+    database file (MLflow's default is ``mlruns/<id>`` under the current directory, which for a queued DVC
+    experiment is a temporary copy of the project); None (the server's default) for any other store."""
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    db = Path(tracking_uri[len(SQLITE_PREFIX):])
+    if not db.is_absolute():
+        db = Path.cwd() / db
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "experiment"
+    return str(db.resolve().parent / "mlruns" / safe)
 
 
 def git_commit(cwd: str | Path | None = None) -> str:

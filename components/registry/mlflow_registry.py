@@ -25,7 +25,6 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,13 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
 from components.diffusion.options import DEFAULT_GUIDANCE
-from components.io import env_overrides
+from components.registry.tracking import (
+    RetryPolicy,
+    flatten_params,
+    log_history,
+    resume_or_create_run,
+)
+from components.registry.tracking import experiment_id as find_or_create_experiment
 
 log = logging.getLogger("latentflow")
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -58,7 +63,6 @@ MODEL_CODE_PATH = Path(__file__).with_name("pyfunc_model.py")
 # safetensors (checkpoints), numpy, pandas, Pillow (PNG). Pinned with == to the installed versions at registration.
 SERVING_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas", "safetensors", "pillow")
 CODE_PACKAGE = Path(__file__).resolve().parents[1]  # components/: bundled as the model's code/components
-MAX_PARAM_LEN = 6000
 DEFAULTS: dict[str, Any] = {"num_images": 1, "sampler": "ddim", "steps": 50, "guidance": DEFAULT_GUIDANCE, "seed": 0}
 
 SIGNATURE = ModelSignature(
@@ -191,18 +195,6 @@ class RegistrationResult:
     experiment_id: str = ""
 
 
-def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flatten nested dicts with dotted keys and stringify values (truncated to MLflow's limit)."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_params(value, prefix=f"{name}."))
-        else:
-            flat[name] = str(value)[:MAX_PARAM_LEN]
-    return flat
-
-
 def pinned_requirements() -> list[str]:
     """``name==version`` of each of :data:`SERVING_DISTRIBUTIONS`, as installed in this environment."""
     return [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_DISTRIBUTIONS]
@@ -252,27 +244,6 @@ class RegistryError(RuntimeError):
     """The tracking server or its artifact store failed; the message names the step and the URI."""
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded HTTP retries for a tracking server (MLflow's ``MLFLOW_HTTP_REQUEST_*`` settings).
-
-    MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) wait minutes before an outage
-    surfaces; these bound it to roughly ``backoff_factor * 2**max_retries`` seconds per request.
-    """
-
-    max_retries: int = 3
-    backoff_factor: int = 1
-    timeout_s: int = 30
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Set the MLflow HTTP retry variables for the duration of the block, then restore them."""
-        values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": self.max_retries, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": self.backoff_factor,
-                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0.5, "MLFLOW_HTTP_REQUEST_TIMEOUT": self.timeout_s}
-        with env_overrides({key: str(value) for key, value in values.items()}):
-            yield
-
-
 def _dataset_input(dataset: dict[str, str]) -> DatasetInput:
     """The training dataset as an MLflow dataset input (what ``mlflow.log_input`` records), by digest."""
     entity = Dataset(name=dataset.get("name", "dataset"), digest=dataset["digest"][:36], source_type=dataset.get("source_type", "local"),
@@ -285,7 +256,8 @@ def register_model(
     metrics: dict[str, float], artifacts: list[Path], primary_metric: str, greater_is_better: bool,
     min_improvement: float, tags: dict[str, str], run_name: str | None = None,
     artifact_location: str | None = None, dataset: dict[str, str] | None = None,
-    retry: RetryPolicy = RetryPolicy(), description: str = "",
+    retry: RetryPolicy = RetryPolicy(), description: str = "", run_id: str | None = None,
+    histories: dict[str, list[dict]] | None = None, run_tags: dict[str, str] | None = None,
 ) -> RegistrationResult:
     """Log a training result as an MLflow run + pyfunc model, register it and assign an alias.
 
@@ -298,6 +270,11 @@ def register_model(
     before the error is deleted (no half-registered versions) and a ``RegistryError`` names the
     step that failed. ``description`` (what the version generates, from which data) becomes the version's
     description, followed by the promotion decision; the registered model gets :data:`MODEL_DESCRIPTION`.
+
+    ``run_id``: the pipeline execution's run, opened by a training stage (``components/registry/tracking.py``): when it
+    is still RUNNING everything is logged into it (else a new run is created). ``histories`` (prefix -> loss history
+    points with ``step``) are logged as step metrics ``<prefix>/<name>`` where the run lacks them (training stages
+    that DVC did not re-run in this execution). ``run_tags`` go on the run only (e.g. the DVC experiment name).
     """
     if primary_metric not in metrics:
         raise KeyError(f"primary metric {primary_metric!r} not in metrics {sorted(metrics)}")
@@ -308,7 +285,8 @@ def register_model(
             return _register(client, state, experiment=experiment, model_name=model_name, model_dir=Path(model_dir), params=params,
                              metrics=metrics, artifacts=artifacts, primary_metric=primary_metric, greater_is_better=greater_is_better,
                              min_improvement=min_improvement, tags=tags, run_name=run_name, artifact_location=artifact_location,
-                             dataset=dataset, description=description)
+                             dataset=dataset, description=description, run_id=run_id, histories=histories or {},
+                             run_tags=run_tags or {})
         except BaseException as exc:
             _roll_back(client, model_name, state)
             if isinstance(exc, MlflowException | OSError) and not isinstance(exc, FileNotFoundError):
@@ -400,16 +378,22 @@ def recover_interrupted(client: MlflowClient, model_name: str, experiment_id: st
 def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, model_name: str, model_dir: Path, params: dict,
               metrics: dict[str, float], artifacts: list[Path], primary_metric: str, greater_is_better: bool, min_improvement: float,
               tags: dict[str, str], run_name: str | None, artifact_location: str | None, dataset: dict[str, str] | None,
-              description: str = "") -> RegistrationResult:
+              description: str = "", run_id: str | None = None, histories: dict[str, list[dict]] | None = None,
+              run_tags: dict[str, str] | None = None) -> RegistrationResult:
     state["step"] = f"find or create experiment {experiment!r}"
-    exp = client.get_experiment_by_name(experiment)
-    experiment_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location)
+    experiment_id = find_or_create_experiment(client, experiment, artifact_location)
     state["step"] = "finish or undo an interrupted registration"
     for line in recover_interrupted(client, model_name, experiment_id):
         log.warning("register: recovered an interrupted registration: %s", line)
-    state["step"] = "create the run"
+    state["step"] = "open the pipeline run" if run_id else "create the run"
     owner = _owner()
-    run_id = state["run_id"] = client.create_run(experiment_id, tags={**tags, OWNER_TAG: owner}, run_name=run_name).info.run_id
+    # the owner tag is added to a joined pipeline run too (tags it lacks are added): a register killed mid-way leaves
+    # a RUNNING run whose owner is gone, which the next registration ends (recover_interrupted)
+    run_id, _ = resume_or_create_run(client, experiment_id, run_id, tags={**tags, **(run_tags or {}), OWNER_TAG: owner}, run_name=run_name)
+    state["run_id"] = run_id
+    state["step"] = "log the training curves"
+    for prefix, history in (histories or {}).items():
+        log_history(client, run_id, prefix, history)
     state["step"] = "log params, metrics and the dataset input"
     flat = list(flatten_params(params).items())
     for i in range(0, len(flat), 100):  # log_batch accepts at most 100 params per call

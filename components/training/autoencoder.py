@@ -24,7 +24,7 @@ from components.models.discriminator import PatchDiscriminator, adaptive_weight,
 from components.models.summary import model_summary
 from components.training.common import autocast, check_finite, warmup_lr
 from components.training.distributed import DistContext
-from components.training.loop import Batch, LoopConfig, LoopResult, Trainer
+from components.training.loop import Batch, LogFn, LoopConfig, LoopResult, Trainer
 
 
 def autoencoder_config(cfg: AutoencoderParams, in_channels: int, image_size: int) -> AutoencoderConfig:
@@ -59,12 +59,14 @@ def fit_autoencoder(
     fingerprint: str = "",
     progress: bool = True,
     log_every: int = 25,
+    on_log: LogFn | None = None,
 ) -> tuple[Autoencoder, LoopResult]:
     """Train the autoencoder of ``cfg.regularizer`` on uint8 images ``[N, H, W, C]`` for ``cfg.max_images``
     images seen, under :class:`~components.training.loop.Trainer` (DDP under torchrun, resumable from
     ``checkpoint_dir``; the discriminator and its optimizer are checkpointed too). Returns the model
     (``scale_factor`` = 1/std of the training latents), the loss history (one point every ``log_every``
-    steps, in the result) and the run's :class:`~components.training.loop.LoopResult`."""
+    steps, in the result) and the run's :class:`~components.training.loop.LoopResult`. ``on_log`` receives each
+    point of the loss history as it is made (:class:`~components.training.loop.Trainer`)."""
     _, h, w, c = train_images.shape
     if h != w:
         raise ValueError(f"images must be square, got {h}x{w}; set ingest.image_size")
@@ -82,7 +84,8 @@ def fit_autoencoder(
     data = to_model_range(train_images)
     loop = LoopConfig.from_section(cfg, ema_decay=None, log_every=log_every)
     trainer = Trainer(model, loop, dataset_size=len(data), seed=seed, ctx=ctx, checkpoint_dir=checkpoint_dir,
-                      fingerprint=fingerprint, desc=f"train_autoencoder ({cfg.regularizer})", progress=progress)
+                      fingerprint=fingerprint, desc=f"train_autoencoder ({cfg.regularizer})", progress=progress,
+                      on_log=on_log)
     disc_lr = cfg.disc_lr or cfg.lr
     opt_d = None
     disc_net = disc

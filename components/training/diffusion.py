@@ -10,7 +10,7 @@ from components.config import DiffusionParams
 from components.diffusion import diffusion_loss, make_betas
 from components.models.unet import UNet, UNetConfig
 from components.training.distributed import DistContext
-from components.training.loop import Batch, LoopConfig, LoopResult, Trainer
+from components.training.loop import Batch, LogFn, LoopConfig, LoopResult, Trainer
 
 
 def train_diffusion(
@@ -26,6 +26,7 @@ def train_diffusion(
     checkpoint_dir: str | Path | None = None,
     fingerprint: str = "",
     progress: bool = True,
+    on_log: LogFn | None = None,
 ) -> tuple[UNet, LoopResult]:
     """Train on scaled latents ``z = scale * (mean + std * n)`` drawn afresh each batch (LDM, sec. 3.3),
     with :func:`components.diffusion.diffusion_loss` (simple, min-SNR or hybrid).
@@ -33,7 +34,8 @@ def train_diffusion(
     Labels are replaced by the null class with probability ``cfg.cond_dropout`` (classifier-free
     guidance, Ho & Salimans 2022, alg. 1). Runs under :class:`~components.training.loop.Trainer`
     (DDP when ``ctx`` is a torchrun world, resumable from ``checkpoint_dir``). Returns the EMA model
-    and the run's :class:`~components.training.loop.LoopResult` (loss curve, images seen, ...).
+    and the run's :class:`~components.training.loop.LoopResult` (loss curve, images seen, ...). ``on_log``
+    receives each point of the loss curve as it is made (:class:`~components.training.loop.Trainer`).
     """
     _, c, h, _ = latent_mean.shape
     unet_cfg = UNetConfig.from_params(
@@ -51,7 +53,8 @@ def train_diffusion(
     std = torch.exp(0.5 * latent_logvar)
     latent_shape = tuple(latent_mean.shape[1:])
     trainer = Trainer(model, LoopConfig.from_section(cfg), dataset_size=len(labels), seed=seed, ctx=ctx,
-                      checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, desc="train_diffusion", progress=progress)
+                      checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, desc="train_diffusion", progress=progress,
+                      on_log=on_log)
 
     def loss_fn(net: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
         g = batch.generator(device)

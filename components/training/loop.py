@@ -113,6 +113,7 @@ class LoopResult:
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 AfterStepFn = Callable[[int], dict[str, float] | None]
 CheckpointFn = Callable[[int, Path], None]
+LogFn = Callable[[dict[str, float]], None]
 
 
 class Trainer:
@@ -124,6 +125,11 @@ class Trainer:
     ``on_checkpoint(step, path)``, when given, runs on rank 0 right after the checkpoint of ``step`` is
     completely written (renamed into place, older ones rotated out) and before the next step starts: a
     hook for progress reporting, and for tests that interrupt a run at an exact checkpoint.
+
+    ``on_log(entry)``, when given, runs on rank 0 each time a point joins the loss history (every ``log_every``
+    steps): ``entry`` is a copy of that point (``step``, ``images``, ``loss``, ``lr`` and the loss function's logs)
+    plus ``images_per_s`` since the previous point. It receives plain floats only, after the optimizer step,
+    so what it does (e.g. log to MLflow) cannot change the weights or the random draws.
     """
 
     def __init__(
@@ -139,6 +145,7 @@ class Trainer:
         desc: str = "train",
         progress: bool = True,
         on_checkpoint: CheckpointFn | None = None,
+        on_log: LogFn | None = None,
     ):
         world = ctx.world_size
         if cfg.batch_size % (world * cfg.grad_accum):
@@ -148,7 +155,7 @@ class Trainer:
         if dataset_size < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({dataset_size} images)")
         self.cfg, self.ctx, self.seed, self.desc, self.progress = cfg, ctx, seed, desc, progress
-        self.dataset_size, self.fingerprint, self.on_checkpoint = dataset_size, fingerprint, on_checkpoint
+        self.dataset_size, self.fingerprint, self.on_checkpoint, self.on_log = dataset_size, fingerprint, on_checkpoint, on_log
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.device = ctx.device
         self.model = model.to(self.device)
@@ -255,6 +262,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps * cfg.batch_size, initial=start * cfg.batch_size, unit="img", desc=self.desc,
                    disable=not (self.progress and ctx.is_main), mininterval=2.0)
         t0, running, running_n, logs = time.perf_counter(), 0.0, 0, {}
+        t_point, step_point = t0, start  # throughput since the last history point
         self.model.train()
         step = start
         while step < self.total_steps:
@@ -290,9 +298,14 @@ class Trainer:
             bar.update(cfg.batch_size)
             if step % cfg.log_every == 0 or step in (1, self.total_steps):
                 history.append({"step": step, "images": step * cfg.batch_size, "loss": running / running_n,
-                                **{k: float(v) for k, v in logs.items()}})
+                                "lr": float(self.optimizer.param_groups[0]["lr"]), **{k: float(v) for k, v in logs.items()}})
                 bar.set_postfix(loss=f"{running / running_n:.4f}")
                 running, running_n = 0.0, 0
+                if self.on_log is not None and ctx.is_main:
+                    now = time.perf_counter()
+                    rate = (step - step_point) * cfg.batch_size / max(now - t_point, 1e-9)
+                    t_point, step_point = now, step
+                    self.on_log({**history[-1], "images_per_s": rate})
             out_of_time = cfg.max_time_minutes is not None and (time.perf_counter() - t0) > 60 * cfg.max_time_minutes
             out_of_time = bool(ctx.broadcast_object(out_of_time)) if cfg.max_time_minutes is not None else False
             if (every and step % every == 0) or out_of_time or step == self.total_steps:

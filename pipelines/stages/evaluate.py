@@ -8,19 +8,28 @@ from pathlib import Path
 
 from components.config import Params
 from components.io import atomic_write_json
-from pipelines.stages.paths import DATA_DIR, EVAL_METRICS, MODELS_DIR, QUALITY_PATH, REFERENCE_DIR, SAMPLES_DIR
+from pipelines.stages.paths import DATA_DIR, EVAL_METRICS, MODELS_DIR, QUALITY_PATH, QUALITY_PLOT, REFERENCE_DIR, SAMPLES_DIR
 from pipelines.stages.runtime import setup
 
 log = logging.getLogger("latentflow")
 
 
 def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_DIR, models_dir: Path = MODELS_DIR,
-        ref_dir: Path = REFERENCE_DIR, out_path: Path = EVAL_METRICS, quality_path: Path = QUALITY_PATH) -> dict:
+        ref_dir: Path = REFERENCE_DIR, out_path: Path = EVAL_METRICS, quality_path: Path = QUALITY_PATH,
+        quality_plot: Path = QUALITY_PLOT) -> dict:
     """Score the generated samples on every reference extractor; then quality vs sampler steps."""
     from components.data.samples import read_samples
     from components.evaluation import class_consistency
     from components.evaluation.classifier import Classifier, ClassifierConfig, ClassifierExtractor
-    from components.evaluation.protocol import build_extractors, distribution_metrics, extractor_batch_size, load_reference, plot_quality, quality_vs_steps
+    from components.evaluation.protocol import (
+        build_extractors,
+        distribution_metrics,
+        extractor_batch_size,
+        load_reference,
+        plot_quality,
+        quality_by_steps,
+        quality_vs_steps,
+    )
     from components.generation import LatentDiffusionGenerator
     from components.models.checkpoint import read_checkpoint
 
@@ -61,6 +70,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         "dataset_digest": manifest["dataset_digest"],
     }
     atomic_write_json(quality_path, rows)
+    atomic_write_json(quality_plot, quality_by_steps(rows))
     plot_quality(rows, Path(quality_path).with_suffix(".png"))
     atomic_write_json(out_path, metrics)
     log.info("evaluate: %s", {k: v for k, v in metrics.items() if isinstance(v, float)})

@@ -13,5 +13,6 @@ METRICS_DIR = Path("metrics")
 EVAL_METRICS = Path("metrics.json")
 REFERENCE_DIR = Path("reference_stats")
 QUALITY_PATH = Path("reports/quality_vs_steps.json")
+QUALITY_PLOT = METRICS_DIR / "quality_vs_steps.json"  # the same, one column per sampler: what `dvc plots` draws
 REGISTRY_REPORT = Path("reports/registry.json")
 CHECKPOINTS_DIR = Path("checkpoints")  # resumable training state, one folder per training stage (not a DVC output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -75,9 +76,12 @@ def describe(manifest: dict, diffusion_meta: dict, params: Params, metrics: dict
 
 def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL_METRICS, grid_path: Path = GRID_PATH,
         data_dir: Path = DATA_DIR, out_path: Path = REGISTRY_REPORT, ref_dir: Path = REFERENCE_DIR) -> dict:
-    """Check the lineage, log the run to MLflow, register the generator and move ``champion`` if it wins."""
-    from components.registry.lineage import resolve_tracking_uri
+    """Check the lineage, log into the execution's MLflow run (opened by a training stage; a new run when no training
+    stage ran), register the generator and move ``champion`` if it wins. The run gets the step metrics of both
+    training stages it does not have yet, from their loss histories."""
+    from components.registry.lineage import default_artifact_location, resolve_tracking_uri
     from components.registry.mlflow_registry import RetryPolicy, register_model
+    from components.registry.tracking import DVC_EXP_NAME, candidate_run, clear_state, dvc_experiment_tags
 
     cfg = params.register_
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
@@ -96,6 +100,8 @@ def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL
     tags = {"git_commit": origin["git_commit"], "dataset_digest": origin["dataset_digest"], "dataset_source": manifest["source"],
             "raw_data_md5": origin["raw_data"]["dvc_md5"] or "unknown", "params_sha256": origin["params_sha256"]}
     diffusion_meta = _read_json(Path(models_dir) / "diffusion" / "config.json", "the diffusion checkpoint")
+    histories = {prefix: json.loads(p.read_text()) for prefix, p in
+                 (("autoencoder", METRICS_DIR / "autoencoder_loss.json"), ("diffusion", METRICS_DIR / "diffusion_loss.json")) if p.is_file()}
     with tempfile.TemporaryDirectory() as tmp:
         bundle, extra = Path(tmp) / "bundle", Path(tmp) / "extra"
         # the registered model holds what generation needs (autoencoder/, diffusion/) and, for the registry
@@ -116,7 +122,11 @@ def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL
                      "source_type": "local", "profile": json.dumps({"dataset_digest": manifest["dataset_digest"], "counts": manifest.get("counts")})},
             retry=RetryPolicy(cfg.http_max_retries, cfg.http_backoff_factor, cfg.http_timeout_s),
             description=describe(manifest, diffusion_meta, params, metrics),
+            run_id=candidate_run("register", tracking_uri=tracking_uri, experiment=cfg.experiment), histories=histories,
+            run_tags=dvc_experiment_tags(), run_name=os.environ.get(DVC_EXP_NAME) or None,
+            artifact_location=default_artifact_location(tracking_uri, cfg.experiment),
         )
+    clear_state()  # the execution's run is finished
     report = {"model_name": result.model_name, "version": result.version, "alias": result.alias, "model_uri": result.model_uri,
               "run_id": result.run_id, "experiment_id": result.experiment_id, "promoted": result.decision.promote, "reason": result.decision.reason,
               "tracking_uri": tracking_uri, "dataset_digest": origin["dataset_digest"], "git_commit": origin["git_commit"]}

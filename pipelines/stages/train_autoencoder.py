@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -9,13 +10,16 @@ from components.config import Params, params_dict
 from components.io import atomic_write_json
 from pipelines.stages.paths import CHECKPOINTS_DIR, DATA_DIR, METRICS_DIR, MODELS_DIR
 from pipelines.stages.runtime import setup, training_fingerprint
+from pipelines.stages.tracking import training_run
 
 log = logging.getLogger("latentflow")
 
 
-def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = MODELS_DIR / "autoencoder", metrics_dir: Path = METRICS_DIR) -> dict:
+def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = MODELS_DIR / "autoencoder", metrics_dir: Path = METRICS_DIR,
+        track: bool = False) -> dict:
     """Train the autoencoder (``regularizer``: kl | vq | none); save checkpoint (with ``kind`` and the latent
-    scale factor), reconstruction metrics, parameter count and MACs, and the loss history."""
+    scale factor), reconstruction metrics, parameter count and MACs, and the loss history. ``track`` (what
+    ``latentflow train_autoencoder`` passes): log loss, lr and images/s live to the execution's MLflow run."""
     from components.data.artifact import read_dataset
     from components.models.checkpoint import save_checkpoint
     from components.training.autoencoder import autoencoder_summary, fit_autoencoder, reconstruction_metrics
@@ -27,8 +31,12 @@ def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = MODELS_DIR / 
     # resumable state lives beside the models folder: <project>/checkpoints/train_autoencoder
     ckpt_dir = Path(out_dir).resolve().parent.parent / CHECKPOINTS_DIR / "train_autoencoder"
     fingerprint = training_fingerprint(params, "train_autoencoder", ds.manifest["dataset_digest"])
-    model, result = fit_autoencoder(ds.images["train"], params.train_autoencoder, seed=params.base.seed, ctx=ctx,
-                                    checkpoint_dir=ckpt_dir, fingerprint=fingerprint, progress=ctx.is_main)
+    # rank 0 opens (or joins) the execution's MLflow run and logs loss, lr and images/s as it trains
+    with training_run("train_autoencoder", params, "autoencoder") if track and ctx.is_main else contextlib.nullcontext() as on_log:
+        model, result = fit_autoencoder(ds.images["train"], params.train_autoencoder, seed=params.base.seed, ctx=ctx,
+                                        checkpoint_dir=ckpt_dir, fingerprint=fingerprint, progress=ctx.is_main, on_log=on_log)
+        if on_log is not None:
+            on_log.backfill(result.history)  # the points from before a resume
     if not ctx.is_main:  # rank 0 writes the outputs
         return {}
     history = result.history

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -11,12 +12,15 @@ from components.config import Params, params_dict
 from components.io import atomic_write_json
 from pipelines.stages.paths import CHECKPOINTS_DIR, DATA_DIR, METRICS_DIR, MODELS_DIR
 from pipelines.stages.runtime import setup, training_fingerprint
+from pipelines.stages.tracking import training_run
 
 log = logging.getLogger("latentflow")
 
 
-def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR, metrics_dir: Path = METRICS_DIR) -> dict:
-    """Encode the train split with the autoencoder and train the EMA U-Net on its latents."""
+def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR, metrics_dir: Path = METRICS_DIR,
+        track: bool = False) -> dict:
+    """Encode the train split with the autoencoder and train the EMA U-Net on its latents. ``track`` (what
+    ``latentflow train_diffusion`` passes): log loss, lr and images/s live to the execution's MLflow run."""
     import torch
 
     from components.data.artifact import read_dataset
@@ -39,9 +43,13 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     mean, logvar = mean * scale, logvar + 2 * np.log(scale)
     ctx = init_distributed(device)
     fingerprint = training_fingerprint(params, "train_diffusion", ds.manifest["dataset_digest"], Path(models_dir) / "autoencoder" / "model.safetensors")
-    ema_unet, result = fit(mean, logvar, torch.from_numpy(ds.labels["train"]), ds.num_classes, cfg, seed=params.base.seed, ctx=ctx,
-                           checkpoint_dir=Path(models_dir).resolve().parent / CHECKPOINTS_DIR / "train_diffusion",
-                           fingerprint=fingerprint, progress=ctx.is_main)
+    # rank 0 opens (or joins) the execution's MLflow run and logs loss, lr and images/s as it trains
+    with training_run("train_diffusion", params, "diffusion") if track and ctx.is_main else contextlib.nullcontext() as on_log:
+        ema_unet, result = fit(mean, logvar, torch.from_numpy(ds.labels["train"]), ds.num_classes, cfg, seed=params.base.seed, ctx=ctx,
+                               checkpoint_dir=Path(models_dir).resolve().parent / CHECKPOINTS_DIR / "train_diffusion",
+                               fingerprint=fingerprint, progress=ctx.is_main, on_log=on_log)
+        if on_log is not None:
+            on_log.backfill(result.history)  # the points from before a resume
     if not ctx.is_main:  # rank 0 writes the outputs
         return {}
     curve = result.history
