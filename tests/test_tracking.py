@@ -228,8 +228,10 @@ def test_quality_table_has_one_column_per_sampler_as_dvc_yaml_plots_them():
     rows = [{"sampler": s, "steps": n, "class_consistency": c, "fd_classifier": f}
             for s, n, c, f in [("ddim", 10, 0.5, 9.0), ("ddim", 25, 0.7, 5.0), ("dpmpp_2m", 10, 0.6, 8.0), ("dpmpp_2m", 25, 0.8, 4.0)]]
     table = quality_by_steps(rows)
-    assert table == [{"steps": 10, "ddim": 0.5, "ddpm": None, "dpmpp_2m": 0.6, "fd_ddim": 9.0, "fd_ddpm": None, "fd_dpmpp_2m": 8.0},
-                     {"steps": 25, "ddim": 0.7, "ddpm": None, "dpmpp_2m": 0.8, "fd_ddim": 5.0, "fd_ddpm": None, "fd_dpmpp_2m": 4.0}]
+    others = {s: None for s in SAMPLERS if s not in ("ddim", "dpmpp_2m")} | {f"fd_{s}": None for s in SAMPLERS if s not in ("ddim", "dpmpp_2m")}
+    assert table == [{"steps": 10, "ddim": 0.5, "dpmpp_2m": 0.6, "fd_ddim": 9.0, "fd_dpmpp_2m": 8.0, **others},
+                     {"steps": 25, "ddim": 0.7, "dpmpp_2m": 0.8, "fd_ddim": 5.0, "fd_dpmpp_2m": 4.0, **others}]
+    assert list(table[0]) == ["steps", *SAMPLERS, *(f"fd_{s}" for s in SAMPLERS)]  # one column per sampler, in order
     with pytest.raises(ValueError, match="euler"):
         quality_by_steps([{**rows[0], "sampler": "euler"}])
     # dvc.yaml names these columns: a sampler added to SAMPLERS must be added to the plots (DVC fails on a missing field)
