@@ -12,7 +12,9 @@ from components.evaluation import feature_statistics, frechet_distance, kernel_i
 from components.evaluation.classifier import classify, train_classifier
 
 
-@pytest.mark.parametrize("dim,n", [(64, 500), (256, 1000), (2048, 3000), (512, 100), (2048, 300)])
+@pytest.mark.parametrize("dim,n", [(64, 500), (256, 1000), (512, 100),
+                                   # 2048 dims (Inception's): ~40 s each on 2 cores, so integration-sized
+                                   pytest.param(2048, 3000, marks=pytest.mark.slow), pytest.param(2048, 300, marks=pytest.mark.slow)])
 def test_frechet_distance_agrees_with_pytorch_fid(dim, n):
     """Including rank-deficient covariances (n < dim), where pytorch-fid adds eps to the diagonals."""
     rng = np.random.default_rng(dim + n)
@@ -51,6 +53,7 @@ def test_real_vs_real_is_near_zero_and_real_vs_noise_is_large(mnist):
     assert p_noise < 0.05 and r_noise < 0.05
 
 
+@pytest.mark.slow  # trains the domain classifier on MNIST (~20 s)
 def test_classifier_fd_grows_with_gaussian_noise(mnist):
     images, labels = mnist
     clf = train_classifier(images[:2000], labels[:2000], 10, epochs=2, batch_size=128, lr=2e-3, seed=0, progress=False)

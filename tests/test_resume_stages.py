@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from components.training.state import checkpoint_dirs
 from tests.conftest import make_project, run_cli, sigkill_at_line, tiny_params
 
+pytestmark = pytest.mark.slow  # the stages as subprocesses, SIGKILLed and resumed: an integration test (README "Tests")
+
 
 def _params() -> dict:
     p = tiny_params()

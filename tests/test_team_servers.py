@@ -28,7 +28,8 @@ import infra.local_servers
 from infra.local_servers import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, TeamServers, base_env, http_ok
 from tests.conftest import ROOT, make_project, tiny_params, write_digit_folder
 
-pytestmark = pytest.mark.timeout(900)  # includes the session fixtures (servers, retraining run) for the first test that uses them
+# an integration test; the timeout includes the session fixtures (servers, retraining run) for the first test that uses them
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 MODEL = "latentflow"
 
 

@@ -44,6 +44,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Fixed kill points, each exact: the worker stops at the point and waits for the SIGKILL.
+@pytest.mark.slow  # worker subprocesses (an integration test: see README "Tests")
 @pytest.mark.parametrize(("hang", "at", "resume_from"), [
     ("--hang-after-checkpoint", 3, 3),  # right after the first checkpoint is complete
     ("--hang-at-step", 10, 9),  # mid-step (loss computed, no optimizer step), after checkpoint 6 was rotated out by 9
@@ -66,6 +67,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, straight: Path, h
     _weights_equal(straight, tmp_path / "resumed.safetensors")
 
 
+@pytest.mark.slow  # two gloo worker processes
 def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     """DDP with 2 ranks (and 2 micro-batches each) = 1 process, same global batch, to float tolerance.
 
