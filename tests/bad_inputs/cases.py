@@ -157,10 +157,8 @@ def _hidden_files(p: Path, ctx: Ctx) -> list[str]:
 def _root(kind: str):
     def build(p: Path, ctx: Ctx) -> list[str]:
         raw = p / RAW
-        shutil.rmtree(raw)
-        if kind == "missing":
-            pass
-        elif kind == "empty":
+        shutil.rmtree(raw)  # kind "missing": nothing more
+        if kind == "empty":
             raw.mkdir()
         elif kind == "truncated_tar":
             (p / "data/raw/digits.tar").write_bytes(b.truncated_tar(ctx.outside / "digits_src"))
