@@ -32,8 +32,8 @@ flow: $(STAMP)  ## the same pipeline as a Prefect flow (local ephemeral mode)
 test: $(STAMP)  ## every test (what CI runs): unit tests, then the end-to-end dvc repro, real servers, serving from a fresh venv
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)  ## the unit tests only (tests not marked slow): a few minutes
-	$(BIN)/python -m pytest -m "not slow" -q
+test-fast: $(STAMP)  ## the unit tests only (tests not marked slow), one pytest-xdist worker per core with one torch thread each: about 2 minutes
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -q -n auto
 
 test-all: test  ## same as `make test`
 
