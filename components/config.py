@@ -40,7 +40,17 @@ class IngestParams(_Section):
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="larger images are refused before decoding "
                                   "(decompression bombs); the default is above any camera's")
     allow_external_symlinks: bool = Field(False, description="follow symlinks that lead outside ingest.root")
-    out_dir: str = "data/dataset"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_out_dir(cls, data):
+        # removed: it was read nowhere (ingest always wrote data/dataset, the out dvc.yaml declares and every later stage reads)
+        if isinstance(data, dict) and "out_dir" in data:
+            raise ValueError(
+                f"ingest.out_dir ({data['out_dir']!r}) is no longer a parameter: the dataset is always written to data/dataset, "
+                "the output dvc.yaml declares and every later stage reads; delete the key from params.yaml"
+            )
+        return data
 
     @model_validator(mode="after")
     def _root_for_folder(self) -> IngestParams:
@@ -201,6 +211,8 @@ class EvaluateParams(_Section):
     classifier_epochs: int = Field(6, ge=1)
     classifier_batch_size: int = Field(128, ge=1)
     classifier_lr: float = Field(2e-3, gt=0.0)
+    feature_batch_size: int | None = Field(None, ge=1, description="images per forward pass of every feature extractor "
+                                           "(classifier, EfficientNet-Lite0, Inception); null = 500 for the classifier, 16 for the others")
     extractors: tuple[Literal["classifier", "effnet_lite0", "inception"], ...] = ("classifier", "effnet_lite0", "inception")
     require_inception: bool = Field(False, description="fail when the Inception weights are missing (else skip it)")
     inception_weights: str | None = Field(None, description="path to pt_inception-2015-12-05-6726825d.pth; default: torch hub cache")

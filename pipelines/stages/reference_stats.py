@@ -27,19 +27,20 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     from components.evaluation.protocol import build_extractors, extractor_batch_size
     from components.models.checkpoint import save_checkpoint
 
-    setup(params)
+    device = setup(params)
     cfg = params.evaluate
     ds = read_dataset(data_dir)
     clf = train_classifier(ds.images["train"], ds.labels["train"], ds.num_classes, epochs=cfg.classifier_epochs,
-                           batch_size=cfg.classifier_batch_size, lr=cfg.classifier_lr, seed=params.base.seed)
-    val_accuracy = float((classify(clf, ds.images["val"])[1] == ds.labels["val"]).mean())
-    extractors, skipped = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception)
+                           batch_size=cfg.classifier_batch_size, lr=cfg.classifier_lr, seed=params.base.seed, device=device)
+    val_accuracy = float((classify(clf, ds.images["val"], extractor_batch_size("classifier", cfg.feature_batch_size))[1] == ds.labels["val"]).mean())
+    extractors, skipped = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception,
+                                           device=device)
     manifest = {"dataset_digest": ds.manifest["dataset_digest"], "reference_split": "val", "num_reference": int(len(ds.labels["val"])),
                 "classifier_val_accuracy": val_accuracy, "extractors": {}, "skipped": skipped}
     with atomic_dir(out_dir) as tmp:
         for name, extractor in extractors.items():
             t0 = time.perf_counter()
-            feats = extractor(ds.images["val"], batch_size=extractor_batch_size(name))
+            feats = extractor(ds.images["val"], batch_size=extractor_batch_size(name, cfg.feature_batch_size))
             mu, sigma = feature_statistics(feats)
             np.savez(tmp / f"{name}.npz", features=feats.astype(np.float32), mu=mu, sigma=sigma)
             manifest["extractors"][name] = dataclasses.asdict(extractor.info)

@@ -10,11 +10,14 @@ from components.config import Params, params_dict
 
 
 def setup(params: Params):
-    """Seed torch, apply ``base.num_threads`` and return the device ``base.device`` resolves to."""
-    from components.training.common import resolve_device, setup_torch
+    """Seed torch, apply ``base.num_threads`` and return the device ``base.device`` resolves to (every stage that runs a
+    network calls this and passes the device down; ``base.device: cuda`` without CUDA stops here with a clear error)."""
+    from components.device import resolve_device
+    from components.training.common import setup_torch
 
+    device = resolve_device(params.base.device, key="base.device")  # before any work (seeding changes nothing on disk)
     setup_torch(params.base.seed, params.base.num_threads)
-    return resolve_device(params.base.device)
+    return device
 
 
 def training_fingerprint(params: Params, stage: str, *inputs: str | Path) -> str:

@@ -11,14 +11,15 @@ import numpy as np
 log = logging.getLogger("latentflow")
 
 
-def load_generator(model: str | Path, device: str = "cpu", tracking_uri: str | None = None):
-    """A generator from a model folder (``autoencoder/`` + ``diffusion/``) or an MLflow ``models:/`` URI."""
+def load_generator(model: str | Path, device, tracking_uri: str | None = None):
+    """A generator on ``device`` (a ``torch.device`` or ``auto`` | ``cpu`` | ``cuda``) from a model folder
+    (``autoencoder/`` + ``diffusion/``) or an MLflow ``models:/`` URI."""
     from components.generation import LatentDiffusionGenerator
 
     if str(model).startswith(("models:/", "runs:/")):
         from components.registry.mlflow_registry import load_generator_from_uri
 
-        return load_generator_from_uri(str(model), tracking_uri=tracking_uri)
+        return load_generator_from_uri(str(model), tracking_uri=tracking_uri, device=device)
     return LatentDiffusionGenerator.from_dir(model, device=device)
 
 
@@ -34,25 +35,32 @@ def run(
     eta: float = 0.0,
     timestep_spacing: str = "leading",
     grid_path: Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    batch_size: int = 250,
     tracking_uri: str | None = None,
+    device_key: str = "base.device",
 ) -> dict:
-    """Generate ``num_per_class`` images of every class into ``out_dir/<label>/<index>.png``."""
+    """Generate ``num_per_class`` images of every class into ``out_dir/<label>/<index>.png`` on ``device``
+    (``base.device``: ``auto`` | ``cpu`` | ``cuda``), ``batch_size`` images per sampler call (``sample.batch_size``;
+    the images do not depend on it). ``device_key`` names where ``device`` came from in the error for a missing CUDA."""
     from components.data.samples import check_samples_target, write_grid, write_samples
+    from components.device import resolve_device
     from components.errors import OptionError
 
     check_samples_target(Path(out_dir))  # before the work: a bad --out fails fast and nothing is written
-    gen = load_generator(model, device, tracking_uri)
+    dev = resolve_device(device, key=device_key)  # a CUDA device this machine lacks fails here, before the model is read
+    gen = load_generator(model, dev, tracking_uri)
     if not 1 <= steps <= len(gen.betas):
         raise OptionError(f"--steps {steps}: the model was trained with {len(gen.betas)} timesteps; choose --steps from 1 to {len(gen.betas)}")
     labels = np.repeat(np.arange(gen.num_classes), num_per_class)
     t0 = time.perf_counter()
-    images = gen.generate(labels, seed=seed, sampler=sampler, steps=steps, guidance=guidance, eta=eta, timestep_spacing=timestep_spacing)
+    images = gen.generate(labels, seed=seed, sampler=sampler, steps=steps, guidance=guidance, eta=eta, timestep_spacing=timestep_spacing,
+                          batch_size=batch_size)
     seconds = time.perf_counter() - t0
     write_samples(images, labels, Path(out_dir))
     if grid_path is not None:
         write_grid(images, labels, grid_path)
     info = {"images": int(len(labels)), "seconds": round(seconds, 2), "images_per_second": round(len(labels) / max(seconds, 1e-9), 2),
-            "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed}
+            "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed, "device": str(dev), "batch_size": batch_size}
     log.info("sample: %s", info)
     return info
