@@ -235,6 +235,9 @@ PARAMS_CASES = [
     Case("params-top-level-list", "params", _params(text="- base\n- ingest\n"), 2, ("params.yaml", "mapping")),
     Case("params-file-missing", "params", _params(args=("ingest", "--params", "nope.yaml")), 2, ("nope.yaml", "not found")),
     Case("params-invalid-for-sample", "params", _params(lambda d: d["sample"].update(steps=0), args=tuple(SAMPLE)), 2, ("sample.steps",)),
+    Case("params-ingest-out-dir-removed", "params", _params(lambda d: d["ingest"].update(out_dir="data/elsewhere")), 2,
+         ("ingest.out_dir", "no longer a parameter", "data/dataset", "delete the key")),
+    Case("params-unknown-device", "params", _params(lambda d: d["base"].update(device="tpu"), args=tuple(SAMPLE)), 2, ("base.device", "auto", "cuda")),
 ]
 
 
@@ -266,6 +269,7 @@ SAMPLER_CASES = [
     Case("sample-guidance-negative", "sample", _sample("--guidance", "-1"), 2, ("--guidance",)),
     Case("sample-eta-negative", "sample", _sample("--eta", "-0.5"), 2, ("--eta",)),
     Case("sample-unknown-sampler", "sample", _sample("--sampler", "euler"), 2, ("--sampler", "ddim")),
+    Case("sample-unknown-device", "sample", _sample("--device", "tpu"), 2, ("--device", "'tpu'", "not a device", "auto, cpu, cuda")),
     Case("sample-out-is-a-file", "sample", _out_file, 2, ("notes.txt", "--out", "not a folder|is a file")),
     Case("sample-out-is-a-foreign-folder", "sample", _sample("--out", "data"), 2, ("--out", "data", "not a samples folder")),
     Case("sample-grid-is-a-folder", "sample", _grid_dir, 2, ("--grid", "reports", "folder")),
