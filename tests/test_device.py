@@ -317,3 +317,27 @@ def test_pyfunc_loads_on_the_device_the_caller_asks_for(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert serving_device(SimpleNamespace(model_config={})) == torch.device("cuda")  # from the environment variable
+
+
+def test_a_saved_pyfunc_takes_the_device_from_load_model(tmp_path, monkeypatch):
+    """Through MLflow itself: the model is saved declaring a ``device`` model config (MLflow drops load-time keys a
+    model was not saved with, warning "Argument(s) device were ignored"), so ``load_model(model_config=...)`` reaches it."""
+    import mlflow.pyfunc
+
+    from components.registry.mlflow_registry import DEVICE_ENV, save_pyfunc
+
+    model_dir = tmp_path / "model_dir"
+    ae = _autoencoder()
+    save_checkpoint(model_dir / "autoencoder", ae, ae.config.to_dict(), {"scale_factor": 0.8})
+    unet = UNet(UNetConfig(in_channels=4, out_channels=4, sample_size=4, num_classes=4, channels=(8, 16), num_heads=2))
+    save_checkpoint(model_dir / "diffusion", unet, unet.config.to_dict(), {"schedule": SCHEDULE})
+    save_pyfunc(tmp_path / "pyfunc", model_dir, tmp_path / "code")
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"), model_config={"device": "cpu"})
+    assert loaded.unwrap_python_model().generator.device == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"model_config\['device'\] is 'cuda' but no CUDA device"):
+        mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"), model_config={"device": "cuda"})
+    monkeypatch.setenv(DEVICE_ENV, "cuda")  # no model_config: the environment variable decides
+    with pytest.raises(DeviceError, match=rf"{DEVICE_ENV} is 'cuda'"):
+        mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))

@@ -111,7 +111,8 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
         """Load the generator from the ``model_dir`` artifact (autoencoder/ + diffusion/) onto the device the caller
         asks for: ``mlflow.pyfunc.load_model(uri, model_config={"device": "cuda"})``, else the environment variable
         ``LATENTFLOW_DEVICE`` (what ``mlflow models serve`` can pass), else the CPU. ``auto`` takes CUDA when present;
-        asking for CUDA where there is none fails at load time, naming the setting."""
+        asking for CUDA where there is none fails at load time, naming the setting. (Models registered before the
+        ``device`` model config existed ignore ``model_config``, with MLflow's warning; the variable still works.)"""
         from components.generation import LatentDiffusionGenerator
 
         self._generator = LatentDiffusionGenerator.from_dir(context.artifacts["model_dir"], device=serving_device(context))
@@ -223,6 +224,20 @@ def _copy_code_package(dest: Path) -> Path:
     return target
 
 
+def save_pyfunc(path: Path, model_dir: Path, code_dir: Path, mlflow_model: Model | None = None) -> None:
+    """Save the pyfunc (models from code, the ``components`` package copied under ``code_dir``) at ``path``.
+
+    ``model_config={"device": None}`` declares the one load-time setting: MLflow passes only the keys a model was saved
+    with, so ``mlflow.pyfunc.load_model(uri, model_config={"device": "cuda"})`` reaches ``load_context`` and ``None``
+    falls back to ``LATENTFLOW_DEVICE``, then the CPU."""
+    mlflow.pyfunc.save_model(
+        path=str(path), python_model=str(MODEL_CODE_PATH),
+        artifacts={"model_dir": str(model_dir)}, signature=SIGNATURE, input_example=INPUT_EXAMPLE,
+        code_paths=[str(_copy_code_package(code_dir))], pip_requirements=pinned_requirements(),
+        model_config={"device": None}, mlflow_model=mlflow_model,
+    )
+
+
 def _log_pyfunc(client: MlflowClient, experiment_id: str, run_id: str, model_dir: Path) -> LoggedModel:
     """Save the pyfunc locally and upload it as a LoggedModel output of ``run_id``."""
     logged = client.create_logged_model(experiment_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id)
@@ -230,13 +245,8 @@ def _log_pyfunc(client: MlflowClient, experiment_id: str, run_id: str, model_dir
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         with tempfile.TemporaryDirectory() as tmp:
             local_path = Path(tmp, "model")
-            mlflow.pyfunc.save_model(
-                path=str(local_path), python_model=str(MODEL_CODE_PATH),
-                artifacts={"model_dir": str(model_dir)}, signature=SIGNATURE, input_example=INPUT_EXAMPLE,
-                code_paths=[str(_copy_code_package(Path(tmp, "code")))], pip_requirements=pinned_requirements(),
-                mlflow_model=Model(artifact_path=logged.artifact_location, run_id=run_id,
-                                   model_uuid=logged.model_id, model_id=logged.model_id),
-            )
+            save_pyfunc(local_path, model_dir, Path(tmp, "code"), Model(artifact_path=logged.artifact_location, run_id=run_id,
+                                                                        model_uuid=logged.model_id, model_id=logged.model_id))
             client.log_model_artifacts(logged.model_id, str(local_path))
     except BaseException:
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
