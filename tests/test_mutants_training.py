@@ -293,6 +293,8 @@ def test_warmup_then_cosine_learning_rate():
     assert warmup_lr(9, 2.0, 4, 14, final_fraction=0.1) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
     assert warmup_lr(20, 2.0, 4, 14, final_fraction=0.1) == pytest.approx(0.2)  # past the end: stays at the floor
     assert warmup_lr(5, 2.0, 4, 4) == 2.0 and warmup_lr(5, 2.0, 4, 3) == 2.0  # no room to decay: constant
+    # one decay step: the step after the warmup is already the last, so it lands on the floor (progress 1/1)
+    assert warmup_lr(4, 2.0, 4, 5, final_fraction=0.1) == 2.0 and warmup_lr(5, 2.0, 4, 5, final_fraction=0.1) == pytest.approx(0.2)
 
 
 def test_devices_seeding_and_autocast_on_the_cpu():
@@ -325,7 +327,7 @@ def test_ema_averages_buffers_too():
 
 
 # ------------------------------------------------------------------------------------------------ training/diffusion.py
-def _record_train_diffusion(monkeypatch, mean, logvar, seed=0, **over):
+def _record_train_diffusion(monkeypatch, mean, logvar, seed=0, device=torch.device("cpu"), **over):
     import components.training.diffusion as diffusion_training
     from components.config import DiffusionParams
 
@@ -342,7 +344,7 @@ def _record_train_diffusion(monkeypatch, mean, logvar, seed=0, **over):
         "warmup_images": 0, "cond_dropout": 0.0, "num_timesteps": 50, **over,
     })
     labels = torch.zeros(n, dtype=torch.long)
-    model, _ = diffusion_training.train_diffusion(mean, logvar, labels, 3, cfg, seed=seed, device=torch.device("cpu"), progress=False)
+    model, _ = diffusion_training.train_diffusion(mean, logvar, labels, 3, cfg, seed=seed, device=device, progress=False)
     return model, seen[0]
 
 
@@ -360,6 +362,37 @@ def test_train_diffusion_draws_latents_from_the_posterior_and_t_over_every_step(
     assert abs(rec["noise"].std().item() - 1.0) < 0.05 and not torch.equal(rec["noise"], (z0 - 3.0) / 2)
     assert torch.equal(rec["betas"], make_betas("scaled_linear", 50, 0.00085, 0.012))  # the params defaults
     assert rec["learned_variance"] is False and rec["min_snr_gamma"] is None
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
+def test_train_diffusion_output_channels_follow_the_variance_type(monkeypatch, variance_type):
+    """A learned-range model predicts the target and the variance interpolation: 2C output channels (Nichol &
+    Dhariwal 2021, sec. 3.1); a fixed-variance model C. The loss is told which."""
+    mean, logvar = torch.zeros(4, 3, 2, 2), torch.full((4, 3, 2, 2), -4.0)
+    model, rec = _record_train_diffusion(monkeypatch, mean, logvar, variance_type=variance_type)
+    learned = variance_type == "learned_range"
+    assert model.config.out_channels == (6 if learned else 3) and model.config.in_channels == 3
+    assert rec["learned_variance"] is learned
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(2, 3, 2, 2), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    assert out.shape == (2, 6 if learned else 3, 2, 2)
+
+
+def test_train_diffusion_trains_on_the_device_it_is_given(monkeypatch):
+    """Without a distributed context the given device is the training device (not a default CPU)."""
+    import components.training.diffusion as diffusion_training
+
+    made = []
+    real = diffusion_training.DistContext
+
+    def spy(**kwargs):
+        made.append(kwargs["device"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(diffusion_training, "DistContext", spy)
+    mean, logvar = torch.zeros(4, 1, 2, 2), torch.full((4, 1, 2, 2), -4.0)
+    _record_train_diffusion(monkeypatch, mean, logvar, device=torch.device("cpu", 0))
+    assert made == [torch.device("cpu", 0)] and made[0] != torch.device("cpu")
 
 
 def test_train_diffusion_initialises_the_model_from_the_seed(monkeypatch):
