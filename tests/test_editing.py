@@ -12,6 +12,7 @@ methods. Whether a *trained* model fills a masked half-digit with the requested 
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 from pathlib import Path
 
@@ -132,9 +133,14 @@ def test_a_callback_that_returns_x_unchanged_leaves_every_sampler_bit_identical(
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     for sampler in SAMPLERS:
         kwargs = dict(betas=betas, sampler=sampler, num_steps=12, class_labels=torch.tensor([1, 2]), guidance_scale=3.0)
-        calls = []
+        calls: list[int] = []
+
+        def hook(i: int, x: torch.Tensor, calls: list[int] = calls) -> torch.Tensor:
+            calls.append(i)
+            return x
+
         plain = sample(model, x_T, generator=torch.Generator().manual_seed(3), **kwargs)
-        hooked = sample(model, x_T, generator=torch.Generator().manual_seed(3), callback=lambda i, x: calls.append(i) or x, **kwargs)
+        hooked = sample(model, x_T, generator=torch.Generator().manual_seed(3), callback=hook, **kwargs)
         assert torch.equal(plain, hooked), sampler
         assert calls == list(range(12)), sampler
 
@@ -184,7 +190,7 @@ def test_sdedit_output_moves_away_from_the_input_as_strength_grows(sampler: str)
                            generator=torch.Generator().manual_seed(2), class_labels=torch.full((256,), 3), guidance_scale=1.5)
         distances.append((out - z0).abs().mean().item())
     assert distances[0] == 0.0
-    assert all(b > a for a, b in zip(distances, distances[1:], strict=False)), distances
+    assert all(b > a for a, b in itertools.pairwise(distances)), distances
     assert distances[-1] > 1.0, distances  # the input is (mostly) forgotten: samples sit near mu_3 = 1.5
 
 
@@ -358,7 +364,7 @@ def test_intermediate_strengths_stay_closer_to_the_input_the_lower_the_strength(
         z = edit_latents(gen.unet, z0, noise, betas=gen.betas, sampler="ddim", num_steps=20, strength=strength,
                          class_labels=torch.zeros(32, dtype=torch.long), guidance_scale=1.0)
         distances.append((z - z0).pow(2).mean().sqrt().item())
-    assert distances[0] == 0.0 and all(b > a for a, b in zip(distances, distances[1:], strict=False)), distances
+    assert distances[0] == 0.0 and all(b > a for a, b in itertools.pairwise(distances)), distances
 
 
 @pytest.mark.parametrize("resample_steps", [0, 1])
