@@ -498,9 +498,10 @@ def test_pyfunc_rows_without_an_image_generate_exactly_as_before(pyfunc, gen):
 
 def test_pyfunc_edits_rows_with_an_image(pyfunc, gen):
     image, mask = _images(1, seed=9)[0], np.where(_half_masks(1)[0], 255, 0).astype(np.uint8)[..., None]
+    wrapped = base64.encodebytes(encode_png(image)).decode()  # line breaks every 76 characters, as MLflow's responses
     frame = pd.DataFrame({
         "class_label": [2, 1, 0], "num_images": [2, 1, 1], "steps": [5, 5, 5], "seed": [1, 2, 3],
-        "image": [_b64(image), _b64(image), None], "mask": [None, _b64(mask), None], "strength": [0.4, None, None],
+        "image": [_b64(image), wrapped, None], "mask": [None, _b64(mask), None], "strength": [0.4, None, None],
         "resample_steps": [None, 1, None],
     })
     out = pyfunc.predict(None, frame)
