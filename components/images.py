@@ -32,9 +32,7 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data: bytes, what: str = "image") -> np.ndarray:
-    """PNG (or any format Pillow reads) bytes -> uint8 ``[H, W, C]``: greyscale (L) gives C = 1, RGB gives C = 3; a
-    palette image is expanded to RGB. Other modes (alpha, 16-bit, CMYK) are a ``ValueError`` that says how to convert."""
+def _open(data: bytes, what: str):
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -44,6 +42,13 @@ def decode_image(data: bytes, what: str = "image") -> np.ndarray:
         img.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"{what} is not a readable image (PNG expected): {exc}") from None
+    return img
+
+
+def decode_image(data: bytes, what: str = "image") -> np.ndarray:
+    """PNG (or any format Pillow reads) bytes -> uint8 ``[H, W, C]``: greyscale (L) gives C = 1, RGB gives C = 3; a
+    palette image is expanded to RGB. Other modes (alpha, 16-bit, CMYK) are a ``ValueError`` that says how to convert."""
+    img = _open(data, what)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode == "1":
@@ -55,20 +60,30 @@ def decode_image(data: bytes, what: str = "image") -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def read_image(path, what: str = "image") -> np.ndarray:
-    """Read an image file as uint8 ``[H, W, C]`` (:func:`decode_image`); a missing or unreadable file is a ``ValueError``
-    naming it."""
+def decode_mask(data: bytes, what: str = "mask") -> np.ndarray:
+    """Mask image bytes (any mode Pillow reads: greyscale, RGB, with alpha, 1-bit) -> bool ``[H, W]``, True where the
+    image is light (its greyscale value >= 128): white = repaint, black = keep. Alpha is ignored."""
+    img = _open(data, what)
+    if img.mode in ("LA", "RGBA", "PA", "P"):
+        img = img.convert("RGBA").convert("RGB")
+    return np.array(img.convert("L"), dtype=np.uint8) >= 128
+
+
+def _read(path, what: str) -> bytes:
     from pathlib import Path
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{what} {path} not found" + (" (it is a folder)" if path.is_dir() else "") + ": give the path of a PNG file")
-    return decode_image(path.read_bytes(), f"{what} {path}")
+    return path.read_bytes()
 
 
-def mask_from_image(image: np.ndarray, what: str = "mask") -> np.ndarray:
-    """A mask image uint8 ``[H, W, C]`` -> bool ``[H, W]``, True where it is white (>= 128 in every channel; repaint)."""
-    image = np.asarray(image)
-    if image.ndim != 3:
-        raise ValueError(f"{what} must be an image [H, W, C], got shape {image.shape}")
-    return (image >= 128).all(axis=-1)
+def read_image(path, what: str = "image") -> np.ndarray:
+    """Read an image file as uint8 ``[H, W, C]`` (:func:`decode_image`); a missing or unreadable file is a ``ValueError``
+    naming it."""
+    return decode_image(_read(path, what), f"{what} {path}")
+
+
+def read_mask(path, what: str = "mask") -> np.ndarray:
+    """Read a mask file as bool ``[H, W]`` (:func:`decode_mask`); a missing or unreadable file is a ``ValueError``."""
+    return decode_mask(_read(path, what), f"{what} {path}")

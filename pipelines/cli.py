@@ -303,7 +303,7 @@ def edit(
     """
     from components.config import ConfigError, Params, load_params
     from components.errors import OptionError
-    from components.images import encode_png, mask_from_image, read_image
+    from components.images import encode_png, read_image, read_mask
     from components.io import atomic_write_bytes
 
     _setup()
@@ -334,12 +334,12 @@ def edit(
         problems.append(str(exc))
     if mask is not None:
         try:
-            mask_pixels = read_image(mask, "--mask")
-            if pixels is not None and mask_pixels.shape[:2] != pixels.shape[:2]:
+            mask_pixels = read_mask(mask, "--mask")
+            if pixels is not None and mask_pixels.shape != pixels.shape[:2]:
                 problems.append(f"--mask {mask} is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} pixels but --image {image} is "
                                 f"{pixels.shape[1]}x{pixels.shape[0]}: they must be the same size")
             else:
-                masks = mask_from_image(mask_pixels, f"--mask {mask}")[None]
+                masks = mask_pixels[None]
                 if not masks.any():
                     problems.append(f"--mask {mask} has no white pixel: nothing to repaint (white = repaint, black = keep)")
         except ValueError as exc:

@@ -403,6 +403,23 @@ def test_edit_rejects_bad_images_masks_and_labels(gen):
         gen.edit(images, [0], seed=0, strength=-0.1)
 
 
+def test_masks_are_read_from_any_image_mode_white_means_repaint():
+    import io
+
+    from components.images import decode_mask
+
+    grey = np.zeros((8, 8), np.uint8)
+    grey[4:, 2:] = 255
+    grey[0, 0] = 127  # below the threshold: kept
+    expected = grey >= 128
+    for mode in ("L", "RGB", "RGBA", "LA", "1", "P"):
+        buf = io.BytesIO()
+        Image.fromarray(grey).convert(mode).save(buf, format="PNG")
+        assert np.array_equal(decode_mask(buf.getvalue()), expected if mode != "1" else grey > 127), mode
+    with pytest.raises(ValueError, match="not a readable image"):
+        decode_mask(b"GIF89a?")
+
+
 # ------------------------------------------------------------------ latentflow edit
 
 

@@ -41,7 +41,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
 from components.diffusion.options import DEFAULT_GUIDANCE, DEFAULT_INPAINT_STRENGTH, DEFAULT_RESAMPLE_STEPS, DEFAULT_STRENGTH
-from components.images import decode_image, encode_png, mask_from_image
+from components.images import decode_image, decode_mask, encode_png
 from components.registry.tracking import (
     RetryPolicy,
     flatten_params,
@@ -152,11 +152,11 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
                 generator.check_image(image, f"row {index}: image")
                 masks = None
                 if edit["mask"] is not None:
-                    mask = decode_image(_png_bytes(edit["mask"], f"row {index}: mask"), f"row {index}: mask")
-                    if mask.shape[:2] != image.shape[:2]:
+                    mask = decode_mask(_png_bytes(edit["mask"], f"row {index}: mask"), f"row {index}: mask")
+                    if mask.shape != image.shape[:2]:
                         raise ValueError(f"row {index}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, image {image.shape[1]}x"
                                          f"{image.shape[0]}: they must be the same size")
-                    masks = np.repeat(mask_from_image(mask, f"row {index}: mask")[None], count, axis=0)
+                    masks = np.repeat(mask[None], count, axis=0)
                 default_strength = DEFAULT_STRENGTH if masks is None else DEFAULT_INPAINT_STRENGTH
                 resample = float(_or_default(edit["resample_steps"], DEFAULT_RESAMPLE_STEPS))
                 if not (math.isfinite(resample) and resample == int(resample) and resample >= 0):
