@@ -553,6 +553,7 @@ def test_signature_lists_the_editing_columns_as_optional():
         assert not inputs[name].required and inputs[name].type.name == kind, name
 
 
+@pytest.mark.slow  # ~30 s: MLflow saves and loads the model (models from code, bundled components)
 def test_a_saved_pyfunc_accepts_editing_rows_through_its_signature(model_dir, gen, tmp_path):
     """The model as MLflow saves it (models from code, this signature, the bundled components): schema enforcement
     lets base64 images through, and the answer is the generator's."""
