@@ -76,7 +76,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default="reports/benchmarks/editing.json")
-    parser.add_argument("--figure", default="reports/editing.png")
+    parser.add_argument("--figure", default="reports/editing.png", help="picture of inputs, masks, results; '' for none")
+    parser.add_argument("--guidance", type=float, default=None, help="override params.yaml's sample.guidance")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +99,8 @@ def main() -> None:
     masks[:, h // 2 :] = True
     blacked = images.copy()
     blacked[masks] = 0
-    settings = dict(sampler=sp.sampler, steps=sp.steps, guidance=sp.guidance, eta=sp.eta, timestep_spacing=sp.timestep_spacing)
+    guidance = sp.guidance if args.guidance is None else args.guidance
+    settings = dict(sampler=sp.sampler, steps=sp.steps, guidance=guidance, eta=sp.eta, timestep_spacing=sp.timestep_spacing)
     with torch.no_grad():
         recon = to_uint8(gen.autoencoder.reconstruct(to_model_range(images)))
     keep = ~masks[..., None]
@@ -147,10 +149,11 @@ def main() -> None:
     for r in args.resample_steps[:1]:
         rows += [(f"inpaint own r={r}", shown[f"own, r={r}"][:k]), (f"inpaint other r={r}", shown[f"other, r={r}"][:k])]
     rows += [(f"img2img s={s}", shown[f"i2i s={s}"][:k]) for s in (0.25, 0.5, 0.75)]
-    result["figure"] = {"path": args.figure, "rows": [t for t, _ in rows], "other_class_of_columns": other[:k].tolist(),
-                        "own_class_of_columns": labels[:k].tolist()}
+    if args.figure:
+        result["figure"] = {"path": args.figure, "rows": [t for t, _ in rows], "other_class_of_columns": other[:k].tolist(),
+                            "own_class_of_columns": labels[:k].tolist()}
+        atomic_write_bytes(args.figure, figure(rows))
     result["provenance"] = provenance()
-    atomic_write_bytes(args.figure, figure(rows))
     atomic_write_json(args.out, result)
     print(f"wrote {args.out} and {args.figure}")
 
