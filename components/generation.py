@@ -10,7 +10,8 @@ import torch
 
 from components.device import autocast, resolve_device
 from components.diffusion import DEFAULT_GUIDANCE, make_betas, sample
-from components.images import to_uint8
+from components.diffusion.editing import edit_latents, latent_mask, strength_start
+from components.images import to_model_range, to_uint8
 from components.models.checkpoint import CheckpointError, load_autoencoder, load_unet
 
 SCHEDULE_KEYS = ("schedule", "num_timesteps", "beta_start", "beta_end", "prediction_type")
@@ -65,6 +66,104 @@ class LatentDiffusionGenerator:
         check_pair(autoencoder, unet, meta, model_dir)
         return cls(autoencoder, unet, meta, dev)
 
+    def check_labels(self, labels: torch.Tensor) -> None:
+        """Class labels are in [0, num_classes); a ``ValueError`` names the bad ones otherwise."""
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"class labels must be in [0, {self.num_classes - 1}], got {labels.tolist()}")
+
+    def check_image(self, image: np.ndarray, what: str = "image") -> None:
+        """``image`` is uint8 ``[H, W, C]`` of the model's image shape; the ``ValueError`` says what differs."""
+        h, w, c = self.image_shape
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3:
+            raise ValueError(f"{what} must be uint8 [H, W, C], got {image.dtype} of shape {image.shape}")
+        if image.shape[:2] != (h, w):
+            raise ValueError(f"{what} is {image.shape[1]}x{image.shape[0]} pixels but the model makes {w}x{h} images: resize it to {w}x{h}")
+        if image.shape[2] != c:
+            kinds = {1: "greyscale (1 channel)", 3: "RGB (3 channels)"}
+            raise ValueError(f"{what} is {kinds.get(image.shape[2], f'{image.shape[2]}-channel')} but the model makes "
+                             f"{kinds.get(c, f'{c}-channel')} images: convert it")
+
+    @torch.no_grad()
+    def edit(
+        self,
+        images: np.ndarray,
+        class_labels: Sequence[int],
+        *,
+        seed: int,
+        strength: float,
+        masks: np.ndarray | None = None,
+        resample_steps: int = 0,
+        sampler: str = "ddim",
+        steps: int = 50,
+        guidance: float = DEFAULT_GUIDANCE,
+        eta: float = 0.0,
+        timestep_spacing: str = "leading",
+        paste_pixels: bool = True,
+        batch_size: int = 500,
+    ) -> np.ndarray:
+        """Edit uint8 images ``[N, H, W, C]`` toward ``class_labels``: image-to-image (SDEdit) or, with ``masks``
+        (bool ``[N, H, W]``, True = repaint), inpainting; see :func:`components.diffusion.editing.edit_latents`.
+
+        Each image is encoded to its posterior mean (deterministic; for KL models the posterior's std is tiny), times
+        the scale factor. The random numbers are drawn as in :meth:`generate` (the initial noise of all N images from one
+        generator seeded with ``seed``, every later draw of image i from its own generator, :func:`image_seed`), so
+        strength 1 without a mask gives exactly ``generate``'s images, whatever ``batch_size``.
+        Strength 0 (no step) returns the autoencoder's reconstruction, decode(encode(x)). With a mask the latent
+        grid's mask is the pixel mask max-pooled (a latent is repainted when any of its pixels is), the kept latents
+        are the input's at the end, and ``paste_pixels`` (default) puts the input's own pixels back outside the
+        pixel mask: the decoder's GroupNorm and convolutions let every latent touch every output pixel, so only the
+        paste keeps the unmasked pixels unchanged (without it they differ from the input by about the
+        autoencoder's reconstruction error plus what the decoder carries over from the repainted latents).
+        """
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, H, W, C], got shape {images.shape}")
+        for i, image in enumerate(images):
+            self.check_image(image, f"image {i}" if len(images) > 1 else "image")
+        labels = torch.as_tensor(list(class_labels), dtype=torch.long)
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} class labels")
+        self.check_labels(labels)
+        if masks is not None:
+            masks = np.asarray(masks)
+            if masks.dtype != np.bool_ or masks.shape != images.shape[:3]:
+                raise ValueError(f"masks must be bool [N, H, W] = {images.shape[:3]} (one per image, the image's size), "
+                                 f"got {masks.dtype} {masks.shape}")
+            if not masks.reshape(len(masks), -1).any(axis=1).all():
+                raise ValueError("a mask has no white pixel: nothing to repaint (white = repaint, black = keep)")
+        k = strength_start(steps, strength)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (images per sampler call), got {batch_size}")
+        noise = torch.randn((len(labels), *self.latent_shape), generator=torch.Generator().manual_seed(seed))
+        out = []
+        scale = self.autoencoder.scale_factor
+        for start in range(0, len(labels), batch_size):
+            part = slice(start, start + batch_size)
+            generators = [torch.Generator().manual_seed(image_seed(seed, start + i)) for i in range(len(labels[part]))]
+            with autocast(self.device):  # as generate: bf16 on CUDA, fp32 on the CPU
+                z_mean = self.autoencoder.encode(to_model_range(images[part]).to(self.device)).mean.float()
+                if k == steps:  # strength 0: no step; decode the latent itself (not z * s / s, which may round)
+                    z = z_mean
+                else:
+                    mask = None
+                    if masks is not None:
+                        mask = latent_mask(torch.from_numpy(masks[part])[:, None].to(self.device), self.latent_shape[1:])
+                    z = edit_latents(
+                        self.unet, z_mean * scale, noise[part].to(self.device), betas=self.betas, sampler=sampler, num_steps=steps,
+                        strength=strength, mask=mask, resample_steps=resample_steps, eta=eta, timestep_spacing=timestep_spacing,
+                        prediction_type=self.prediction_type, generator=generators,
+                        class_labels=labels[part].to(self.device), guidance_scale=guidance,
+                    ) / scale
+                x = self.autoencoder.decode(z)
+            decoded = to_uint8(x.float())
+            if masks is not None and paste_pixels:
+                decoded = np.where(masks[part][..., None], decoded, images[part])
+            out.append(decoded)
+        if not out:
+            return np.zeros((0, *self.image_shape), dtype=np.uint8)
+        return np.concatenate(out)
+
     @torch.no_grad()
     def generate(
         self,
@@ -90,8 +189,7 @@ class LatentDiffusionGenerator:
         the decoder run under bf16 autocast (:func:`components.device.autocast`), on the CPU in fp32.
         """
         labels = torch.as_tensor(list(class_labels), dtype=torch.long)
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"class labels must be in [0, {self.num_classes - 1}], got {labels.tolist()}")
+        self.check_labels(labels)
         noise = torch.randn((len(labels), *self.latent_shape), generator=torch.Generator().manual_seed(seed))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (images per sampler call), got {batch_size}")

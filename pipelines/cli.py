@@ -1,4 +1,4 @@
-"""``latentflow``: one command per pipeline stage, plus ``run``, ``flow`` and ``sample``.
+"""``latentflow``: one command per pipeline stage, plus ``run``, ``flow``, ``sample`` and ``edit``.
 
 ``dvc.yaml`` calls these commands; ``dvc repro`` (or ``latentflow run``) runs the whole DAG.
 """
@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from components.diffusion.options import SAMPLERS
+from components.diffusion.options import DEFAULT_INPAINT_STRENGTH, DEFAULT_RESAMPLE_STEPS, DEFAULT_STRENGTH, SAMPLERS
 from components.io import TELEMETRY_OFF
 
 app = typer.Typer(
@@ -246,6 +246,146 @@ def sample(
         typer.secho(f"latentflow sample failed: {type(exc).__name__}: {exc}", fg="red", err=True)
         typer.secho(f"Nothing was written to {out}.", err=True)
         raise typer.Exit(1) from None
+
+
+def _strength(value: float | None) -> float | None:
+    """typer callback: a strength in [0, 1]."""
+    if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise typer.BadParameter(f"must be in [0, 1] (0 = keep the image, 1 = start from pure noise), got {value}")
+    return value
+
+
+def resolve_label(label: str, class_names: list, num_classes: int) -> int:
+    """``--label``: a class name of the model (its ``class_names``, e.g. ``cat``), else an index 0 .. num_classes - 1."""
+    from components.errors import OptionError
+
+    names = [str(n) for n in class_names]
+    if label in names:
+        return names.index(label)
+    try:
+        index = int(label)
+    except ValueError:
+        index = None
+    if index is not None and 0 <= index < num_classes:
+        return index
+    raise OptionError(f"--label {label!r} is not a class of this model: give an index 0..{num_classes - 1} or one of its class "
+                      f"names {names}")
+
+
+@app.command()
+def edit(
+    image: Annotated[Path, typer.Option(help="input image (PNG) at the model's size and channels, e.g. 32x32 greyscale for the "
+                                             "MNIST model")],
+    label: Annotated[str, typer.Option(help="class to edit toward: a class name of the model or an index 0..N-1")],
+    out: Annotated[Path, typer.Option(help="output PNG; written atomically (an existing file is replaced only on success)")],
+    strength: Annotated[float | None, typer.Option(
+        callback=_strength, help="how much to change, 0..1: the sampler runs the last strength x STEPS of its steps from the "
+        "image noised to that level (SDEdit). 0 = the autoencoder's reconstruction of the image, 1 = start from pure noise "
+        f"(ignores the image outside the mask). (default: {DEFAULT_STRENGTH} without --mask, {DEFAULT_INPAINT_STRENGTH} with it)")] = None,
+    mask: Annotated[Path | None, typer.Option(
+        help="inpainting: a PNG of the image's size, white = repaint, black = keep. The kept region is the input's latent at "
+        "every step (Blended Latent Diffusion) and the input's own pixels in the output")] = None,
+    resample_steps: Annotated[int | None, typer.Option(
+        min=0, help="RePaint resampling (needs --mask): re-noise and redo every step R more times, so the repainted region "
+        f"fits the kept one; each costs one more model call per step (default: {DEFAULT_RESAMPLE_STEPS})")] = None,
+    paste: Annotated[bool, typer.Option(
+        help="with --mask: put the input's pixels back outside the mask (--no-paste keeps the decoder's output there, which "
+        "differs from the input by about the autoencoder's reconstruction error)")] = True,
+    seed: Annotated[int | None, typer.Option(min=0, max=2**63 - 1, help="random seed; same seed, same result (params: base.seed)")] = None,
+    model: Annotated[str, typer.Option(help="model folder (autoencoder/ + diffusion/) or MLflow URI, e.g. models:/latentflow@champion")] = "models",
+    sampler: Annotated[str | None, typer.Option(help=f"{' | '.join(SAMPLERS)} (params: sample.sampler)")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps of a full run (strength 1); 1 .. the model's training "
+                                                        "timesteps (params: sample.steps)")] = None,
+    guidance: Annotated[float | None, typer.Option(callback=_finite_nonnegative,
+                                                   help="classifier-free guidance scale, >= 0; 1 = none (params: sample.guidance)")] = None,
+    eta: Annotated[float | None, typer.Option(callback=_finite_nonnegative, help="DDIM eta, >= 0 (params: sample.eta)")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Edit an image toward a class: image-to-image (SDEdit) with --strength, or inpainting with --mask.
+
+    Defaults come from params.yaml's `sample` section (sampler, steps, guidance, eta, timestep spacing) and `base.seed`.
+    Inputs are checked before any work (exit 2 names the problem); on failure OUT is left as it was.
+    """
+    from components.config import ConfigError, Params, load_params
+    from components.errors import OptionError
+    from components.images import encode_png, read_image, read_mask
+    from components.io import atomic_write_bytes
+
+    _setup()
+    from components.registry.lineage import resolve_tracking_uri
+    from pipelines.stages.sample import load_generator
+
+    def fail(message: str, code: int = 2) -> typer.Exit:
+        typer.secho(f"latentflow edit: {message}", fg="red", err=True)
+        return typer.Exit(code)
+
+    try:
+        cfg = load_params(params) if params.is_file() else Params()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    s = cfg.sample
+    sampler = s.sampler if sampler is None else sampler
+    problems = []
+    if sampler not in SAMPLERS:
+        problems.append(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if out.suffix.lower() != ".png" or out.is_dir():
+        problems.append(f"--out {out}: give the path of a .png file to write (e.g. {out.with_suffix('.png').name})")
+    if resample_steps and mask is None:
+        problems.append("--resample-steps needs --mask: RePaint harmonises the repainted region with the kept one")
+    pixels = masks = None
+    try:
+        pixels = read_image(image, "--image")
+    except ValueError as exc:
+        problems.append(str(exc))
+    if mask is not None:
+        try:
+            mask_pixels = read_mask(mask, "--mask")
+            if pixels is not None and mask_pixels.shape != pixels.shape[:2]:
+                problems.append(f"--mask {mask} is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} pixels but --image {image} is "
+                                f"{pixels.shape[1]}x{pixels.shape[0]}: they must be the same size")
+            else:
+                masks = mask_pixels[None]
+                if not masks.any():
+                    problems.append(f"--mask {mask} has no white pixel: nothing to repaint (white = repaint, black = keep)")
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        for line in problems:
+            typer.secho(f"latentflow edit: {line}", fg="red", err=True)
+        raise typer.Exit(2)
+    if cfg.base.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.base.num_threads)
+    try:
+        gen = load_generator(model, "cpu", resolve_tracking_uri(cfg.register_.tracking_uri))
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise fail(f"cannot load the model {model}: {type(exc).__name__}: {exc}", 1) from None
+    steps = s.steps if steps is None else steps
+    try:
+        gen.check_image(pixels, f"--image {image}")
+        class_label = resolve_label(label, gen.class_names, gen.num_classes)
+        if not 1 <= steps <= len(gen.betas):
+            raise OptionError(f"--steps {steps}: the model was trained with {len(gen.betas)} timesteps; choose --steps from 1 to "
+                              f"{len(gen.betas)}")
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    default_strength = DEFAULT_STRENGTH if masks is None else DEFAULT_INPAINT_STRENGTH
+    try:
+        result = gen.edit(
+            pixels[None], [class_label], masks=masks, seed=cfg.base.seed if seed is None else seed,
+            strength=default_strength if strength is None else strength,
+            resample_steps=DEFAULT_RESAMPLE_STEPS if resample_steps is None else resample_steps, sampler=sampler, steps=steps,
+            guidance=s.guidance if guidance is None else guidance, eta=s.eta if eta is None else eta,
+            timestep_spacing=s.timestep_spacing, paste_pixels=paste,
+        )
+        atomic_write_bytes(out, encode_png(result[0]))
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        typer.secho(f"latentflow edit failed: {type(exc).__name__}: {exc}", fg="red", err=True)
+        typer.secho(f"Nothing was written to {out}.", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {out} (class {gen.class_names[class_label]!s}, strength "
+               f"{default_strength if strength is None else strength}{', inpainting' if masks is not None else ''})")
 
 
 @app.command()

@@ -11,7 +11,14 @@ import importlib
 _EXPORTS: dict[str, str] = {
     # options: pure Python
     "DEFAULT_GUIDANCE": "options",
+    "DEFAULT_INPAINT_STRENGTH": "options",
+    "DEFAULT_RESAMPLE_STEPS": "options",
+    "DEFAULT_STRENGTH": "options",
     "SAMPLERS": "options",
+    # image editing: SDEdit and inpainting in latent space
+    "edit_latents": "editing",
+    "renoise": "editing",
+    "strength_start": "editing",
     # forward process and losses
     "diffusion_loss": "forward",
     "gaussian_kl": "forward",
@@ -30,7 +37,10 @@ _EXPORTS: dict[str, str] = {
     "dpmpp_2m": "samplers",
     "dpmpp_2m_karras": "samplers",
     "guided": "samplers",
+    "denoiser": "samplers",
     "sample": "samplers",
+    "sampling_grid": "samplers",
+    "single_step": "samplers",
     # schedules
     "alphas_cumprod": "schedules",
     "dpm_solver_timesteps": "schedules",

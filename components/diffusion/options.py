@@ -7,3 +7,9 @@ from __future__ import annotations
 
 SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras")
 DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale (Ho & Salimans 2022); 1 = no guidance
+# image editing (``latentflow edit``, the pyfunc's ``image`` rows): SDEdit strength without a mask (Meng et al. 2022 use
+# about 0.5; diffusers' img2img defaults to 0.8); with a mask the masked region is repainted from pure noise (strength 1,
+# diffusers' inpainting default). RePaint resampling is off by default (each resample costs one more model call per step).
+DEFAULT_STRENGTH = 0.6
+DEFAULT_INPAINT_STRENGTH = 1.0
+DEFAULT_RESAMPLE_STEPS = 0

@@ -18,6 +18,9 @@ from components.diffusion.schedules import alphas_cumprod as _alphas_cumprod
 from components.diffusion.schedules import dpm_solver_timesteps, karras_timesteps, sampling_timesteps
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# ``callback(i, x)``: called after step ``i`` with the new x (at the noise level of step i + 1, or the run's end); what it
+# returns replaces x (the hook image editing uses to blend in the known region; diffusers' ``callback_on_step_end``)
+StepCallback = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
@@ -42,13 +45,16 @@ def _clip(x0: torch.Tensor, clip_sample: float | None) -> torch.Tensor:
     return x0 if clip_sample is None else x0.clamp(-clip_sample, clip_sample)
 
 
-def _steps(timesteps: Sequence[int], alphas_cumprod: torch.Tensor, final_alpha: float):
-    """Yield ``(t, alpha_bar_t, alpha_bar_prev)`` with the previous timestep taken from the list itself
-    (``final_alpha`` after the last step), which keeps every timestep spacing correct."""
+def _steps(timesteps: Sequence[int], alphas_cumprod: torch.Tensor, final_alpha: float, start: int = 0):
+    """Yield ``(i, t, alpha_bar_t, alpha_bar_prev)`` from index ``start`` on, with the previous timestep taken from the
+    list itself (``final_alpha`` after the last step), which keeps every timestep spacing correct."""
+    if not 0 <= start <= len(timesteps):
+        raise ValueError(f"start index must be in [0, {len(timesteps)}], got {start}")
     ac = alphas_cumprod.double()
-    for i, t in enumerate(timesteps):
+    for i in range(start, len(timesteps)):
+        t = timesteps[i]
         a_prev = ac[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(final_alpha, dtype=torch.float64)
-        yield t, ac[t], a_prev
+        yield i, t, ac[t], a_prev
 
 
 def ddim(
@@ -62,6 +68,8 @@ def ddim(
     generator: torch.Generator | None = None,
     prediction_type: str = "epsilon",
     clip_sample: float | None = None,
+    start: int = 0,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12, sigma from eq. 16 scaled by ``eta``).
 
@@ -69,8 +77,9 @@ def ddim(
     sigma = eta sqrt((1 - a_prev)/(1 - a_t)) sqrt(1 - a_t/a_prev). ``eta=1`` gives DDPM's
     posterior variance. The previous timestep is the next entry of ``timesteps`` (correct for every
     spacing); after the last step ``a_prev = final_alpha``. One normal draw per step when eta > 0.
+    ``start``/``callback``: see :func:`sample`.
     """
-    for t, a_t, a_prev in _steps(timesteps, alphas_cumprod, final_alpha):
+    for i, t, a_t, a_prev in _steps(timesteps, alphas_cumprod, final_alpha, start):
         out = denoise(x, _t_batch(t, x))
         x0, eps = to_x0_eps(prediction_type, out.double(), x.double(), a_t)
         x0 = _clip(x0, clip_sample)
@@ -79,6 +88,8 @@ def ddim(
         if eta > 0:
             x_prev = x_prev + sigma * _randn_like(x, generator).double()
         x = x_prev.to(x.dtype)
+        if callback is not None:
+            x = callback(i, x)
     return x
 
 
@@ -93,6 +104,8 @@ def ddpm(
     generator: torch.Generator | None = None,
     prediction_type: str = "epsilon",
     clip_sample: float | None = None,
+    start: int = 0,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Ancestral DDPM (Ho et al. 2020, eq. 6-7; respaced as Nichol & Dhariwal 2021, sec. 4).
 
@@ -102,9 +115,10 @@ def ddpm(
     learned interpolation exp(f log beta_t + (1-f) log beta-tilde), f = (v+1)/2 ("learned_range",
     Nichol & Dhariwal 2021, eq. 15). Noise is drawn for every t > 0.
     ``eta`` is unused (DDPM is stochastic by definition); it is kept for the shared signature.
+    ``start``/``callback``: see :func:`sample`.
     """
     c = x.shape[1]
-    for t, a_t, a_prev in _steps(timesteps, alphas_cumprod, final_alpha):
+    for i, t, a_t, a_prev in _steps(timesteps, alphas_cumprod, final_alpha, start):
         beta_t = 1 - a_t / a_prev
         out = denoise(x, _t_batch(t, x)).double()
         x0, _ = to_x0_eps(prediction_type, out[:, :c], x.double(), a_t)
@@ -119,6 +133,8 @@ def ddpm(
                 std = var.sqrt()
             mean = mean + std * _randn_like(x, generator).double()
         x = mean.to(x.dtype)
+        if callback is not None:
+            x = callback(i, x)
     return x
 
 
@@ -133,6 +149,8 @@ def dpmpp_2m(
     generator: torch.Generator | None = None,
     prediction_type: str = "epsilon",
     clip_sample: float | None = None,
+    start: int = 0,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M), multistep, midpoint form (Lu et al. 2022b, alg. 2; eq. 9 for the first order).
 
@@ -144,7 +162,7 @@ def dpmpp_2m(
     (``dpm_solver_timesteps``); the run ends at ``final_alpha``. Deterministic: ``eta`` and ``generator`` are unused.
     """
     ac = alphas_cumprod.double()
-    return _dpmpp_2m(denoise, x, timesteps, [ac[t] for t in timesteps], final_alpha, prediction_type, clip_sample)
+    return _dpmpp_2m(denoise, x, timesteps, [ac[t] for t in timesteps], final_alpha, prediction_type, clip_sample, start, callback)
 
 
 def dpmpp_2m_karras(
@@ -158,6 +176,8 @@ def dpmpp_2m_karras(
     generator: torch.Generator | None = None,
     prediction_type: str = "epsilon",
     clip_sample: float | None = None,
+    start: int = 0,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, alg. 2) on the noise levels of Karras et al. 2022 (eq. 5, rho = 7), as
     diffusers' ``DPMSolverMultistepScheduler(use_karras_sigmas=True)``: ``len(timesteps)`` steps whose levels come
@@ -167,16 +187,24 @@ def dpmpp_2m_karras(
     ts, alphas = karras_timesteps(alphas_cumprod, len(timesteps))
     if list(timesteps) != ts:
         raise ValueError(f"dpmpp_2m_karras runs on karras_timesteps(alphas_cumprod, {len(timesteps)})[0] = {ts}, got {list(timesteps)}")
-    return _dpmpp_2m(denoise, x, ts, [torch.tensor(a, dtype=torch.float64) for a in alphas], final_alpha, prediction_type, clip_sample)
+    return _dpmpp_2m(denoise, x, ts, [torch.tensor(a, dtype=torch.float64) for a in alphas], final_alpha, prediction_type, clip_sample,
+                     start, callback)
 
 
 def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, timesteps: Sequence[int], alphas: Sequence[torch.Tensor], final_alpha: float,
-              prediction_type: str, clip_sample: float | None) -> torch.Tensor:
-    """DPM-Solver++(2M) evaluating the model at ``timesteps[i]`` where the solver's alpha_bar is ``alphas[i]``."""
+              prediction_type: str, clip_sample: float | None, start: int = 0, callback: StepCallback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) evaluating the model at ``timesteps[i]`` where the solver's alpha_bar is ``alphas[i]``, from index
+    ``start`` on (its first step first order, as any first step; ``lower_order_final`` still counts the whole grid, as
+    diffusers' img2img, which runs the tail of the full list)."""
     n = len(timesteps)
+    if len(alphas) != n:
+        raise ValueError(f"{n} timesteps but {len(alphas)} alphas")
+    if not 0 <= start <= n:
+        raise ValueError(f"start index must be in [0, {n}], got {start}")
     prev_x0: torch.Tensor | None = None
     lam_prev: torch.Tensor | None = None
-    for i, (t, a_s) in enumerate(zip(timesteps, alphas, strict=True)):
+    for i in range(start, n):
+        t, a_s = timesteps[i], alphas[i]
         a_t = alphas[i + 1] if i + 1 < n else torch.tensor(final_alpha, dtype=torch.float64)
         out = denoise(x, _t_batch(t, x))
         x0, _ = to_x0_eps(prediction_type, out.double(), x.double(), a_s)
@@ -184,6 +212,8 @@ def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, timesteps: Sequence[int], alpha
         lam_s = 0.5 * torch.log(a_s / (1 - a_s))
         if a_t >= 1.0:  # the final sigma is zero: the update lands exactly on x0
             x = x0.to(x.dtype)
+            if callback is not None:
+                x = callback(i, x)
             break
         lam_t = 0.5 * torch.log(a_t / (1 - a_t))
         h = lam_t - lam_s
@@ -192,6 +222,8 @@ def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, timesteps: Sequence[int], alpha
         d = x0 if first_order else x0 + 0.5 * (h / (lam_s - lam_prev)) * (x0 - prev_x0)
         x = (ratio * x.double() - alpha_t * torch.expm1(-h) * d).to(x.dtype)
         prev_x0, lam_prev = x0, lam_s
+        if callback is not None:
+            x = callback(i, x)
     return x
 
 
@@ -218,6 +250,70 @@ def guided(model, class_labels: torch.Tensor | None, guidance_scale: float) -> D
     return denoise
 
 
+def sampling_grid(
+    sampler: str,
+    betas: torch.Tensor,
+    num_steps: int,
+    *,
+    timestep_spacing: str = "leading",
+    steps_offset: int = 0,
+    set_alpha_to_one: bool = True,
+) -> tuple[list[int], list[torch.Tensor], float]:
+    """The run of ``sampler``: ``(timesteps, alphas, final_alpha)``, where ``timesteps`` (descending) are where the
+    model is evaluated, ``alphas[i]`` is the alpha_bar the solver assigns to step i (``alphas_cumprod[t]``, or the
+    Karras level for ``dpmpp_2m_karras``) and ``final_alpha`` is where the run ends. :func:`sample` runs on this
+    grid; image editing (SDEdit, inpainting) noises its input to ``alphas[k]`` and runs the grid from index k."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
+    ac = _alphas_cumprod(betas)
+    if sampler == "dpmpp_2m_karras":
+        timesteps, levels = karras_timesteps(ac, num_steps)
+        alphas = [torch.tensor(a, dtype=torch.float64) for a in levels]
+    else:
+        grid = dpm_solver_timesteps if sampler == "dpmpp_2m" else sampling_timesteps
+        timesteps = grid(len(betas), num_steps, timestep_spacing, steps_offset)
+        alphas = [ac[t] for t in timesteps]
+    final_alpha = 1.0 if (set_alpha_to_one or sampler == "ddpm") else float(ac[0])
+    return timesteps, alphas, final_alpha
+
+
+def denoiser(model, sampler: str, channels: int, class_labels: torch.Tensor | None = None, guidance_scale: float = 1.0) -> Denoise:
+    """The ``denoise(x_t, t)`` that ``sampler`` runs on: :func:`guided` (classifier-free guidance), with the
+    learned-variance channels (if any) dropped for the deterministic samplers, which do not use them."""
+    denoise = guided(model, class_labels, guidance_scale)
+    if sampler == "ddpm":
+        return denoise
+    return lambda x, t: denoise(x, t)[:, :channels]
+
+
+def single_step(
+    sampler: str,
+    denoise: Denoise,
+    x: torch.Tensor,
+    t: int,
+    alpha_t: torch.Tensor,
+    alpha_next: torch.Tensor | float,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
+    clip_sample: float | None = None,
+) -> torch.Tensor:
+    """One step of ``sampler`` from noise level ``alpha_t`` (model evaluated at timestep ``t``) to ``alpha_next``:
+    DDIM's eq. 12 or DDPM's ancestral step (Ho et al. eq. 6-7) exactly as in a full run; for the DPM-Solver++
+    samplers the first-order update (Lu et al. 2022b, eq. 9; a multistep history does not carry over a
+    re-noised x). Used by RePaint's resampling (Lugmayr et al. 2022, alg. 1), which repeats a step."""
+    a_next = float(alpha_next)
+    if sampler in ("ddim", "ddpm"):
+        ac = torch.zeros(t + 1, dtype=torch.float64)
+        ac[t] = alpha_t
+        return _SAMPLER_FNS[sampler](denoise, x, [t], ac, final_alpha=a_next, eta=eta, generator=generator,
+                                     prediction_type=prediction_type, clip_sample=clip_sample)
+    if sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
+        return _dpmpp_2m(denoise, x, [t], [torch.as_tensor(alpha_t, dtype=torch.float64)], a_next, prediction_type, clip_sample)
+    raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -235,6 +331,8 @@ def sample(
     class_labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
     clip_sample: float | None = None,
+    start: int = 0,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run ``sampler`` ("ddim" | "ddpm" | "dpmpp_2m" | "dpmpp_2m_karras") from ``x_T`` for ``num_steps`` steps and return x_0.
 
@@ -247,21 +345,16 @@ def sample(
     always ends at alpha 1, as in Ho et al. ``clip_sample=r`` clamps every x0 prediction to [-r, r] (diffusers'
     ``clip_sample``/``clip_sample_range``; the model output itself is kept, as diffusers'
     ``use_clipped_model_output=False``): for pixel-space models only, never for latents.
+
+    ``start=k`` runs only steps k .. N-1 of the same grid (:func:`sampling_grid`), ``x_T`` then being x at step k's
+    noise level (SDEdit, Meng et al. 2022: diffusers' img2img runs the tail of the full list the same way);
+    ``start=0`` is the full run. ``callback(i, x)`` is called after each step with the new x and returns the x to go
+    on with (known-region replacement for inpainting); ``None`` leaves the run untouched.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
-    ac = _alphas_cumprod(betas)
-    if sampler == "dpmpp_2m_karras":
-        timesteps = karras_timesteps(ac, num_steps)[0]
-    else:
-        grid = dpm_solver_timesteps if sampler == "dpmpp_2m" else sampling_timesteps
-        timesteps = grid(len(betas), num_steps, timestep_spacing, steps_offset)
-    final_alpha = 1.0 if (set_alpha_to_one or sampler == "ddpm") else float(ac[0])
-    denoise = guided(model, class_labels, guidance_scale)
-    if sampler != "ddpm":  # deterministic samplers ignore learned-variance channels
-        full, c = denoise, x_T.shape[1]
-        denoise = lambda x, t: full(x, t)[:, :c]  # noqa: E731
+    timesteps, _, final_alpha = sampling_grid(sampler, betas, num_steps, timestep_spacing=timestep_spacing,
+                                              steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one)
+    denoise = denoiser(model, sampler, x_T.shape[1], class_labels, guidance_scale)
     return _SAMPLER_FNS[sampler](
-        denoise, x_T, timesteps, ac, final_alpha=final_alpha, eta=eta, generator=generator, prediction_type=prediction_type,
-        clip_sample=clip_sample,
+        denoise, x_T, timesteps, _alphas_cumprod(betas), final_alpha=final_alpha, eta=eta, generator=generator,
+        prediction_type=prediction_type, clip_sample=clip_sample, start=start, callback=callback,
     )

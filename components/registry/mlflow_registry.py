@@ -15,9 +15,10 @@ that was created but not fully tagged and aliased is deleted.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import importlib.metadata
-import io
 import logging
 import math
 import os
@@ -39,7 +40,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
-from components.diffusion.options import DEFAULT_GUIDANCE
+from components.diffusion.options import DEFAULT_GUIDANCE, DEFAULT_INPAINT_STRENGTH, DEFAULT_RESAMPLE_STEPS, DEFAULT_STRENGTH
+from components.images import decode_image, decode_mask, encode_png
 from components.registry.tracking import (
     RetryPolicy,
     flatten_params,
@@ -74,6 +76,13 @@ SIGNATURE = ModelSignature(
         ColSpec("long", "steps", required=False),
         ColSpec("double", "guidance", required=False),
         ColSpec("long", "seed", required=False),
+        # editing (``latentflow edit``): base64-encoded PNGs of the model's image size; see LatentDiffusionPyfunc.predict.
+        # resample_steps is a whole number declared double: in a request mixing editing and plain rows it is missing on
+        # the plain ones, and pandas holds an integer column with missing values as float64, which a long column refuses
+        ColSpec("string", "image", required=False),
+        ColSpec("string", "mask", required=False),
+        ColSpec("double", "strength", required=False),
+        ColSpec("double", "resample_steps", required=False),
     ]),
     outputs=Schema([
         ColSpec("long", "class_label"),
@@ -87,18 +96,6 @@ SIGNATURE = ModelSignature(
 INPUT_EXAMPLE = pd.DataFrame(
     {"class_label": [0], "num_images": [1], "sampler": ["ddim"], "steps": [10], "guidance": [3.0], "seed": [0]}
 )
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """Encode one uint8 image of shape [H, W, C] (C in 1, 3, 4) as PNG bytes."""
-    from PIL import Image
-
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
@@ -129,21 +126,50 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
 
         Missing optional columns / null cells default to num_images=1, sampler="ddim",
         steps=50, guidance=3.0, seed=0. ``seed`` is the seed of the row's batch.
+
+        Editing: a row with ``image`` (a base64-encoded PNG of the model's size and channels, the same encoding as
+        the output's ``image``) returns ``num_images`` edits of it toward ``class_label``
+        (:meth:`~components.generation.LatentDiffusionGenerator.edit`): image-to-image with ``strength`` in [0, 1]
+        (default 0.6), or, with ``mask`` (a base64 PNG of the same size; white = repaint, black = keep), inpainting
+        (``strength`` default 1, ``resample_steps`` RePaint resamplings per step, default 0). Rows without
+        ``image`` generate exactly as before; ``mask``, ``strength`` or ``resample_steps`` without ``image`` are an error.
         """
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         generator = self.generator
         rows: list[dict[str, Any]] = []
-        for record in frame.to_dict(orient="records"):
+        for index, record in enumerate(frame.to_dict(orient="records")):
             row = {key: _or_default(record.get(key), default) for key, default in DEFAULTS.items()}
             label, count = int(record["class_label"]), int(row["num_images"])
             if not 0 <= label < generator.num_classes:
                 raise ValueError(f"class_label {label} outside [0, {generator.num_classes})")
             if count < 1:
                 raise ValueError(f"num_images must be >= 1, got {count}")
-            images = generator.generate(
-                [label] * count, seed=int(row["seed"]), sampler=str(row["sampler"]),
-                steps=int(row["steps"]), guidance=float(row["guidance"]),
-            )
+            edit = {key: _or_default(record.get(key), None) for key in ("image", "mask", "strength", "resample_steps")}
+            settings = {"seed": int(row["seed"]), "sampler": str(row["sampler"]), "steps": int(row["steps"]),
+                        "guidance": float(row["guidance"])}
+            if edit["image"] is None:
+                given = [key for key, value in edit.items() if value is not None]
+                if given:
+                    raise ValueError(f"row {index}: {', '.join(given)} apply to editing and need an 'image' (a base64 PNG)")
+                images = generator.generate([label] * count, **settings)
+            else:
+                image = decode_image(_png_bytes(edit["image"], f"row {index}: image"), f"row {index}: image")
+                generator.check_image(image, f"row {index}: image")
+                masks = None
+                if edit["mask"] is not None:
+                    mask = decode_mask(_png_bytes(edit["mask"], f"row {index}: mask"), f"row {index}: mask")
+                    if mask.shape != image.shape[:2]:
+                        raise ValueError(f"row {index}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, image {image.shape[1]}x"
+                                         f"{image.shape[0]}: they must be the same size")
+                    masks = np.repeat(mask[None], count, axis=0)
+                default_strength = DEFAULT_STRENGTH if masks is None else DEFAULT_INPAINT_STRENGTH
+                resample = float(_or_default(edit["resample_steps"], DEFAULT_RESAMPLE_STEPS))
+                if not (math.isfinite(resample) and resample == int(resample) and resample >= 0):
+                    raise ValueError(f"row {index}: resample_steps must be a whole number >= 0, got {edit['resample_steps']}")
+                images = generator.edit(
+                    np.repeat(image[None], count, axis=0), [label] * count, masks=masks,
+                    strength=float(_or_default(edit["strength"], default_strength)), resample_steps=int(resample), **settings,
+                )
             for image in images:
                 height, width, channels = (*image.shape[:2], image.shape[2] if image.ndim == 3 else 1)
                 rows.append({"class_label": label, "seed": int(row["seed"]), "image": encode_png(image),
@@ -161,6 +187,18 @@ def serving_device(context) -> Any:
     if os.environ.get(DEVICE_ENV):
         return resolve_device(os.environ[DEVICE_ENV], key=f"the environment variable {DEVICE_ENV}")
     return resolve_device("cpu")
+
+
+def _png_bytes(value: Any, what: str) -> bytes:
+    """The bytes of a base64-encoded PNG (``str``), or the bytes themselves (in-process callers may pass ``bytes``)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a base64-encoded PNG string, got {type(value).__name__}")
+    try:  # whitespace is dropped: MLflow's own responses break their base64 every 76 characters
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{what} is not valid base64 ({exc}); send the PNG file's bytes base64-encoded") from None
 
 
 def _or_default(value: Any, default: Any) -> Any:
