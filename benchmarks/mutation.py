@@ -136,6 +136,31 @@ EQUIVALENT: dict[str, str] = {
     f"{_L} | Trainer.run | self.optimizer.zero_grad(set_to_none=True) | True -> False":
         "zeroed instead of freed gradients: the same update for every parameter that is in the graph at each step (all of the "
         "project's models: tests/test_models.py checks the U-Net's backward reaches every parameter); memory only",
+    # components/training/state.py
+    f"{_ST} | rng_states | if torch.cuda.is_available() and torch.cuda.is_initialized(): | and -> or": "CUDA only: both are False on a CPU-only machine",
+    f"{_ST} | rng_states | states[f\"torch_cuda_{{i}}\"] = s | remove statement": "CUDA only: the loop body never runs without CUDA",
+    f"{_ST} | restore_rng_states | if cuda and torch.cuda.is_available(): | and -> or": "CUDA only: no torch_cuda_* state is written without CUDA",
+    f"{_ST} | restore_rng_states | torch.cuda.set_rng_state_all([states[k] for k in cuda]) | remove statement": "CUDA only",
+    **{f"{_ST} | save_training_state | (tmp / \"state.json\").write_text(json.dumps(skeleton, indent=1) + \"\\n\") | {d}":
+       "formatting only: the indentation of state.json (read back by json.loads whatever it is)" for d in ("1 -> 0", "1 -> 2")},
+    f"{_ST} | save_training_state | shutil.rmtree(old, ignore_errors=True) | True -> False":
+        "the folders were just listed as complete checkpoints; rmtree raises only if another process removes them meanwhile",
+    f"{_ST} | join_tensors | return {{k: join_tensors(v, tensors) for k, v in obj.items()}} | swap arguments 1 and 2":
+        "unreachable for files save_training_state writes: split_tensors stores every dict as {'__dict__': pairs}, so a plain "
+        "dict never reaches this branch (kept for hand-written skeletons)",
+    # components/training/diffusion.py
+    f"{_TD} | train_diffusion | progress: bool = True, | True -> False": "display only: the progress bar",
+    f"{_TD} | train_diffusion.loss_fn | drop = batch.draw(torch.rand, (), g, device=device) < cfg.cond_dropout | < -> <=":
+        "differs only when a U[0, 1) draw equals cond_dropout exactly (probability 0 for a float32 draw)",
+    f"{_TD} | train_diffusion.loss_fn | z0 = mean + s * z_noise | + -> -":
+        "z_noise is a standard normal draw used only here: mean - s n has the same distribution as mean + s n",
+    f"{_TD} | train_diffusion.loss_fn | y = torch.where(drop, torch.full_like(y, -1), y) | 1 -> 2":
+        "-2 is also a negative label, which the U-Net maps to the null class as it does -1 (tests/test_models.py)",
+    # components/training/common.py
+    f"{_C} | warmup_lr | progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)) | swap arguments 1 and 2":
+        "min and max are symmetric",
+    f"{_C} | warmup_lr | progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)) | 1 -> 0":
+        "total_steps > warmup_steps here (the branch above returns otherwise), so the max(1, .) never acts",
     f"{_S} | dpmpp_2m | final_alpha: float = 1.0, | 1.0 -> 2.0": "any final alpha >= 1 takes the 'land on x0' branch, as 1 does",
     f"{_S} | guided.denoise | return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out | > -> >=":
         "with exactly C channels cond[:, C:] is empty and the concatenation returns out unchanged",
