@@ -178,19 +178,19 @@ def _finite_nonnegative(value: float | None) -> float | None:
 
 @app.command()
 def sample(
-    num_per_class: Annotated[int | None, typer.Option("--num-per-class", min=1, help="images per class, >= 1 [params: sample.num_per_class]")] = None,
-    seed: Annotated[int | None, typer.Option(min=0, max=2**63 - 1, help="random seed; same seed, same images [params: base.seed]")] = None,
+    num_per_class: Annotated[int | None, typer.Option("--num-per-class", min=1, help="images per class, >= 1 (params: sample.num_per_class)")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=2**63 - 1, help="random seed; same seed, same images (params: base.seed)")] = None,
     out: Annotated[Path, typer.Option(help="output folder: OUT/<label>/<index>.png (replaced; must be new, empty or a samples folder)")] = Path("samples"),
     model: Annotated[str, typer.Option(help="model folder (autoencoder/ + diffusion/) or MLflow URI, e.g. models:/latentflow@champion")] = "models",
-    sampler: Annotated[str | None, typer.Option(help=f"{' | '.join(SAMPLERS)} [params: sample.sampler]")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps, 1 .. the model's training timesteps [params: sample.steps]")] = None,
+    sampler: Annotated[str | None, typer.Option(help=f"{' | '.join(SAMPLERS)} (params: sample.sampler)")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps, 1 .. the model's training timesteps (params: sample.steps)")] = None,
     guidance: Annotated[float | None, typer.Option(callback=_finite_nonnegative,
-                                                   help="classifier-free guidance scale, >= 0; 1 = none [params: sample.guidance]")] = None,
-    eta: Annotated[float | None, typer.Option(callback=_finite_nonnegative, help="DDIM eta, >= 0 (0 deterministic, 1 DDPM-like) [params: sample.eta]")] = None,
+                                                   help="classifier-free guidance scale, >= 0; 1 = none (params: sample.guidance)")] = None,
+    eta: Annotated[float | None, typer.Option(callback=_finite_nonnegative, help="DDIM eta, >= 0 (0 deterministic, 1 DDPM-like) (params: sample.eta)")] = None,
     grid: Annotated[Path | None, typer.Option(help="also write a grid PNG (one row per class) here")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N; auto = CUDA when present [params: base.device]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N; auto = CUDA when present (params: base.device)")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="images per sampler call (memory; the images do "
-                                                   "not depend on it) [params: sample.batch_size]")] = None,
+                                                   "not depend on it) (params: sample.batch_size)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Generate images: OUT/<label>/<index>.png at the dataset's resolution.
@@ -466,8 +466,8 @@ def flow(
 def add_data_cmd(
     src: Annotated[Path, typer.Argument(help="a folder of <class>/*.png|jpg images, or a .tar of one")],
     name: Annotated[str | None, typer.Option(help="folder name under data/raw (default: the source's name)")] = None,
-    channels: Annotated[int | None, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB) [params: ingest.channels]")] = None,
-    image_size: Annotated[int | None, typer.Option(min=8, max=512, help="resize to this square size, 8..512 [params: ingest.image_size]")] = None,
+    channels: Annotated[int | None, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB) (params: ingest.channels)")] = None,
+    image_size: Annotated[int | None, typer.Option(min=8, max=512, help="resize to this square size, 8..512 (params: ingest.image_size)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Put your images under DVC and train on them: copy SRC to data/raw/NAME, `dvc add` it, and set
