@@ -76,6 +76,7 @@ TESTS = [
 # Survivors that no test should kill, with the reason. Key: "file | stripped source line | mutation".
 _S, _F, _SC = "components/diffusion/samplers.py", "components/diffusion/forward.py", "components/diffusion/schedules.py"
 _L, _ST, _TD, _C = "components/training/loop.py", "components/training/state.py", "components/training/diffusion.py", "components/training/common.py"
+_D = "components/training/distributed.py"
 _CUDA = "CUDA only: the fused-AdamW probe never runs on the CPU (a test checks the CPU optimizer is not fused)"
 _BARRIER = ("DDP synchronisation only: a no-op in one process, and a missing barrier is a race the 2-rank test cannot observe "
             "deterministically")
@@ -161,6 +162,11 @@ EQUIVALENT: dict[str, str] = {
         "min and max are symmetric",
     f"{_C} | warmup_lr | progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)) | 1 -> 0":
         "total_steps > warmup_steps here (the branch above returns otherwise), so the max(1, .) never acts",
+    f"{_C} | ema_model.avg_fn | decay = min(target_decay, (1.0 + float(n)) / (10.0 + float(n))) | swap arguments 1 and 2": "min is symmetric",
+    # components/training/distributed.py
+    f"{_D} |  | @dataclass(frozen=True) | True -> False": "nothing assigns to a DistContext; frozen only guards against it",
+    **{f"{_D} | DistContext | local_rank: int = 0 | {d}": "recorded only: nothing reads DistContext.local_rank (init_distributed uses "
+       "LOCAL_RANK itself to pick the CUDA device)" for d in ("0 -> -1", "0 -> 1")},
     f"{_S} | dpmpp_2m | final_alpha: float = 1.0, | 1.0 -> 2.0": "any final alpha >= 1 takes the 'land on x0' branch, as 1 does",
     f"{_S} | guided.denoise | return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out | > -> >=":
         "with exactly C channels cond[:, C:] is empty and the concatenation returns out unchanged",

@@ -324,6 +324,14 @@ def test_ema_averages_buffers_too():
     ema.update_parameters(model)
     torch.testing.assert_close(ema.module.running_mean, model.running_mean)
     assert float(ema.module.running_mean[0]) > 0.4
+    # a second update averages the buffers with the warm-up decay min(0.9, 2/11), not merely copies them (which is what
+    # AveragedModel does with use_buffers=False)
+    first = model.running_mean.clone()
+    model(torch.full((4, 2), -5.0) + torch.arange(4.0)[:, None])
+    ema.update_parameters(model)
+    decay = min(0.9, 2.0 / 11.0)
+    torch.testing.assert_close(ema.module.running_mean, decay * first + (1 - decay) * model.running_mean)
+    assert not torch.allclose(ema.module.running_mean, model.running_mean, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------------ training/diffusion.py
