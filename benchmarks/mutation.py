@@ -77,6 +77,8 @@ TESTS = [
 _S, _F, _SC = "components/diffusion/samplers.py", "components/diffusion/forward.py", "components/diffusion/schedules.py"
 _L, _ST, _TD, _C = "components/training/loop.py", "components/training/state.py", "components/training/diffusion.py", "components/training/common.py"
 _D = "components/training/distributed.py"
+_D_ENV = (_D + ' | launch_torchrun | env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", '
+          'str(max(1, (os.cpu_count() or 1) // nproc)))}')
 _CUDA = "CUDA only: the fused-AdamW probe never runs on the CPU (a test checks the CPU optimizer is not fused)"
 _BARRIER = ("DDP synchronisation only: a no-op in one process, and a missing barrier is a race the 2-rank test cannot observe "
             "deterministically")
@@ -164,9 +166,10 @@ EQUIVALENT: dict[str, str] = {
         "total_steps > warmup_steps here (the branch above returns otherwise), so the max(1, .) never acts",
     f"{_C} | ema_model.avg_fn | decay = min(target_decay, (1.0 + float(n)) / (10.0 + float(n))) | swap arguments 1 and 2": "min is symmetric",
     # components/training/distributed.py
-    f"{_D} |  | @dataclass(frozen=True) | True -> False": "nothing assigns to a DistContext; frozen only guards against it",
-    **{f"{_D} | DistContext | local_rank: int = 0 | {d}": "recorded only: nothing reads DistContext.local_rank (init_distributed uses "
-       "LOCAL_RANK itself to pick the CUDA device)" for d in ("0 -> -1", "0 -> 1")},
+    f"{_D} | DistContext.broadcast_object | return box[0] | 0 -> -1": "the box holds one object: box[-1] is box[0]",
+    f"{_D_ENV} | swap arguments 1 and 2": "max is symmetric (the get() swap is killed)",
+    f"{_D_ENV} | 1 -> 0":
+        "`cpu_count() or 0`: an unknown core count gives 0 // nproc = 0, floored to 1 by max(1, .) as 1 // nproc is (max(0, .) is killed)",
     f"{_S} | dpmpp_2m | final_alpha: float = 1.0, | 1.0 -> 2.0": "any final alpha >= 1 takes the 'land on x0' branch, as 1 does",
     f"{_S} | guided.denoise | return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out | > -> >=":
         "with exactly C channels cond[:, C:] is empty and the concatenation returns out unchanged",
