@@ -98,7 +98,17 @@ def retrained(servers, client_env, project, tmp_path_factory) -> dict:
     ok(run(["prefect", "--no-prompt", "deploy", "--name", "retrain-cpu", "--name", "train-cpu"], project, client_env), servers)
     servers.start_worker("cpu", client_env, cwd=project)
     parameters = {"train_deployment": "latentflow-stages/train-cpu", "train_project_dir": str(gpu_clone)}
-    return {"flow_run": trigger_retrain(servers, client_env, project, parameters), "gpu_clone": gpu_clone, "parameters": parameters}
+    flow_run = trigger_retrain(servers, client_env, project, parameters)
+    # what run 1 left, recorded now: test_retraining_sees_new_images... retrains on new data in this same project later,
+    # and the tests about run 1 must not depend on whether it ran before them (pytest-randomly)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    run1 = {
+        "clone_has_metrics": (gpu_clone / "metrics.json").exists(),
+        "registry": json.loads((project / "reports/registry.json").read_text()),
+        "dataset_digest": json.loads((project / "data/dataset/manifest.json").read_text())["dataset_digest"],
+        "diffusion_md5": next(o["md5"] for o in lock["train_diffusion"]["outs"] if o["path"] == "models/diffusion"),
+    }
+    return {"flow_run": flow_run, "gpu_clone": gpu_clone, "parameters": parameters, "run1": run1}
 
 
 TRIGGER = (
@@ -153,7 +163,7 @@ def test_retraining_deployment_runs_on_the_process_pool(servers, client_env, pro
     clone = retrained["gpu_clone"]
     for part in ("autoencoder", "diffusion"):
         assert md5(clone / "models" / part / "model.safetensors") == md5(project / "models" / part / "model.safetensors")
-    assert not (clone / "metrics.json").exists(), "evaluation must run on the CPU side, not on the training node"
+    assert not retrained["run1"]["clone_has_metrics"], "evaluation must run on the CPU side, not on the training node"
     code = (
         "import asyncio, json\n"
         "from prefect.client.orchestration import get_client\n"
@@ -165,7 +175,7 @@ def test_retraining_deployment_runs_on_the_process_pool(servers, client_env, pro
     )
     runs = json.loads(ok(run([sys.executable, "-c", code], project, client_env)).strip().splitlines()[-1])
     assert ["latentflow-retrain", "COMPLETED"] in runs and ["latentflow-stages", "COMPLETED"] in runs, runs
-    registry = json.loads((project / "reports/registry.json").read_text())
+    registry = retrained["run1"]["registry"]  # the first registration of the model becomes champion
     assert registry["alias"] == "champion" and registry["tracking_uri"] == servers.mlflow_uri
     status = ok(run(["dvc", "status"], project, client_env))
     assert "up to date" in status.lower(), status
@@ -175,7 +185,8 @@ def test_registered_model_lands_in_s3_with_lineage(servers, project, retrained, 
     from mlflow import MlflowClient
 
     client = MlflowClient(servers.mlflow_uri)
-    version = client.get_model_version_by_alias(MODEL, "champion")
+    run1 = retrained["run1"]  # the version run 1 registered (a later test may register version 2 on new data)
+    version = client.get_model_version(MODEL, str(run1["registry"]["version"]))
     assert version.source.startswith("mlflow-artifacts:"), version.source  # proxied: clients need no S3 credentials
     keys = servers.s3_objects(MLFLOW_BUCKET)
     run_id = version.run_id
@@ -184,12 +195,10 @@ def test_registered_model_lands_in_s3_with_lineage(servers, project, retrained, 
     assert any(run_id in k and k.endswith("samples_grid.png") for k in keys)
     assert any(run_id in k and k.endswith("quality_vs_steps.png") for k in keys)
     assert any(k.endswith("pyfunc_model.py") for k in keys) and not any(k.endswith(".pkl") for k in keys), "models from code: nothing pickled"
-    manifest = json.loads((project / "data/dataset/manifest.json").read_text())
-    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    expected_md5 = next(o["md5"] for o in lock["train_diffusion"]["outs"] if o["path"] == "models/diffusion")
+    expected_md5 = run1["diffusion_md5"]
     run = client.get_run(run_id)
     for tags in (version.tags, run.data.tags):
-        assert tags["dataset_digest"] == manifest["dataset_digest"]
+        assert tags["dataset_digest"] == run1["dataset_digest"]
         assert len(tags["git_commit"].removesuffix("-dirty")) == 40
     # the DVC hashes of the outputs travel in the run's lineage.json (through the proxy: no S3 credentials here)
     import mlflow
@@ -197,9 +206,9 @@ def test_registered_model_lands_in_s3_with_lineage(servers, project, retrained, 
     lineage = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="lineage.json", tracking_uri=servers.mlflow_uri,
                                                                   dst_path=str(tmp_path))).read_text())
     assert lineage["dvc_lock_outs"]["dvc.train_diffusion.models/diffusion"] == expected_md5
-    assert lineage["dataset_digest"] == manifest["dataset_digest"]
+    assert lineage["dataset_digest"] == run1["dataset_digest"]
     (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == manifest["dataset_digest"][:36] and manifest["dataset_digest"] in dataset_input.dataset.profile
+    assert dataset_input.dataset.digest == run1["dataset_digest"][:36] and run1["dataset_digest"] in dataset_input.dataset.profile
     assert run.data.params["sample.steps"] == "10" and "class_consistency" in run.data.metrics
 
 
