@@ -120,11 +120,12 @@ def fit_autoencoder(
             pending.append((x, recon.detach()))
         return loss, {"mse": mse.detach(), "reg": reg.detach(), **parts}
 
-    def disc_step(step_done: int) -> dict | None:
-        """One hinge step of the discriminator on the step's real and reconstructed images (LDM, appendix G)."""
+    def disc_step(step: int) -> dict | None:
+        """One hinge step of the discriminator on the real and reconstructed images of generator step ``step``
+        (0-based, as :meth:`Trainer.run` passes it), at that step's point of the warmup/cosine schedule (LDM, appendix G)."""
         if not pending:
             return None
-        lr_factor = warmup_lr(step_done - 1, 1.0, trainer.warmup_steps, trainer.total_steps if cfg.lr_schedule == "cosine" else None)
+        lr_factor = warmup_lr(step, 1.0, trainer.warmup_steps, trainer.total_steps if cfg.lr_schedule == "cosine" else None)
         for group in opt_d.param_groups:
             group["lr"] = disc_lr * lr_factor
         opt_d.zero_grad(set_to_none=True)
@@ -132,7 +133,7 @@ def fit_autoencoder(
         for x, recon in pending:
             with autocast(device):
                 d_loss = hinge_d_loss(disc_net(x), disc_net(recon)) / len(pending)
-            check_finite(d_loss, step_done - 1)
+            check_finite(d_loss, step)
             d_loss.backward()
             d_total += d_loss.item()
         opt_d.step()
