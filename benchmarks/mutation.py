@@ -77,6 +77,8 @@ TESTS = [
 _S, _F, _SC = "components/diffusion/samplers.py", "components/diffusion/forward.py", "components/diffusion/schedules.py"
 _L, _ST, _TD, _C = "components/training/loop.py", "components/training/state.py", "components/training/diffusion.py", "components/training/common.py"
 _D = "components/training/distributed.py"
+_A = "components/training/autoencoder.py"
+_A_SEED = _A + " | fit_autoencoder.loss_fn | g = torch.Generator(device=device).manual_seed(batch.seed + ctx.rank * 7919 + int(batch.rows[0]))"
 _D_ENV = (_D + ' | launch_torchrun | env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", '
           'str(max(1, (os.cpu_count() or 1) // nproc)))}')
 _CUDA = "CUDA only: the fused-AdamW probe never runs on the CPU (a test checks the CPU optimizer is not fused)"
@@ -170,6 +172,21 @@ EQUIVALENT: dict[str, str] = {
     f"{_D_ENV} | swap arguments 1 and 2": "max is symmetric (the get() swap is killed)",
     f"{_D_ENV} | 1 -> 0":
         "`cpu_count() or 0`: an unknown core count gives 0 // nproc = 0, floored to 1 by max(1, .) as 1 // nproc is (max(0, .) is killed)",
+    # components/training/autoencoder.py
+    f"{_A} | fit_autoencoder | progress: bool = True, | True -> False": "display only: the progress bar",
+    **{f"{_A_SEED} | {d}": "any seed that still differs between steps (batch.seed), micro-batches (their first row) and ranks "
+       "(their rows differ too, so the rank term is a second guard) gives an equally valid posterior draw; these keep them "
+       "distinct" for d in ("+ -> -", "7919 -> 0", "7919 -> 7918", "7919 -> 7920", "0 -> -1", "0 -> 1")},
+    f"{_A} | fit_autoencoder.loss_fn | mse = F.mse_loss(recon.float(), x) | swap arguments 1 and 2": "MSE is symmetric",
+    f"{_A} | fit_autoencoder.loss_fn | p_loss = perceptual(x, recon).mean() | swap arguments 1 and 2":
+        "the perceptual distance is symmetric (the same normalisation of both feature stacks, squared differences)",
+    f"{_A} | fit_autoencoder.disc_step | opt_d.zero_grad(set_to_none=True) | True -> False":
+        "zeroed instead of freed gradients: the next backward writes the same values (every parameter gets a gradient)",
+    **{f"{_A} | encode_dataset | def encode_dataset(model: Autoencoder, data: torch.Tensor, device: torch.device, batch_size: int = 500) "
+       f"-> tuple[torch.Tensor, torch.Tensor]: | {d}": "the default chunk size; every chunk size covers the same images "
+       "(tests/test_mutants_autoencoder.py checks the boundaries)" for d in ("500 -> 499", "500 -> 501")},
+    f"{_A} | latent_std | z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed)) | + -> -":
+        "the noise is a standard normal draw used only here: mean - s n has the same distribution as mean + s n",
     f"{_S} | dpmpp_2m | final_alpha: float = 1.0, | 1.0 -> 2.0": "any final alpha >= 1 takes the 'land on x0' branch, as 1 does",
     f"{_S} | guided.denoise | return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out | > -> >=":
         "with exactly C channels cond[:, C:] is empty and the concatenation returns out unchanged",

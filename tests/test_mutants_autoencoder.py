@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from components.config import AutoencoderParams
+from components.models.autoencoder import build_autoencoder
 from components.training.autoencoder import fit_autoencoder
 from components.training.state import latest_training_state, load_training_state
 
@@ -165,14 +166,29 @@ def test_the_step_loss_with_every_term_is_their_weighted_sum(gan_spies):
         assert h["perceptual"] > 0 and h["reg"] > 0 and abs(h["g_loss"]) > 1e-4
 
 
-def test_the_discriminator_learns_to_tell_real_images_from_reconstructions(gan_spies):
+def test_the_discriminator_learns_to_tell_real_images_from_reconstructions(gan_spies, monkeypatch):
     """Hinge loss on (real, reconstruction) in that order, backpropagated and stepped every step: after some steps
-    the discriminator scores the real images above the reconstructions, and its loss has fallen."""
+    the trained discriminator scores the real images above the model's reconstructions, and its loss has fallen."""
+    import components.training.autoencoder as ae
+
+    made = []
+
+    class Recorded(ae.PatchDiscriminator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(ae, "PatchDiscriminator", Recorded)
+    images = _images()
     cfg = AutoencoderParams(**{**GAN, "perceptual_weight": 0.0}, disc_start_images=0, disc_lr=2e-2,
                             **{**TINY, "lr": 1e-4, "max_images": 8 * 30})
-    fit_autoencoder(_images(), cfg, seed=0, progress=False, log_every=1)
-    d_losses, real_logits, fake_logits = zip(*gan_spies["d_loss"], strict=True)
-    assert np.mean(real_logits[-5:]) > np.mean(fake_logits[-5:]) + 0.1
+    model, _ = fit_autoencoder(images, cfg, seed=0, progress=False, log_every=1)
+    (disc,) = made
+    x = ae.to_model_range(images)
+    with torch.no_grad():
+        real, fake = disc(x).mean(), disc(model.reconstruct(x)).mean()
+    assert real > fake + 0.1
+    d_losses = [d for d, _, _ in gan_spies["d_loss"]]
     assert np.mean(d_losses[-5:]) < np.mean(d_losses[:5]) - 0.05
 
 
@@ -257,3 +273,31 @@ def test_reconstructions_are_clipped_to_the_image_range_and_a_perfect_one_is_fin
     assert under["val_mse"] == 0.0
     half = reconstruction_metrics(_Fixed(offset=lambda x: torch.full_like(x, -0.5)), images, torch.device("cpu"))
     assert half["val_mse"] == pytest.approx(0.25) and half["val_psnr"] == pytest.approx(10 * np.log10(16.0))
+
+
+def test_psnr_is_per_image_not_per_pixel():
+    """Half of each image reconstructed exactly, half off by 0.5: the image's MSE is 0.125 and its PSNR 10 log10(32)
+    (a per-pixel average would count the exact pixels at the 1e-10 floor, ~106 dB)."""
+    from components.training.autoencoder import reconstruction_metrics
+
+    images = np.full((2, 4, 4, 1), 128, dtype=np.uint8)
+
+    def half_off(x):
+        off = torch.zeros_like(x)
+        off[..., :2] = 0.5
+        return off
+
+    out = reconstruction_metrics(_Fixed(offset=half_off), images, torch.device("cpu"))
+    assert out["val_mse"] == pytest.approx(0.125) and out["val_psnr"] == pytest.approx(10 * np.log10(32.0))
+
+
+def test_the_summary_counts_one_image():
+    """MACs per image: a batch of three costs three times the summary's figure."""
+    from components.models.summary import macs_per_forward
+    from components.training.autoencoder import _Reconstruct, autoencoder_config, autoencoder_summary
+
+    cfg = AutoencoderParams(regularizer="kl", **{**TINY, "max_images": 8})
+    model = build_autoencoder(autoencoder_config(cfg, 1, 16))
+    summary = autoencoder_summary(model)
+    assert 3 * summary["macs_per_forward"] == macs_per_forward(_Reconstruct(model), torch.zeros(3, 1, 16, 16))
+    assert 3 * summary["encoder_macs"] == macs_per_forward(model.encoder, torch.zeros(3, 1, 16, 16))
