@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -118,3 +119,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def square_images(n: int = 48, size: int = 16, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Structured uint8 images ``[n, size, size, channels]``: coloured 6x6 squares at seeded positions on a dark
+    background (the autoencoder tests' data)."""
+    rng = np.random.default_rng(seed)
+    imgs = np.full((n, size, size, channels), 20, dtype=np.uint8)
+    for i in range(n):
+        r, c = rng.integers(0, size - 6, 2)
+        imgs[i, r : r + 6, c : c + 6] = rng.integers(120, 256, channels)
+    return imgs

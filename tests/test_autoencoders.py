@@ -25,6 +25,7 @@ from components.training.autoencoder import (
     reconstruction_metrics,
     train_autoencoder,
 )
+from tests.conftest import square_images as _images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
@@ -44,16 +45,6 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-
-
-def _images(n: int = 48, size: int = 16, channels: int = 3, seed: int = 0) -> np.ndarray:
-    """Structured uint8 images: coloured squares at varying positions on a dark background."""
-    rng = np.random.default_rng(seed)
-    imgs = np.full((n, size, size, channels), 20, dtype=np.uint8)
-    for i in range(n):
-        r, c = rng.integers(0, size - 6, 2)
-        imgs[i, r : r + 6, c : c + 6] = rng.integers(120, 256, channels)
-    return imgs
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

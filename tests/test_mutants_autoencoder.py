@@ -4,6 +4,7 @@ Written against the survivors of its mutation run (reports/mutation.md)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,19 +16,14 @@ from components.config import AutoencoderParams
 from components.models.autoencoder import build_autoencoder
 from components.training.autoencoder import fit_autoencoder
 from components.training.state import latest_training_state, load_training_state
+from tests.conftest import square_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 TINY = dict(channels=(8, 16, 16), batch_size=8, lr=3e-3, warmup_images=8, latent_channels=3)
 
 
-def _images(n: int = 32, size: int = 16, channels: int = 1, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    imgs = np.full((n, size, size, channels), 20, dtype=np.uint8)
-    for i in range(n):
-        r, c = rng.integers(0, size - 6, 2)
-        imgs[i, r : r + 6, c : c + 6] = rng.integers(120, 256, channels)
-    return imgs
+_images = functools.partial(square_images, 32, channels=1)  # 32 one-channel 16x16 images
 
 
 @pytest.mark.parametrize(("regularizer", "kl_weight", "reg_weight"), [("kl", 0.25, 0.25), ("vq", 0.25, 1.0)])
