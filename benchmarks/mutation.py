@@ -58,6 +58,7 @@ FILES = [
     "components/training/distributed.py",
     "components/diffusion/options.py",
     "components/diffusion/__init__.py",
+    "components/diffusion/editing.py",
 ]
 # the fast unit tests of these modules (never the e2e/server/stage-resume/RGB-pipeline suites)
 TESTS = [
@@ -71,6 +72,8 @@ TESTS = [
     "tests/test_models.py",
     "tests/test_mutants_diffusion.py",
     "tests/test_mutants_training.py",
+    "tests/test_editing.py",
+    "tests/test_mutants_editing.py",
 ]
 
 # Survivors that no test should kill, with the reason. Key: "file | stripped source line | mutation".
@@ -78,6 +81,7 @@ _S, _F, _SC = "components/diffusion/samplers.py", "components/diffusion/forward.
 _L, _ST, _TD, _C = "components/training/loop.py", "components/training/state.py", "components/training/diffusion.py", "components/training/common.py"
 _D = "components/training/distributed.py"
 _A = "components/training/autoencoder.py"
+_E = "components/diffusion/editing.py"
 _A_SEED = _A + " | fit_autoencoder.loss_fn | g = torch.Generator(device=device).manual_seed(batch.seed + ctx.rank * 7919 + int(batch.rows[0]))"
 _D_ENV = (_D + ' | launch_torchrun | env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", '
           'str(max(1, (os.cpu_count() or 1) // nproc)))}')
@@ -190,6 +194,9 @@ EQUIVALENT: dict[str, str] = {
     f"{_S} | dpmpp_2m | final_alpha: float = 1.0, | 1.0 -> 2.0": "any final alpha >= 1 takes the 'land on x0' branch, as 1 does",
     f"{_S} | guided.denoise | return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out | > -> >=":
         "with exactly C channels cond[:, C:] is empty and the concatenation returns out unchanged",
+    f"{_E} | strength_start | return num_steps - min(int(num_steps * strength), num_steps) | swap arguments 1 and 2": "min is symmetric",
+    f"{_E} | noised | return (math.sqrt(a) * z0.double() + math.sqrt(max(1.0 - a, 0.0)) * noise.double()).to(z0.dtype) | "
+    "swap arguments 1 and 2": "max is symmetric",
 }
 
 _BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Mult, ast.Mod: ast.FloorDiv,

@@ -8,12 +8,15 @@ holds and what resuming restores, the LR schedule, ...
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import components.training.loop as loop_module
 from components.training.common import autocast, resolve_device, setup_torch, warmup_lr
 from components.training.distributed import DistContext
 from components.training.loop import Batch, LoopConfig, Trainer
@@ -99,8 +102,6 @@ def test_channels_last_is_off_by_default_and_applies_when_on():
 
 
 def test_loop_config_from_section_maps_every_field():
-    from types import SimpleNamespace
-
     rt = SimpleNamespace(grad_accum=2, checkpoint_every_images=96, keep_checkpoints=3, resume=False, max_time_minutes=4.0, compile=True,
                          channels_last=True, fused_optimizer=False)
     section = SimpleNamespace(runtime=rt, batch_size=32, max_images=640, lr=3e-3, warmup_images=64, lr_schedule="constant",
@@ -424,3 +425,72 @@ def test_on_checkpoint_hook_sees_every_complete_checkpoint(tmp_path: Path):
     Trainer(_model(), LoopConfig(batch_size=8, max_images=40, lr=1e-2, checkpoint_every_images=8), dataset_size=64, seed=1,
             ctx=DistContext(), checkpoint_dir=tmp_path, progress=False, on_checkpoint=hook).run(_mse)
     assert seen == [1, 2, 3, 4, 5] and _steps(tmp_path) == [4, 5]
+
+
+# ------------------------------------------------------------------------------------------------ 2 ranks, the time budget
+class _Rank0Of2(DistContext):
+    """Rank 0 of a 2-process job without a process group: the collectives return this rank's own values."""
+
+    def barrier(self) -> None:
+        pass
+
+    def broadcast_object(self, obj):
+        return obj
+
+    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+
+class _RecordingDDP(torch.nn.Module):
+    """Stands in for DistributedDataParallel: ``syncing`` is False inside ``no_sync()`` (no gradient all-reduce)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module, self.syncing = module, True
+
+    def forward(self, *args):
+        return self.module(*args)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+
+def test_each_rank_splits_its_share_into_micro_batches_and_all_reduces_only_on_the_last(monkeypatch):
+    """Global batch 12 on 2 ranks with grad_accum 3: rank 0 holds rows 0, 2, ..., 10 of the global batch, in
+    three micro-batches of 2; DDP's gradient all-reduce is skipped (no_sync) for the first two and done on the
+    last, which carries the accumulated gradient."""
+    monkeypatch.setattr(loop_module, "DistributedDataParallel", _RecordingDDP)
+    seen = []
+
+    def loss_fn(net, batch):
+        assert isinstance(net, _RecordingDDP)
+        seen.append((batch.step, batch.rows.tolist(), net.syncing))
+        return _mse(net, batch)
+
+    trainer = Trainer(_model(), LoopConfig(batch_size=12, max_images=24, lr=1e-2, grad_accum=3), dataset_size=64, seed=1,
+                      ctx=_Rank0Of2(world_size=2), progress=False)
+    trainer.run(loss_fn)
+    per_step = [([0, 2], False), ([4, 6], False), ([8, 10], True)]
+    assert seen == [(s, rows, sync) for s in range(2) for rows, sync in per_step]
+
+
+def test_the_time_budget_stops_after_the_step_that_exceeds_it(monkeypatch, tmp_path: Path):
+    """max_time_minutes = 1 on a scripted clock: 30 s after step 1, exactly 60 s after step 2 (not over: the budget
+    is exceeded, not reached), 60.5 s after step 3 (over): the run stops after step 3 of 10 with a checkpoint, and
+    train_seconds is the clock's total, to 0.1 s."""
+    ticks = [1000.0, 1030.0, 1060.0, 1060.5, 1061.26]  # t0, after steps 1, 2, 3, the end
+
+    def clock() -> float:
+        assert ticks, "the loop read the clock more often than one step at a time"
+        return ticks.pop(0)
+
+    monkeypatch.setattr(loop_module, "time", SimpleNamespace(perf_counter=clock))
+    res = _trainer(tmp_path, batch_size=8, max_images=80, lr=1e-2, max_time_minutes=1.0).run(_mse)
+    assert res.stopped_by_max_time and res.steps == 3 and res.images_seen == 24
+    assert _steps(tmp_path) == [3] and not ticks
+    assert res.train_seconds == 61.3
