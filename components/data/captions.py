@@ -130,10 +130,15 @@ def caption_key(split: str, index: int) -> str:
     return f"{split}/{index}"
 
 
+def captions_jsonl_bytes(captions: dict[str, list[str]]) -> bytes:
+    """``{"image": key, "captions": [...]}`` lines, UTF-8."""
+    lines = [json.dumps({"image": k, "captions": list(v)}, ensure_ascii=False) for k, v in captions.items()]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def write_captions_jsonl(path: str | Path, captions: dict[str, list[str]]) -> None:
     """Write ``{"image": key, "captions": [...]}`` lines, atomically."""
-    lines = [json.dumps({"image": k, "captions": list(v)}, ensure_ascii=False) for k, v in captions.items()]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(path, captions_jsonl_bytes(captions))
 
 
 def read_captions_jsonl(path: str | Path) -> dict[str, list[str]]:
@@ -162,3 +167,34 @@ def read_captions_jsonl(path: str | Path) -> dict[str, list[str]]:
             raise ValueError(f"{path}:{n}: image {obj['image']!r} appears twice; put all its captions in one line")
         out[obj["image"]] = caps
     return out
+
+
+def captions_for_images(setting: str, *, images: np.ndarray, labels: np.ndarray, names: list[str] | None, class_names: list[str],
+                        seed: int, per_image: int) -> tuple[list[list[str]], dict]:
+    """Captions of every image of a source, and a record of how they were made (for the dataset manifest).
+
+    ``setting`` is ``ingest.captions``: ``"generate"`` makes them from the labels and measured attributes
+    (:func:`generate_captions`; digit classes ``0``-``9`` only), anything else is the path of a ``captions.jsonl``
+    whose ``image`` keys are the source's image names (image folder: ``<class>/<file>``; MNIST: the index). Every
+    image needs captions and every key must name an image: a ``ValueError`` lists the first few that do not."""
+    if setting == "generate":
+        if sorted(class_names) != [str(i) for i in range(10)]:
+            raise ValueError(f"ingest.captions: generate knows the digits 0-9 (MNIST); this source's classes are {class_names[:10]}: "
+                             "give a captions.jsonl path instead")
+        digits = np.asarray([int(class_names[y]) for y in labels])
+        att = measure_attributes(images)
+        caps = generate_captions(digits, att, seed=seed, per_image=per_image)
+        return caps, {"source": "generate", "per_image": per_image, "seed": seed, "seen_templates": list(SEEN_TEMPLATES),
+                      "held_out_templates": list(HELD_OUT_TEMPLATES), "attribute_thresholds": att.thresholds}
+    if names is None:
+        raise ValueError("ingest.captions: this source has no image names to match a captions.jsonl against")
+    by_key = read_captions_jsonl(setting)
+    missing = [n for n in names if n not in by_key]
+    if missing:
+        raise ValueError(f"{setting}: no captions for {len(missing)} of {len(names)} images, e.g. {missing[:3]}; every image needs "
+                         "a line {\"image\": \"<class>/<file>\", \"captions\": [...]}")
+    unknown = sorted(set(by_key) - set(names))
+    if unknown:
+        raise ValueError(f"{setting}: {len(unknown)} keys name no image of the source, e.g. {unknown[:3]} (expected <class>/<file> "
+                         "as under ingest.root); fix or remove those lines")
+    return [by_key[n] for n in names], {"source": str(setting)}
