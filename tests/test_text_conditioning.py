@@ -413,3 +413,31 @@ def test_a_saved_pyfunc_takes_prompts_through_its_signature(text_dir, tmp_path):
     got = np.stack([decode_image(b, "x") for b in out["image"]])
     assert np.array_equal(got[:1], gen.generate(None, prompts=["a thin 7"], seed=5, steps=4))
     assert np.array_equal(got[1:], gen.generate(None, prompts=["the digit 3"] * 2, seed=6, steps=4))
+
+
+def test_ingest_reads_a_captions_jsonl_for_an_image_folder(tmp_path):
+    """An image folder's captions.jsonl (keys <class>/<file>) lands in the dataset artifact, each image with its own
+    captions in whichever split it falls; a missing image's captions stop ingest, naming it, and write nothing."""
+    from components.data.artifact import read_dataset
+    from components.data.captions import write_captions_jsonl
+    from pipelines.stages import ingest
+    from tests.conftest import write_digit_folder
+
+    root = write_digit_folder(tmp_path / "raw", per_class=4)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    write_captions_jsonl(root / "captions.jsonl", {f: [f"a picture of {f.split('/')[0]}", f"file {f}"] for f in files})
+    p = tiny_params()
+    p["ingest"].update(source="image_folder", root=str(root), captions=str(root / "captions.jsonl"), val_fraction=0.25, max_per_class=None)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    ingest.run(load_params(tmp_path / "params.yaml"), out_dir=tmp_path / "data")
+    ds = read_dataset(tmp_path / "data")
+    for split in ("train", "val"):
+        for caps, y in zip(ds.captions[split], ds.labels[split], strict=True):
+            assert caps[0] == f"a picture of {ds.class_names[y]}" and caps[1].startswith(f"file {ds.class_names[y]}/")
+    seen = sorted(c[1].removeprefix("file ") for s in ("train", "val") for c in ds.captions[s])
+    assert seen == files  # every image once, with its own captions
+    other = write_digit_folder(tmp_path / "more", per_class=1, start=10)  # a new digit, not yet captioned
+    (root / "9" / "extra.png").write_bytes(next((other / "9").glob("*.png")).read_bytes())
+    with pytest.raises(ValueError, match=r"no captions for 1 of 41 images, e.g. \['9/extra.png'\]"):
+        ingest.run(load_params(tmp_path / "params.yaml"), out_dir=tmp_path / "data2")
+    assert not (tmp_path / "data2").exists()

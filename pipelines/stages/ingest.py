@@ -34,6 +34,10 @@ def run(params: Params, out_dir: Path = DATA_DIR) -> dict:
     if cfg.captions is not None:
         from components.data.captions import captions_for_images
 
+        if cfg.captions != "generate" and not Path(cfg.captions).resolve().is_relative_to(Path(cfg.root).resolve()):
+            log.warning("ingest: ingest.captions %s is outside ingest.root %s: DVC does not track it, so editing it re-runs "
+                        "nothing; move it under ingest.root", cfg.captions, cfg.root)
+
         all_caps, caption_info = captions_for_images(cfg.captions, images=images, labels=labels, names=names, class_names=raw.class_names,
                                                      seed=params.base.seed, per_image=cfg.captions_per_image)
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, params.base.seed)
