@@ -220,6 +220,7 @@ def main() -> None:
                      "held_out_templates": list(HELD_OUT_TEMPLATES)},
         "sampling": {**sample_kw, "seconds": round(sample_seconds, 1)},
         "grid_prompts": grid_prompts,
+        "arguments": {k: v for k, v in vars(args).items()},
         "model_out": str(out),
         "class_model_class_consistency": "reports/benchmarks/pipeline_run.json evaluate.class_consistency (the class-conditioned default)",
         "provenance": provenance(),
