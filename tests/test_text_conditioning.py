@@ -441,3 +441,12 @@ def test_ingest_reads_a_captions_jsonl_for_an_image_folder(tmp_path):
     with pytest.raises(ValueError, match=r"no captions for 1 of 41 images, e.g. \['9/extra.png'\]"):
         ingest.run(load_params(tmp_path / "params.yaml"), out_dir=tmp_path / "data2")
     assert not (tmp_path / "data2").exists()
+
+
+def test_edit_on_a_text_model_takes_the_class_name_as_the_prompt(text_dir):
+    gen = LatentDiffusionGenerator.from_dir(text_dir)
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8, 1), dtype=np.uint8)
+    a = gen.edit(images, [3, 7], seed=1, strength=0.7, steps=6)
+    assert a.shape == images.shape and np.array_equal(a, gen.edit(images, [3, 7], seed=1, strength=0.7, steps=6))
+    assert not np.array_equal(a, gen.edit(images, [4, 8], seed=1, strength=0.7, steps=6))  # the label (its name) steers the edit
+    assert np.array_equal(gen.edit(images, [3, 7], seed=1, strength=1.0, steps=6), gen.generate(None, prompts=["3", "7"], seed=1, steps=6))
