@@ -47,13 +47,14 @@ def share(classifier, images: np.ndarray, requested: np.ndarray) -> float:
     return float((classify(classifier, images)[1] == requested).mean())
 
 
-def figure(rows: list[tuple[str, np.ndarray]], upscale: int = 3, pad: int = 2) -> bytes:
-    """A PNG with one row of images per entry (uint8 [N, H, W, C]), each scaled up ``upscale`` times, with its title."""
+def figure(rows: list[tuple[str, np.ndarray]], upscale: int = 3, pad: int = 2, title_w: int = 150) -> bytes:
+    """A PNG with one row of images per entry (uint8 [N, H, W, C]), each scaled up ``upscale`` times, with its title
+    in the first ``title_w`` pixels."""
     from PIL import Image, ImageDraw
 
     n = max(len(r[1]) for r in rows)
     h, w = rows[0][1].shape[1:3]
-    cell_h, cell_w, title_w = h * upscale + pad, w * upscale + pad, 150
+    cell_h, cell_w = h * upscale + pad, w * upscale + pad
     canvas = Image.new("L", (title_w + n * cell_w, len(rows) * cell_h), 128)  # grey: a white mask stays visible
     draw = ImageDraw.Draw(canvas)
     for r, (title, images) in enumerate(rows):

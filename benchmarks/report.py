@@ -34,6 +34,7 @@ COMMANDS = {  # when a file is absent
     "gpu_check.json": "bash benchmarks/gpu_check.sh",
     "throughput_gpu.json": "bash benchmarks/gpu_check.sh",
     "quality_vs_steps.json": "make run && .venv/bin/python -m benchmarks.quality_vs_steps --num-per-class 20",
+    "text_prompts.json": "make run && .venv/bin/python -m benchmarks.text_prompts",
 }
 
 
@@ -60,6 +61,11 @@ def command(name: str, r: dict | list | None) -> str:
         return (f"python -m benchmarks.quality_vs_steps --samplers {samplers} --steps {steps} --num-per-class "
                 f"{p['num_generated'] // 10} --guidance {p['guidance']:g} --seed {p['seed']} "
                 f"--timestep-spacing {p.get('timestep_spacing', 'leading')}")
+    if name == "text_prompts.json" and isinstance(r, dict) and r.get("arguments"):
+        a = r["arguments"]
+        return (f"python -m benchmarks.text_prompts --run {a['run']} --seen-per-prompt {a['seen_per_prompt']} --held-out-per-prompt "
+                f"{a['held_out_per_prompt']}" + (f" --max-images {a['max_images']}" if a.get("max_images") else "")
+                + f" --threads {a['threads']}")
     if name.startswith("pipeline_run_"):
         preset = name.removeprefix("pipeline_run_").removesuffix(".json")
         return f"make run-{preset} && .venv/bin/python -m benchmarks.pipeline_run --root runs/{preset}{out}"
@@ -354,6 +360,31 @@ def quality_vs_steps_section(r: dict | None) -> list[str]:
     return lines
 
 
+def text_prompts_section(r: dict | None) -> list[str]:
+    """Class consistency of prompt-generated samples (seen and held-out phrasings) and the text encoder's cost."""
+    title = "## Text prompts"
+    if r is None:
+        return [title, "", f"Not measured yet (`reports/benchmarks/text_prompts.json` is absent): `{COMMANDS['text_prompts.json']}`.", ""]
+    h, se, enc, tr, th = r["held_out"], r["seen"], r["text_encoder"], r["training"], r["thickness"]
+    lines = [title, "", _source("text_prompts.json", r), "",
+             f"The text-conditioned U-Net trained at {tr['images_seen']:,} images ({tr['train_seconds']:.0f} s), sampled with "
+             f"{r['sampling']['sampler']} {r['sampling']['steps']} steps at guidance {r['sampling']['guidance']:g}; class consistency "
+             "is the share the pipeline's classifier labels as the prompt's digit.", "",
+             "| phrasings | images | class consistency |", "|---|---|---|",
+             f"| seen in training ({len(se['per_template'])} templates) | {se['num_images']} | {se['class_consistency']:.3f} |",
+             f"| held out ({len(h['per_template'])} templates) | {h['num_images']} | {h['class_consistency']:.3f} |", "",
+             "Held-out templates: " + "; ".join(f"`{t}` {v:.3f}" for t, v in h["per_template"].items()) + ".", "",
+             f"Text encoder: {enc['parameters']:,} parameters ({enc['parameters_with_projections']:,} with the two projections into the "
+             f"U-Net, {enc['share_of_parameters']:.1%} of {enc['unet_parameters_total']:,}), {enc['macs_per_caption']:,} MACs per caption, "
+             f"{enc['text_encoder_share_of_step']:.1%} of a training step's time ({enc['text_encoder_seconds'] * 1000:.0f} of "
+             f"{enc['step_seconds'] * 1000:.0f} ms, forward + backward, batch of the default params).", "",
+             f"Thickness (mean stroke width of the samples, px): 'thin' prompts {th['seen_thin_mean_thickness_px']:.2f} vs 'thick' "
+             f"{th['seen_thick_mean_thickness_px']:.2f} (seen template), {th['held_out_thin_mean_thickness_px']:.2f} vs "
+             f"{th['held_out_thick_mean_thickness_px']:.2f} (held out); real training digits {th['real_train_thin_mean_px']:.2f} vs "
+             f"{th['real_train_thick_mean_px']:.2f}.", ""]
+    return lines
+
+
 def gpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["## GPU check", "", "No GPU check committed (`reports/benchmarks/gpu_check.json` is absent): "
@@ -384,6 +415,7 @@ def render(root: Path) -> list[str]:
                                  _load(b / "autoencoders_downstream.json"))
     lines += unet_layouts_section({p.name: _load(p) for p in sorted(b.glob("unet_layouts*.json"))})
     lines += quality_vs_steps_section(_load(b / "quality_vs_steps.json"))
+    lines += text_prompts_section(_load(b / "text_prompts.json"))
     gpu = _load(b / "gpu_check.json")
     lines += gpu_section(gpu)
     if gpu is not None and not gpu.get("dry_run") and (b / "throughput_gpu.json").is_file():

@@ -40,6 +40,9 @@ class IngestParams(_Section):
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="larger images are refused before decoding "
                                   "(decompression bombs); the default is above any camera's")
     allow_external_symlinks: bool = Field(False, description="follow symlinks that lead outside ingest.root")
+    captions: str | None = Field(None, description="null: no captions; 'generate': captions from the labels and measured "
+                                 "attributes (MNIST digits); else a captions.jsonl path (image_folder: keys <class>/<file>)")
+    captions_per_image: int = Field(3, ge=1, le=10, description="'generate' only: distinct captions per image")
 
     @model_validator(mode="before")
     @classmethod
@@ -171,8 +174,26 @@ class UNetParams(_Section):
         return self
 
 
+class TextEncoderParams(_Section):
+    """The text encoder of text conditioning (``train_diffusion.conditioning: text``), trained with the U-Net."""
+
+    width: int = Field(64, ge=8, description="token embedding width")
+    layers: int = Field(2, ge=1, le=12, description="pre-LN transformer layers")
+    heads: int = Field(4, ge=1)
+    max_length: int = Field(16, ge=2, le=256, description="tokens per caption, <bos> included; longer captions are an error")
+    min_word_count: int = Field(1, ge=1, description="words seen fewer times in the training captions become <unk>")
+
+    @model_validator(mode="after")
+    def _heads(self) -> TextEncoderParams:
+        if self.width % self.heads:
+            raise ValueError(f"train_diffusion.text_encoder.width ({self.width}) must be divisible by heads ({self.heads})")
+        return self
+
+
 class DiffusionParams(TrainingParams):
     unet: UNetParams = UNetParams()
+    conditioning: Literal["class", "text"] = Field("class", description="class labels, or text prompts (needs ingest.captions)")
+    text_encoder: TextEncoderParams = TextEncoderParams()
     num_timesteps: int = Field(1000, ge=2)
     schedule: Literal["linear", "scaled_linear", "cosine"] = "scaled_linear"
     beta_start: float = Field(0.00085, gt=0.0)

@@ -13,6 +13,7 @@ from components.diffusion import DEFAULT_GUIDANCE, make_betas, sample
 from components.diffusion.editing import edit_latents, latent_mask, strength_start
 from components.images import to_model_range, to_uint8
 from components.models.checkpoint import CheckpointError, load_autoencoder, load_unet
+from components.models.text import Tokenizer
 
 SCHEDULE_KEYS = ("schedule", "num_timesteps", "beta_start", "beta_end", "prediction_type")
 
@@ -35,7 +36,12 @@ def check_pair(autoencoder, unet, diffusion_meta: dict, model_dir: Path) -> None
 
 
 class LatentDiffusionGenerator:
-    """Generates class-conditional images from a model folder holding ``autoencoder/`` and ``diffusion/``."""
+    """Generates class- or text-conditional images from a model folder holding ``autoencoder/`` and ``diffusion/``.
+
+    A text-conditioned model (``train_diffusion.conditioning: text``) takes ``prompts``; given class labels instead,
+    it generates from the class's name as the prompt (``"7"`` for MNIST), so the pipeline's sample and evaluate stages
+    work unchanged. A class-conditioned model refuses prompts with an error saying so.
+    """
 
     def __init__(self, autoencoder, unet, diffusion_meta: dict, device: torch.device):
         self.autoencoder = autoencoder
@@ -51,6 +57,8 @@ class LatentDiffusionGenerator:
         self.latent_shape = cfg.latent_shape
         self.num_classes = unet.config.num_classes
         self.class_names: list[str] = list(diffusion_meta.get("class_names") or range(self.num_classes))
+        self.conditioning = getattr(unet.config, "conditioning", "class")
+        self.tokenizer = Tokenizer.from_config(unet.config.text) if self.conditioning == "text" else None
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> LatentDiffusionGenerator:
@@ -70,6 +78,26 @@ class LatentDiffusionGenerator:
         """Class labels are in [0, num_classes); a ``ValueError`` names the bad ones otherwise."""
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"class labels must be in [0, {self.num_classes - 1}], got {labels.tolist()}")
+
+    def condition(self, class_labels: Sequence[int] | None, prompts: Sequence[str] | None) -> torch.Tensor:
+        """The U-Net's condition: class labels ``[N]`` (class models) or token ids ``[N, L]`` (text models) of
+        ``prompts``, or of the class names of ``class_labels`` when no prompts are given. Errors say what to pass."""
+        if prompts is not None:
+            if isinstance(prompts, str):
+                prompts = [prompts]
+            if self.tokenizer is None:
+                raise ValueError("this model is class-conditioned (trained with train_diffusion.conditioning: class): it takes "
+                                 "class labels, not prompts; pass class_label, or use a model trained with conditioning: text")
+            if class_labels is not None and len(class_labels):
+                raise ValueError("give prompts or class labels, not both")
+            for text in prompts:
+                self.tokenizer.check(text)
+            return self.tokenizer.encode_batch(list(prompts))
+        labels = torch.as_tensor(list(class_labels if class_labels is not None else []), dtype=torch.long)
+        self.check_labels(labels)
+        if self.tokenizer is None:
+            return labels
+        return self.tokenizer.encode_batch([str(self.class_names[int(y)]) for y in labels])
 
     def check_image(self, image: np.ndarray, what: str = "image") -> None:
         """``image`` is uint8 ``[H, W, C]`` of the model's image shape; the ``ValueError`` says what differs."""
@@ -124,7 +152,7 @@ class LatentDiffusionGenerator:
         labels = torch.as_tensor(list(class_labels), dtype=torch.long)
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} class labels")
-        self.check_labels(labels)
+        labels = self.condition(labels.tolist(), None)
         if masks is not None:
             masks = np.asarray(masks)
             if masks.dtype != np.bool_ or masks.shape != images.shape[:3]:
@@ -167,9 +195,10 @@ class LatentDiffusionGenerator:
     @torch.no_grad()
     def generate(
         self,
-        class_labels: Sequence[int],
+        class_labels: Sequence[int] | None,
         *,
         seed: int,
+        prompts: Sequence[str] | None = None,
         sampler: str = "ddim",
         steps: int = 50,
         guidance: float = DEFAULT_GUIDANCE,
@@ -177,7 +206,8 @@ class LatentDiffusionGenerator:
         timestep_spacing: str = "leading",
         batch_size: int = 500,
     ) -> np.ndarray:
-        """uint8 images ``[N, H, W, C]`` for ``class_labels``; the same seed gives the same images.
+        """uint8 images ``[N, H, W, C]`` for ``class_labels`` (or, on a text-conditioned model, for ``prompts``; see
+        :meth:`condition`); the same seed gives the same images.
 
         ``batch_size`` bounds how many images one sampler call generates (memory), never which images come out:
         the initial noise of all N images is drawn first from one generator seeded with ``seed``, and every later
@@ -188,8 +218,7 @@ class LatentDiffusionGenerator:
         larger ones, which can move a pixel by one level; tests/test_device.py measures it). On CUDA the U-Net and
         the decoder run under bf16 autocast (:func:`components.device.autocast`), on the CPU in fp32.
         """
-        labels = torch.as_tensor(list(class_labels), dtype=torch.long)
-        self.check_labels(labels)
+        labels = self.condition(class_labels, prompts)
         noise = torch.randn((len(labels), *self.latent_shape), generator=torch.Generator().manual_seed(seed))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (images per sampler call), got {batch_size}")

@@ -178,7 +178,12 @@ def _finite_nonnegative(value: float | None) -> float | None:
 
 @app.command()
 def sample(
-    num_per_class: Annotated[int | None, typer.Option("--num-per-class", min=1, help="images per class, >= 1 (params: sample.num_per_class)")] = None,
+    num_per_class: Annotated[int | None, typer.Option("--num-per-class", min=1, help="images per class (per prompt with --prompt), >= 1 "
+                                                      "(params: sample.num_per_class)")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(metavar="TEXT", help="text prompt, e.g. 'a thick handwritten seven'; repeat for several. Only "
+                                                     "for models trained with train_diffusion.conditioning: text; writes OUT/<k>/<index>.png "
+                                                     "for the k-th prompt (from 0) and a grid row per prompt. Unknown words are read as "
+                                                     "<unk> (with a warning); an empty prompt is the unconditional model")] = None,
     seed: Annotated[int | None, typer.Option(min=0, max=2**63 - 1, help="random seed; same seed, same images (params: base.seed)")] = None,
     out: Annotated[Path, typer.Option(help="output folder: OUT/<label>/<index>.png (replaced; must be new, empty or a samples folder)")] = Path("samples"),
     model: Annotated[str, typer.Option(help="model folder (autoencoder/ + diffusion/) or MLflow URI, e.g. models:/latentflow@champion")] = "models",
@@ -193,7 +198,8 @@ def sample(
                                                    "not depend on it) (params: sample.batch_size)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Generate images: OUT/<label>/<index>.png at the dataset's resolution.
+    """Generate images: OUT/<label>/<index>.png at the dataset's resolution, or, with --prompt (text-conditioned
+    models), OUT/<k>/<index>.png for the k-th prompt.
 
     Defaults come from params.yaml's `sample` section when the file exists. Every option is checked before any
     work; on failure nothing is written to OUT or GRID.
@@ -237,8 +243,11 @@ def sample(
             guidance=s.guidance if guidance is None else guidance, eta=s.eta if eta is None else eta,
             timestep_spacing=s.timestep_spacing, grid_path=grid, tracking_uri=resolve_tracking_uri(cfg.register_.tracking_uri),
             device=cfg.base.device if device is None else device, device_key="base.device" if device is None else "--device",
-            batch_size=s.batch_size if batch_size is None else batch_size,
+            batch_size=s.batch_size if batch_size is None else batch_size, prompts=list(prompt) if prompt else None,
         )
+        if prompt:
+            for k, text in enumerate(prompt):
+                typer.echo(f"{out}/{k}: {text!r}")
     except (OptionError, ConfigError) as exc:
         typer.secho(f"latentflow sample: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None

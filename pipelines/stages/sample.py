@@ -1,4 +1,5 @@
-"""Stage ``sample`` (and ``latentflow sample``): class-conditional images into label folders, plus a grid."""
+"""Stage ``sample`` (and ``latentflow sample``): class-conditional images into label folders, plus a grid; with
+prompts (text-conditioned models), one folder per prompt."""
 
 from __future__ import annotations
 
@@ -39,10 +40,14 @@ def run(
     batch_size: int = 250,
     tracking_uri: str | None = None,
     device_key: str = "base.device",
+    prompts: list[str] | None = None,
 ) -> dict:
     """Generate ``num_per_class`` images of every class into ``out_dir/<label>/<index>.png`` on ``device``
     (``base.device``: ``auto`` | ``cpu`` | ``cuda``), ``batch_size`` images per sampler call (``sample.batch_size``;
-    the images do not depend on it). ``device_key`` names where ``device`` came from in the error for a missing CUDA."""
+    the images do not depend on it). ``device_key`` names where ``device`` came from in the error for a missing CUDA.
+
+    ``prompts`` (``latentflow sample --prompt``, text-conditioned models only): ``num_per_class`` images of each prompt
+    into ``out_dir/<k>/<index>.png``, ``k`` the prompt's position; the grid has one row per prompt."""
     from components.data.samples import check_samples_target, write_grid, write_samples
     from components.device import resolve_device
     from components.errors import OptionError
@@ -52,15 +57,42 @@ def run(
     gen = load_generator(model, dev, tracking_uri)
     if not 1 <= steps <= len(gen.betas):
         raise OptionError(f"--steps {steps}: the model was trained with {len(gen.betas)} timesteps; choose --steps from 1 to {len(gen.betas)}")
-    labels = np.repeat(np.arange(gen.num_classes), num_per_class)
-    t0 = time.perf_counter()
-    images = gen.generate(labels, seed=seed, sampler=sampler, steps=steps, guidance=guidance, eta=eta, timestep_spacing=timestep_spacing,
-                          batch_size=batch_size)
+    kwargs = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance, "eta": eta, "timestep_spacing": timestep_spacing,
+              "batch_size": batch_size}
+    if prompts:
+        check_prompts(gen, prompts, model)
+        labels = np.repeat(np.arange(len(prompts)), num_per_class)
+        t0 = time.perf_counter()
+        images = gen.generate(None, prompts=[prompts[k] for k in labels], **kwargs)
+    else:
+        labels = np.repeat(np.arange(gen.num_classes), num_per_class)
+        t0 = time.perf_counter()
+        images = gen.generate(labels, **kwargs)
     seconds = time.perf_counter() - t0
     write_samples(images, labels, Path(out_dir))
     if grid_path is not None:
         write_grid(images, labels, grid_path)
     info = {"images": int(len(labels)), "seconds": round(seconds, 2), "images_per_second": round(len(labels) / max(seconds, 1e-9), 2),
             "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed, "device": str(dev), "batch_size": batch_size}
+    if prompts:
+        info["prompts"] = {str(k): p for k, p in enumerate(prompts)}
     log.info("sample: %s", info)
     return info
+
+
+def check_prompts(gen, prompts: list[str], model) -> None:
+    """``--prompt`` fits the model: a text-conditioned one, prompts within its length. An :class:`OptionError` says what to
+    do otherwise; words the model never saw in training are read as ``<unk>``, with a warning naming them."""
+    from components.errors import OptionError
+
+    if gen.tokenizer is None:
+        raise OptionError(f"--prompt: the model {model} is class-conditioned (train_diffusion.conditioning: class), it takes no "
+                          "prompts; drop --prompt (it generates every class), or train with train_diffusion.conditioning: text")
+    for p in prompts:
+        try:
+            gen.tokenizer.check(p)
+        except ValueError as exc:
+            raise OptionError(f"--prompt: {exc}") from None
+        unknown = gen.tokenizer.unknown_words(p)
+        if unknown:
+            log.warning("sample: --prompt %r: words the model never saw in training, read as <unk>: %s", p, ", ".join(unknown))

@@ -1,4 +1,4 @@
-"""Stage ``train_diffusion``: the class-conditional EMA U-Net on the autoencoder's latents."""
+"""Stage ``train_diffusion``: the class- or text-conditional EMA U-Net on the autoencoder's latents."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     device = setup(params)
     cfg = params.train_diffusion
     ds = read_dataset(data_dir)
+    if cfg.conditioning == "text" and ds.captions is None:
+        raise ValueError("train_diffusion.conditioning is 'text' but the dataset has no captions: set ingest.captions ('generate' for "
+                         "MNIST, or the path of a captions.jsonl) and re-run ingest, or set train_diffusion.conditioning: class")
     autoencoder, _ = load_autoencoder(Path(models_dir) / "autoencoder", device)
     # KL: posterior mean and log-variance (z is sampled afresh each batch); VQ: the pre-quantisation encoder
     # output (decode quantises); plain: the encoder output. Deterministic kinds have logvar = -inf (std 0).
@@ -47,7 +50,8 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     with training_run("train_diffusion", params, "diffusion") if track and ctx.is_main else contextlib.nullcontext() as on_log:
         ema_unet, result = fit(mean, logvar, torch.from_numpy(ds.labels["train"]), ds.num_classes, cfg, seed=params.base.seed, ctx=ctx,
                                checkpoint_dir=Path(models_dir).resolve().parent / CHECKPOINTS_DIR / "train_diffusion",
-                               fingerprint=fingerprint, progress=ctx.is_main, on_log=on_log)
+                               fingerprint=fingerprint, progress=ctx.is_main, on_log=on_log,
+                               captions=ds.captions["train"] if cfg.conditioning == "text" else None)
         if on_log is not None:
             on_log.backfill(result.history)  # the points from before a resume
     if not ctx.is_main:  # rank 0 writes the outputs
@@ -55,7 +59,8 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     curve = result.history
     ucfg, dev = ema_unet.config, next(ema_unet.parameters()).device
     one = torch.zeros(1, dtype=torch.long, device=dev)
-    size = model_summary(ema_unet, torch.zeros(1, ucfg.in_channels, ucfg.sample_size, ucfg.sample_size, device=dev), one, one)
+    cond = one if ucfg.text is None else torch.full((1, ucfg.text.max_length), -1, dtype=torch.long, device=dev)  # text: the empty caption
+    size = model_summary(ema_unet, torch.zeros(1, ucfg.in_channels, ucfg.sample_size, ucfg.sample_size, device=dev), one, cond)
     metrics = {
         "final_loss": curve[-1]["loss"] if curve else float("nan"),
         "train_seconds": result.train_seconds,

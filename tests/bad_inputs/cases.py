@@ -238,6 +238,8 @@ PARAMS_CASES = [
     Case("params-ingest-out-dir-removed", "params", _params(lambda d: d["ingest"].update(out_dir="data/elsewhere")), 2,
          ("ingest.out_dir", "no longer a parameter", "data/dataset", "delete the key")),
     Case("params-unknown-device", "params", _params(lambda d: d["base"].update(device="tpu"), args=tuple(SAMPLE)), 2, ("base.device", "auto", "cuda")),
+    Case("params-unknown-conditioning", "params", _params(lambda d: d["train_diffusion"].update(conditioning="words")), 2,
+         ("train_diffusion.conditioning", "'class' or 'text'")),
 ]
 
 
@@ -273,6 +275,8 @@ SAMPLER_CASES = [
     Case("sample-out-is-a-file", "sample", _out_file, 2, ("notes.txt", "--out", "not a folder|is a file")),
     Case("sample-out-is-a-foreign-folder", "sample", _sample("--out", "data"), 2, ("--out", "data", "not a samples folder")),
     Case("sample-grid-is-a-folder", "sample", _grid_dir, 2, ("--grid", "reports", "folder")),
+    Case("sample-prompt-on-a-class-model", "sample", _sample("--prompt", "a thick seven"), 2,
+         ("--prompt", "class-conditioned", "drop --prompt", "conditioning: text")),
 ]
 
 
