@@ -227,9 +227,15 @@ def _evaluate(params: Params, tmp: Path, out: Path, samples: str = "samples") ->
                         sweep_path=out / "guidance_sweep.json")
 
 
-def test_evaluate_writes_baselines_ratios_the_sweep_and_its_pick_deterministically(tiny_run):
+@pytest.fixture(scope="module")
+def first_eval(tiny_run) -> dict:
     params, tmp = tiny_run
-    first = _evaluate(params, tmp, tmp / "run1")
+    return _evaluate(params, tmp, tmp / "run1")
+
+
+def test_evaluate_writes_baselines_ratios_the_sweep_and_its_pick_deterministically(tiny_run, first_eval):
+    params, tmp = tiny_run
+    first = first_eval
     # the real-vs-real baseline at the samples' n and its ratios, named like the other metrics
     for m in ("fd", "kid", "precision", "recall"):
         assert np.isfinite(first[f"{m}_real_classifier"]), m
@@ -305,6 +311,34 @@ def test_dvc_yaml_declares_the_sweep_as_an_evaluate_output_and_a_plot():
                 "precision_real_classifier", "recall_real_classifier", "fd_ratio_classifier", "precision_ratio_classifier",
                 "recall_ratio_classifier"}
     assert columns <= row_keys
+
+
+def test_dvc_plots_show_draws_the_sweep_that_evaluate_wrote(tiny_run, first_eval, tmp_path):
+    """`dvc plots show --json` in a project holding this dvc.yaml and the sweep file evaluate wrote: both sweep plots
+    have one series per declared column, at the swept guidances (the other plots' files are absent here)."""
+    import shutil
+
+    _, tmp = tiny_run
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / "metrics").mkdir()
+    shutil.copy(tmp / "run1" / "guidance_sweep.json", tmp_path / "metrics" / "guidance_sweep.json")
+    assert run_cli(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path).returncode == 0
+    res = run_cli(["dvc", "plots", "show", "--json"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert not [e for e in out.get("errors", []) if "guidance_sweep" in str(e)], out["errors"]
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    declared = {next(iter(p)): next(iter(p.values()))["y"]["metrics/guidance_sweep.json"] for p in dvc["plots"]
+                if "metrics/guidance_sweep.json" in next(iter(p.values()))["y"]}
+    for plot_id, columns in declared.items():
+        (plot,) = out["data"][plot_id]
+        values = plot["content"]["data"]["values"]
+        if len(columns) == 1:  # one column: DVC plots it directly, without its per-field rows
+            drawn = {(columns[0], p["guidance"]) for p in values if p[columns[0]] is not None}
+        else:
+            drawn = {(p["field"], p["guidance"]) for p in values if p["dvc_inferred_y_value"] is not None}
+        assert drawn == {(c, g) for c in columns for g in (1.0, 2.0, 4.0)}, plot_id
 
 
 def test_latentflow_deps_check_passes():
