@@ -288,6 +288,12 @@ def test_a_baseline_that_cannot_match_n_fails_before_writing_and_keeps_the_outpu
     with pytest.raises(ValueError, match=r"real-vs-real baseline needs 20 real images of class 0 .*lower .*sample.num_per_class"):
         _evaluate(params, tmp, out, samples="many")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the sweep's baseline is checked before any work too
+    p = params.model_dump(by_alias=True)
+    p["evaluate"]["guidance_sweep"]["num_per_class"] = 16
+    with pytest.raises(ValueError, match=r"needs 16 real images of class 0 .* has 15: .*evaluate.guidance_sweep.num_per_class"):
+        _evaluate(Params.model_validate(p), tmp, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from components.config import Params
 from components.io import atomic_write_json
 from pipelines.stages.paths import (
@@ -56,6 +58,9 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         raise ValueError(f"samples are {gen_images.shape[1:]} but the dataset is {tuple(manifest['shape'])}; re-run sample")
     ds = read_dataset(data_dir)  # the train split: the real-vs-real baseline (hashes verified against the manifest)
     real_images = ds.images["train"][stratified_subset(ds.labels["train"], gen_labels, params.base.seed)]  # fails fast, too
+    sweep = cfg.guidance_sweep
+    if sweep.guidances:  # the sweep's baseline too, before any work
+        stratified_subset(ds.labels["train"], np.repeat(np.arange(ds.num_classes), sweep.num_per_class), params.base.seed)
     state, meta = read_checkpoint(Path(models_dir) / "classifier")
     clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
     clf.load_state_dict(state)
@@ -79,7 +84,6 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     rows = quality_vs_steps(generator, clf, refs["classifier"], samplers=grid.samplers,
                             steps=grid.steps, num_per_class=grid.num_per_class, seed=params.base.seed + 1, guidance=s.guidance, eta=s.eta,
                             timestep_spacing=s.timestep_spacing, batch_size=s.batch_size, feature_batch_size=clf_batch)
-    sweep = cfg.guidance_sweep
     sweep_rows: list[dict] = []
     swept = [e for e in sweep.extractors if e in extractors]  # an Inception skipped for want of weights is skipped here too
     if sweep.guidances:
