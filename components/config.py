@@ -228,6 +228,29 @@ class QualityGridParams(_Section):
     num_per_class: int = Field(20, ge=1)
 
 
+class GuidanceSweepParams(_Section):
+    """evaluate.guidance_sweep: class consistency, FD ratio, precision and recall per guidance scale (a DVC plot), and
+    the guidance that ``components.evaluation.tradeoff.recommend_guidance`` picks from them."""
+
+    guidances: tuple[float, ...] = Field((1.0, 1.5, 2.0, 3.0, 5.0), description="guidance scales to sweep; [] = no sweep")
+    num_per_class: int = Field(20, ge=1)
+    sampler: Literal[SAMPLERS] = "dpmpp_2m"
+    steps: int = Field(10, ge=1)
+    extractors: tuple[Literal["classifier", "effnet_lite0", "inception"], ...] = ("classifier",)
+    max_fd_ratio: float = Field(1.3, gt=0.0, description="the rule's ceiling on FD(samples, val) / FD(train subset, val)")
+    min_recall_ratio: float = Field(0.9, ge=0.0, description="the rule's floor on recall(samples) / recall(train subset)")
+
+    @model_validator(mode="after")
+    def _check(self) -> GuidanceSweepParams:
+        if any(g < 0 for g in self.guidances):
+            raise ValueError(f"evaluate.guidance_sweep.guidances must be >= 0 (1 = no guidance), got {list(self.guidances)}")
+        if len(set(self.guidances)) != len(self.guidances):
+            raise ValueError(f"evaluate.guidance_sweep.guidances has duplicates: {list(self.guidances)}")
+        if "classifier" not in self.extractors:
+            raise ValueError("evaluate.guidance_sweep.extractors must include 'classifier' (class consistency and the rule's FD ratio)")
+        return self
+
+
 class EvaluateParams(_Section):
     classifier_epochs: int = Field(6, ge=1)
     classifier_batch_size: int = Field(128, ge=1)
@@ -241,11 +264,15 @@ class EvaluateParams(_Section):
     kid_subset_size: int = Field(250, ge=2)
     pr_k: int = Field(3, ge=1)
     quality_grid: QualityGridParams = QualityGridParams()
+    guidance_sweep: GuidanceSweepParams = GuidanceSweepParams()
 
     @model_validator(mode="after")
     def _classifier_first(self) -> EvaluateParams:
         if "classifier" not in self.extractors:
             raise ValueError("evaluate.extractors must include 'classifier' (it gives class consistency)")
+        extra = [e for e in self.guidance_sweep.extractors if e not in self.extractors]
+        if extra:
+            raise ValueError(f"evaluate.guidance_sweep.extractors {extra} are not in evaluate.extractors {list(self.extractors)}")
         return self
 
 

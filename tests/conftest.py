@@ -38,6 +38,7 @@ def tiny_params() -> dict:
     p["sample"].update(num_per_class=4, steps=10)
     p["evaluate"].update(classifier_epochs=6, classifier_batch_size=32, kid_subsets=10,  # a classifier well above chance (0.93 seen)
                         quality_grid={"samplers": ["ddim", "dpmpp_2m"], "steps": [3], "num_per_class": 2})
+    p["evaluate"]["guidance_sweep"].update(guidances=[1.0, 3.0], num_per_class=2, steps=3)
     return p
 
 

@@ -250,7 +250,8 @@ def test_every_stage_passes_base_device_down(tmp_path, monkeypatch, spies):
     p["train_diffusion"].update(max_images=32, batch_size=16, warmup_images=8)
     p["sample"].update(num_per_class=1, steps=2, batch_size=3)
     p["evaluate"].update(classifier_epochs=1, classifier_batch_size=16, feature_batch_size=4, extractors=["classifier", "effnet_lite0"],
-                         kid_subsets=2, quality_grid={"samplers": ["ddim"], "steps": [2], "num_per_class": 1})
+                         kid_subsets=2, quality_grid={"samplers": ["ddim"], "steps": [2], "num_per_class": 1},
+                         guidance_sweep={"guidances": [2.0], "num_per_class": 1, "steps": 2, "extractors": ["classifier", "effnet_lite0"]})
     params = Params.model_validate(p)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     monkeypatch.chdir(tmp_path)
@@ -281,10 +282,10 @@ def test_every_stage_passes_base_device_down(tmp_path, monkeypatch, spies):
     spies.calls["generate"].clear()
     evaluate.run(params, data_dir=tmp_path / "data", samples_dir=tmp_path / "samples", models_dir=tmp_path / "models",
                  ref_dir=tmp_path / "reference_stats", out_path=tmp_path / "metrics.json", quality_path=tmp_path / "quality.json",
-                 quality_plot=tmp_path / "quality_plot.json")
+                 quality_plot=tmp_path / "quality_plot.json", sweep_path=tmp_path / "sweep.json")
     moved = _moved(spies.moves, nets)
     assert {"Classifier", "EfficientNet", "UNet"} <= set(moved) and all(devs == {SENTINEL} for devs in moved.values()), moved
-    assert spies.calls["generate"] == [(SENTINEL, 3)]  # the quality grid: on the device, sample.batch_size per call
+    assert spies.calls["generate"] == [(SENTINEL, 3)] * 2  # the quality grid and the guidance sweep: on the device, sample.batch_size per call
     # evaluate.feature_batch_size: the classifier (reference val accuracy, features, class consistency, the grid) and EfficientNet
     assert spies.calls["classify"] and set(spies.calls["classify"]) == {4}, spies.calls["classify"]
     assert spies.calls["extract"] and all(c == ("effnet_lite0", SENTINEL, 4) for c in spies.calls["extract"]), spies.calls["extract"]

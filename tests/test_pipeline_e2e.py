@@ -68,6 +68,15 @@ def test_repro_writes_every_output(project: Path):
             assert np.isfinite(metrics[f"{key}_{extractor}"]), (key, extractor)
         assert 0.0 <= metrics[f"precision_{extractor}"] <= 1.0 and 0.0 <= metrics[f"recall_{extractor}"] <= 1.0
     assert metrics["protocol"]["extractors"]["effnet_lite0"]["feature_dim"] == 1280
+    # the real-vs-real baseline (a train subset of the samples' n) and the ratios to it, per extractor
+    assert metrics["protocol"]["real_vs_real"]["num"] == 40
+    for extractor in ("classifier", "effnet_lite0"):
+        assert metrics[f"fd_real_{extractor}"] > 0
+        assert metrics[f"fd_ratio_{extractor}"] == pytest.approx(metrics[f"fd_{extractor}"] / metrics[f"fd_real_{extractor}"], rel=1e-12)
+    # the guidance sweep of the tiny params (guidance 1 and 3, 2 images per class) and the guidance its rule recommends
+    sweep = json.loads((project / "metrics/guidance_sweep.json").read_text())
+    assert [(r["guidance"], r["num_generated"]) for r in sweep] == [(1.0, 20), (3.0, 20)]
+    assert metrics["recommended_guidance"] in (1.0, 3.0)
     ref = json.loads((project / "reference_stats/manifest.json").read_text())
     assert ref["dataset_digest"] == manifest["dataset_digest"] and ref["num_reference"] == 60
     if "inception" not in ref["extractors"]:  # no FID weights on this machine: skipped with instructions

@@ -1,4 +1,5 @@
-"""Stage ``evaluate``: score the samples on every reference extractor, then quality vs sampler steps."""
+"""Stage ``evaluate``: score the samples on every reference extractor against the val reference and against a
+real-vs-real baseline (a train subset of the same size), then quality vs sampler steps and the guidance sweep."""
 
 from __future__ import annotations
 
@@ -6,9 +7,20 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from components.config import Params
 from components.io import atomic_write_json
-from pipelines.stages.paths import DATA_DIR, EVAL_METRICS, MODELS_DIR, QUALITY_PATH, QUALITY_PLOT, REFERENCE_DIR, SAMPLES_DIR
+from pipelines.stages.paths import (
+    DATA_DIR,
+    EVAL_METRICS,
+    GUIDANCE_SWEEP,
+    MODELS_DIR,
+    QUALITY_PATH,
+    QUALITY_PLOT,
+    REFERENCE_DIR,
+    SAMPLES_DIR,
+)
 from pipelines.stages.runtime import setup
 
 log = logging.getLogger("latentflow")
@@ -16,8 +28,11 @@ log = logging.getLogger("latentflow")
 
 def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_DIR, models_dir: Path = MODELS_DIR,
         ref_dir: Path = REFERENCE_DIR, out_path: Path = EVAL_METRICS, quality_path: Path = QUALITY_PATH,
-        quality_plot: Path = QUALITY_PLOT) -> dict:
-    """Score the generated samples on every reference extractor; then quality vs sampler steps."""
+        quality_plot: Path = QUALITY_PLOT, sweep_path: Path = GUIDANCE_SWEEP) -> dict:
+    """Score the generated samples on every reference extractor, each metric also for a real-vs-real baseline (a
+    seeded train subset with the samples' per-class counts, ``<metric>_real_<extractor>``) and as a ratio to it
+    (``fd_ratio_<extractor>`` ...); then quality vs sampler steps, and the guidance sweep with its recommendation."""
+    from components.data.artifact import read_dataset
     from components.data.samples import read_samples
     from components.evaluation import class_consistency
     from components.evaluation.classifier import Classifier, ClassifierConfig, ClassifierExtractor
@@ -30,6 +45,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         quality_by_steps,
         quality_vs_steps,
     )
+    from components.evaluation.tradeoff import REAL_SUFFIX, RULE, guidance_sweep, ratio_metrics, recommend_guidance, stratified_subset
     from components.generation import LatentDiffusionGenerator
     from components.models.checkpoint import read_checkpoint
 
@@ -40,6 +56,11 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     gen_images, gen_labels = read_samples(samples_dir)
     if list(gen_images.shape[1:]) != manifest["shape"]:
         raise ValueError(f"samples are {gen_images.shape[1:]} but the dataset is {tuple(manifest['shape'])}; re-run sample")
+    ds = read_dataset(data_dir)  # the train split: the real-vs-real baseline (hashes verified against the manifest)
+    real_images = ds.images["train"][stratified_subset(ds.labels["train"], gen_labels, params.base.seed)]  # fails fast, too
+    sweep = cfg.guidance_sweep
+    if sweep.guidances:  # the sweep's baseline too, before any work
+        stratified_subset(ds.labels["train"], np.repeat(np.arange(ds.num_classes), sweep.num_per_class), params.base.seed)
     state, meta = read_checkpoint(Path(models_dir) / "classifier")
     clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
     clf.load_state_dict(state)
@@ -53,13 +74,26 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     for name in ref_manifest["extractors"]:
         if name not in extractors:
             raise ValueError(f"reference stats have extractor {name!r} but it is not available now; re-run reference_stats")
-        feats = extractors[name](gen_images, batch_size=extractor_batch_size(name, cfg.feature_batch_size))
-        metrics.update(distribution_metrics(feats, refs[name], name, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
-                                            pr_k=cfg.pr_k, seed=params.base.seed))
+        for images, prefix in ((gen_images, name), (real_images, f"{REAL_SUFFIX}_{name}")):
+            feats = extractors[name](images, batch_size=extractor_batch_size(name, cfg.feature_batch_size))
+            metrics.update(distribution_metrics(feats, refs[name], prefix, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
+                                                pr_k=cfg.pr_k, seed=params.base.seed))
+        metrics.update(ratio_metrics(metrics, name))
     grid, s = cfg.quality_grid, params.sample
-    rows = quality_vs_steps(LatentDiffusionGenerator.from_dir(models_dir, device=device), clf, refs["classifier"], samplers=grid.samplers,
+    generator = LatentDiffusionGenerator.from_dir(models_dir, device=device)
+    rows = quality_vs_steps(generator, clf, refs["classifier"], samplers=grid.samplers,
                             steps=grid.steps, num_per_class=grid.num_per_class, seed=params.base.seed + 1, guidance=s.guidance, eta=s.eta,
                             timestep_spacing=s.timestep_spacing, batch_size=s.batch_size, feature_batch_size=clf_batch)
+    sweep_rows: list[dict] = []
+    swept = [e for e in sweep.extractors if e in extractors]  # an Inception skipped for want of weights is skipped here too
+    if sweep.guidances:
+        sweep_rows = guidance_sweep(
+            generator, clf, {e: extractors[e] for e in swept}, refs, ds.images["train"], ds.labels["train"],
+            guidances=sweep.guidances, num_per_class=sweep.num_per_class, sampler=sweep.sampler, steps=sweep.steps,
+            seed=params.base.seed + 2, baseline_seed=params.base.seed, eta=s.eta, timestep_spacing=s.timestep_spacing, pr_k=cfg.pr_k,
+            batch_size=s.batch_size, feature_batch_sizes={e: extractor_batch_size(e, cfg.feature_batch_size) for e in sweep.extractors})
+    metrics["recommended_guidance"] = recommend_guidance(sweep_rows, max_fd_ratio=sweep.max_fd_ratio, min_recall_ratio=sweep.min_recall_ratio,
+                                                         extractors=swept)
     metrics["protocol"] = {
         "extractors": ref_manifest["extractors"],
         "skipped_extractors": ref_manifest["skipped"],
@@ -70,7 +104,14 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         "kid": {"kernel": "(x.y/d + 1)^3", "subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size},
         "precision_recall": {"k": cfg.pr_k},
         "dataset_digest": manifest["dataset_digest"],
+        "real_vs_real": {"split": "train", "num": int(len(real_images)),
+                         "subset": f"per class the samples' count, torch.randperm with torch.Generator seeded {params.base.seed}",
+                         "keys": "<metric>_real_<extractor>; fd_ratio / precision_ratio / recall_ratio_<extractor> = samples / real"},
+        "guidance_sweep": {"guidances": list(sweep.guidances), "num_per_class": sweep.num_per_class, "sampler": sweep.sampler,
+                           "steps": sweep.steps, "seed": params.base.seed + 2, "extractors": swept,
+                           "max_fd_ratio": sweep.max_fd_ratio, "min_recall_ratio": sweep.min_recall_ratio, "rule": RULE},
     }
+    atomic_write_json(sweep_path, sweep_rows)
     atomic_write_json(quality_path, rows)
     atomic_write_json(quality_plot, quality_by_steps(rows))
     plot_quality(rows, Path(quality_path).with_suffix(".png"))

@@ -14,5 +14,6 @@ EVAL_METRICS = Path("metrics.json")
 REFERENCE_DIR = Path("reference_stats")
 QUALITY_PATH = Path("reports/quality_vs_steps.json")
 QUALITY_PLOT = METRICS_DIR / "quality_vs_steps.json"  # the same, one column per sampler: what `dvc plots` draws
+GUIDANCE_SWEEP = METRICS_DIR / "guidance_sweep.json"  # evaluate.guidance_sweep: one row per guidance (a `dvc plots` source)
 REGISTRY_REPORT = Path("reports/registry.json")
 CHECKPOINTS_DIR = Path("checkpoints")  # resumable training state, one folder per training stage (not a DVC output)
