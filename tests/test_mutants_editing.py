@@ -98,8 +98,9 @@ def test_edit_latents_mask_checks_at_their_boundaries():
 # ------------------------------------------------------------------ defaults
 def test_edit_latents_defaults_are_deterministic_ddim_and_plain_conditioning():
     """Without eta and guidance_scale: eta 0 (DDIM draws nothing, the generator does not matter) and guidance 1
-    (the conditional prediction alone), as the docstring and the CLI's defaults say."""
-    model = PointMassEpsModel(alphas_cumprod(BETAS))
+    (the conditional prediction alone), as the docstring and the CLI's defaults say. Gaussian classes, so that the
+    result depends on the path (a point mass is reached from anywhere)."""
+    model = GaussianEpsModel(alphas_cumprod(BETAS))
     z0, noise = _latents()
     kw = dict(betas=BETAS, sampler="ddim", num_steps=6, strength=0.7, class_labels=torch.tensor([0, 2]))
     default = edit_latents(model, z0, noise, generator=torch.Generator().manual_seed(1), **kw)
