@@ -194,6 +194,9 @@ EQUIVALENT: dict[str, str] = {
     f"{_S} | dpmpp_2m | final_alpha: float = 1.0, | 1.0 -> 2.0": "any final alpha >= 1 takes the 'land on x0' branch, as 1 does",
     f"{_S} | guided.denoise | return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out | > -> >=":
         "with exactly C channels cond[:, C:] is empty and the concatenation returns out unchanged",
+    **{f"{_S} | _steps | def _steps(timesteps: Sequence[int], alphas_cumprod: torch.Tensor, final_alpha: float, start: int = 0): | "
+       f"0 -> {v}": "the default of a private helper that both of its callers (ddim, ddpm) always pass start to"
+       for v in (-1, 1)},
     f"{_E} | strength_start | return num_steps - min(int(num_steps * strength), num_steps) | swap arguments 1 and 2": "min is symmetric",
     f"{_E} | noised | return (math.sqrt(a) * z0.double() + math.sqrt(max(1.0 - a, 0.0)) * noise.double()).to(z0.dtype) | "
     "swap arguments 1 and 2": "max is symmetric",

@@ -363,3 +363,15 @@ def test_zero_terminal_alpha_bar_is_raised_to_two_to_the_minus_24():
     # epsilon-prediction sampling from t = T-1 of a zero-SNR schedule stays finite
     out = sample(model, _x(), betas=zero, sampler="ddim", num_steps=5, timestep_spacing="trailing")
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras"])
+def test_start_may_be_the_end_of_the_grid_but_not_outside_it(sampler: str):
+    """``start = num_steps`` runs no step (x_T comes back as it is: an edit of strength 0); a start before the
+    grid (-1, which Python would read as the last step) or past it is a clear error."""
+    x = _x()
+    kw = dict(betas=make_betas("linear", 1000), sampler=sampler, num_steps=5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample(model, x, start=5, **kw), x)
+    for bad in (-1, 6):
+        with pytest.raises(ValueError, match=r"start index must be in \[0, 5\]"):
+            sample(model, x, start=bad, **kw)

@@ -98,8 +98,9 @@ def test_edit_latents_mask_checks_at_their_boundaries():
 # ------------------------------------------------------------------ defaults
 def test_edit_latents_defaults_are_deterministic_ddim_and_plain_conditioning():
     """Without eta and guidance_scale: eta 0 (DDIM draws nothing, the generator does not matter) and guidance 1
-    (the conditional prediction alone), as the docstring and the CLI's defaults say."""
-    model = PointMassEpsModel(alphas_cumprod(BETAS))
+    (the conditional prediction alone), as the docstring and the CLI's defaults say. Gaussian classes, so that the
+    result depends on the path (a point mass is reached from anywhere)."""
+    model = GaussianEpsModel(alphas_cumprod(BETAS))
     z0, noise = _latents()
     kw = dict(betas=BETAS, sampler="ddim", num_steps=6, strength=0.7, class_labels=torch.tensor([0, 2]))
     default = edit_latents(model, z0, noise, generator=torch.Generator().manual_seed(1), **kw)
@@ -193,7 +194,8 @@ def test_inpainting_draws_exactly_the_documented_noise_from_the_generator(resamp
 def test_repaint_drops_learned_variance_channels_in_its_resampling_steps():
     """A model with learned variance returns 2C channels (eps, then variance); DDIM uses only eps, in the
     resampling steps as in the main ones: the edit equals that of the same model without the extra channels.
-    Latents of batch 1, 2 channels and 3x3 (each dimension different, so the channel count is the one used)."""
+    Latents of batch 3, 2 channels, 4x4: a batch size or a height read as the channel count would keep variance
+    channels (3 or 4 of the model's 4) instead of dropping them."""
     ac = alphas_cumprod(BETAS)
 
     class WithVariance(GaussianEpsModel):
@@ -201,10 +203,9 @@ def test_repaint_drops_learned_variance_channels_in_its_resampling_steps():
             eps = super().forward(x, t, labels)
             return torch.cat([eps, torch.full_like(eps, 50.0)], dim=1)
 
-    z0, noise = _latents((1, 2, 3, 3))
-    mask = torch.zeros(1, 1, 3, 3)
-    mask[..., 1:, :] = 1
-    kw = dict(betas=BETAS, sampler="ddim", num_steps=4, strength=1.0, mask=mask, resample_steps=1, class_labels=torch.tensor([2]))
+    z0, noise = _latents((3, 2, 4, 4))
+    kw = dict(betas=BETAS, sampler="ddim", num_steps=4, strength=1.0, mask=_bottom_half(3), resample_steps=1,
+              class_labels=torch.tensor([2, 0, 1]))
     out = edit_latents(WithVariance(ac), z0, noise, generator=torch.Generator().manual_seed(3), **kw)
     plain = edit_latents(GaussianEpsModel(ac), z0, noise, generator=torch.Generator().manual_seed(3), **kw)
     assert torch.equal(out, plain)
