@@ -197,6 +197,8 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_S} | _steps | def _steps(timesteps: Sequence[int], alphas_cumprod: torch.Tensor, final_alpha: float, start: int = 0): | "
        f"0 -> {v}": "the default of a private helper that both of its callers (ddim, ddpm) always pass start to"
        for v in (-1, 1)},
+    f"{_S} | single_step | ac = torch.zeros(t + 1, dtype=torch.float64) | 1 -> 2":
+        "a longer table of zeros: the one-step run reads only its entry t",
     f"{_E} | strength_start | return num_steps - min(int(num_steps * strength), num_steps) | swap arguments 1 and 2": "min is symmetric",
     f"{_E} | noised | return (math.sqrt(a) * z0.double() + math.sqrt(max(1.0 - a, 0.0)) * noise.double()).to(z0.dtype) | "
     "swap arguments 1 and 2": "max is symmetric",

@@ -25,7 +25,7 @@ from components.diffusion import (
     sample,
     sampling_timesteps,
 )
-from components.diffusion.samplers import guided
+from components.diffusion.samplers import denoiser, guided, single_step
 
 W = torch.linspace(-0.4, 0.4, 16).reshape(4, 4)
 
@@ -375,3 +375,21 @@ def test_start_may_be_the_end_of_the_grid_but_not_outside_it(sampler: str):
     for bad in (-1, 6):
         with pytest.raises(ValueError, match=r"start index must be in \[0, 5\]"):
             sample(model, x, start=bad, **kw)
+
+
+def test_denoiser_and_single_step_defaults_are_plain_conditioning_and_deterministic_ddim():
+    """``denoiser`` without a guidance scale is the conditional model alone (guidance 1, one forward pass);
+    ``single_step`` without eta is DDIM's deterministic step: no draw from the generator, the eta = 0 result."""
+    x, t = _x(), torch.full((2,), 500)
+    labels = torch.tensor([1, 2])
+
+    def labelled(x, t, class_labels=None):  # the null class (-1) and the labels give different outputs
+        return model(x, t) + (0.0 if class_labels is None else class_labels.float().reshape(-1, 1, 1, 1))
+
+    assert torch.equal(denoiser(labelled, "ddim", 4, labels)(x, t), labelled(x, t, labels))
+    ac = alphas_cumprod(make_betas("linear", 1000)).double()
+    den = denoiser(labelled, "ddim", 4, labels)
+    gen = torch.Generator().manual_seed(0)
+    default = single_step("ddim", den, x, 500, ac[500], ac[250], generator=gen)
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())
+    assert torch.equal(default, single_step("ddim", den, x, 500, ac[500], ac[250], eta=0.0))
