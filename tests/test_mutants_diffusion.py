@@ -393,3 +393,24 @@ def test_denoiser_and_single_step_defaults_are_plain_conditioning_and_determinis
     default = single_step("ddim", den, x, 500, ac[500], ac[250], generator=gen)
     assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())
     assert torch.equal(default, single_step("ddim", den, x, 500, ac[500], ac[250], eta=0.0))
+
+
+def test_karras_levels_refuse_tables_they_cannot_invert_and_accept_the_smallest_one():
+    """sigma -> t needs a table of at least 2 alpha_bar values, strictly decreasing (a plateau has no unique t);
+    2 values are enough. The first two levels on one timestep are refused (the cosine schedule at 10 steps)."""
+    two = torch.tensor([0.9, 0.5], dtype=torch.float64)
+    assert karras_timesteps(two, 2)[0] == [1, 0]
+    with pytest.raises(ValueError, match="at least 2 training timesteps"):
+        karras_timesteps(two[:1], 1)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        karras_timesteps(torch.tensor([0.9, 0.9, 0.5], dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match="first two of 10 Karras noise levels fall on the same timestep 999"):
+        karras_timesteps(alphas_cumprod(make_betas("cosine", 1000)), 10)
+
+
+def test_dpm_solver_grid_refuses_a_first_point_on_t_0():
+    """linspace over 2 training timesteps with 2 steps puts its N + 1 = 3 points on 0, 0.5 -> 0, 1: the model
+    would be evaluated at t = 0, the end of the run; refused (at most T - 1 steps), where 1 step is fine."""
+    assert dpm_solver_timesteps(2, 1, "linspace") == [1]
+    with pytest.raises(ValueError, match="needs num_steps \\+ 1 distinct timesteps"):
+        dpm_solver_timesteps(2, 2, "linspace")
