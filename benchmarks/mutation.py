@@ -199,6 +199,18 @@ EQUIVALENT: dict[str, str] = {
        for v in (-1, 1)},
     f"{_S} | single_step | ac = torch.zeros(t + 1, dtype=torch.float64) | 1 -> 2":
         "a longer table of zeros: the one-step run reads only its entry t",
+    f"{_SC} | sampling_timesteps | ts = (np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1).tolist()[:N] | 0 -> -1":
+        "np.arange's points are start + i * step whatever the stop; a stop of -1 adds the point 0 past the first N, which [:N] drops",
+    **{f"{_SC} | karras_timesteps | log_s = np.log(np.maximum(sigmas, 1e-10)) | {d}":
+       "the Karras levels are >= sigma_min = sqrt((1 - alpha_bar_0) / alpha_bar_0) > 0 (beta_0 > 0), so the floor never acts "
+       "(and maximum is symmetric)" for d in ("swap arguments 1 and 2", "1e-10 -> -0.9999999999", "1e-10 -> 0.0")},
+    **{f"{_SC} | karras_timesteps | w = np.clip((log_sigmas[low] - log_s) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1) | {d}":
+       "the interpolation weight is in [0, 1] up to float rounding (every level lies inside the table's range), so the clip "
+       "only removes ~1e-15 that the rounding to an integer timestep removes too; clip(0, w, 1) = clip(w, 0, 1)"
+       for d in ("swap arguments 1 and 2", "0 -> -1", "1 -> 2")},
+    f"{_S} | dpmpp_2m_karras | final_alpha: float = 1.0, | 1.0 -> 2.0": "any final alpha >= 1 takes the 'land on x0' branch, as 1 does",
+    **{f"{_S} | dpmpp_2m_karras | eta: float = 0.0, | {d}": "dpmpp_2m_karras's eta is unused (deterministic solver; documented)"
+       for d in ("0.0 -> -1.0", "0.0 -> 1.0")},
     f"{_E} | strength_start | return num_steps - min(int(num_steps * strength), num_steps) | swap arguments 1 and 2": "min is symmetric",
     f"{_E} | noised | return (math.sqrt(a) * z0.double() + math.sqrt(max(1.0 - a, 0.0)) * noise.double()).to(z0.dtype) | "
     "swap arguments 1 and 2": "max is symmetric",
