@@ -211,6 +211,9 @@ EQUIVALENT: dict[str, str] = {
     f"{_S} | dpmpp_2m_karras | final_alpha: float = 1.0, | 1.0 -> 2.0": "any final alpha >= 1 takes the 'land on x0' branch, as 1 does",
     **{f"{_S} | dpmpp_2m_karras | eta: float = 0.0, | {d}": "dpmpp_2m_karras's eta is unused (deterministic solver; documented)"
        for d in ("0.0 -> -1.0", "0.0 -> 1.0")},
+    f"{_SC} | karras_timesteps | if num_steps > 1 and timesteps[0] == timesteps[1]: | 1 -> 2":
+        "2 levels are sigma_max and sigma_min exactly, at t = T - 1 and t = 0, distinct for the T >= 2 checked above: skipping the "
+        "check at 2 steps changes nothing",
     f"{_E} | strength_start | return num_steps - min(int(num_steps * strength), num_steps) | swap arguments 1 and 2": "min is symmetric",
     f"{_E} | noised | return (math.sqrt(a) * z0.double() + math.sqrt(max(1.0 - a, 0.0)) * noise.double()).to(z0.dtype) | "
     "swap arguments 1 and 2": "max is symmetric",
