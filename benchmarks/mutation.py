@@ -18,7 +18,8 @@ loop's subprocess tests (SIGKILL resume, two gloo ranks) could not be targeted. 
   and in the tests' subprocesses (``sitecustomize`` on ``PYTHONPATH``, only during the baseline); each mutant then
   runs, in a forked child of a process that has imported torch once, only the tests that execute its lines,
   fastest first, stopping at the first failure (``pytest -x``), with a timeout of 3x their baseline time + 20 s.
-  A mutant on a line no test executes is ``no_coverage`` (a survivor);
+  A mutant of module-level code (a constant read at import, which no test's trace sees) that no traced line ties to
+  a test runs every selected test. A mutant on a line no test executes is ``no_coverage`` (a survivor);
 * survivors judged equivalent or irrelevant are listed in :data:`EQUIVALENT` (keyed by file, source line and
   mutation, not line number) with the reason; the score is given raw (killed / all) and net of them.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -635,10 +637,21 @@ def select_tests(m: Mutant, base: dict) -> list[str]:
         lines = {(m.file, n) for n in range(m.line, m.end_line + 1)}
     elif m.func_lines:  # a default or decorator: the tests that run the function
         lines = {(m.file, n) for n in m.func_lines}
-    else:  # module or class level: every test that runs code of the file
-        lines = None
-    chosen = [t for t, hit in cov.items() if (any(f == m.file for f, _ in hit) if lines is None else hit & lines)]
+    else:  # module or class level: every test that runs code of the file (a function body of it)
+        lines = _function_body_lines(m.file)
+    chosen = [t for t, hit in cov.items() if hit & lines]
+    if m.scope != "body" and not m.func_lines and not chosen:
+        # a file of constants: they run at import, which no test's trace attributes to it, so any test may read them
+        chosen = list(durations)
     return sorted(chosen, key=lambda t: durations.get(t, 0.0))
+
+
+@functools.cache
+def _function_body_lines(rel: str) -> frozenset[tuple[str, int]]:
+    """(file, line) of every line inside a function body of ``rel`` (in the working copy: the cwd)."""
+    tree = ast.parse(Path(rel).read_text())
+    return frozenset((rel, n) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     for stmt in node.body for n in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1))
 
 
 def run_mutant(work: Path, m: Mutant, mutated: str, original: str, base: dict, slow: dict) -> None:
@@ -754,7 +767,8 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
     ap.add_argument("--rerun-survivors-of", default=None, metavar="LABEL",
-                    help="carry over the mutants killed in run LABEL (tests were only added since) and re-run the others")
+                    help="carry over the mutants killed in run LABEL (matched by source line, not line number: tests were "
+                    "only added since) and run the others: its survivors and the mutants of lines new since LABEL")
     args = ap.parse_args()
 
     if args.reclassify:  # re-apply EQUIVALENT (edited after the run) to stored results
@@ -824,7 +838,7 @@ def main() -> None:
             generated = generate(rel, original)
             print(f"[mutation] {rel}: {len(generated)} mutants", flush=True)
             for i, (m, mutated) in enumerate(generated):
-                carried = previous.get((m.file, m.line, m.col, m.source_line, m.description)) if previous is not None else None
+                carried = previous.get((m.file, m.col, m.source_line, m.description)) if previous is not None else None
                 if carried is not None and carried["status"] in ("killed", "timeout"):
                     m.status, m.killed_by, m.seconds = carried["status"], f"{carried['killed_by']} ({args.rerun_survivors_of} run)", 0.0
                 else:
@@ -846,10 +860,21 @@ def _finite(x: float) -> float | None:
 
 
 def _previous(out: Path, label: str | None) -> dict | None:
+    """The mutants of run ``label`` by file, column, source line and mutation: not by line number, so code added above
+    a line since that run does not make its mutants new. Where the same source line occurs more than once in a file,
+    a mutant counts as killed only if it was killed on every occurrence."""
     if not label:
         return None
     run = json.loads(out.read_text())["runs"][label]
-    return {(m["file"], m["line"], m["col"], m["source_line"], m["description"]): m for m in run["mutants"]}
+    out_: dict = {}
+    for m in run["mutants"]:
+        key = (m["file"], m["col"], m["source_line"], m["description"])
+        if key in out_ and out_[key]["status"] in ("killed", "timeout"):
+            if m["status"] not in ("killed", "timeout"):
+                out_[key] = m
+        else:
+            out_.setdefault(key, m)
+    return out_
 
 
 def _write(args, tests: list[str], base: dict, mutants: list[Mutant], t_start: float, complete: bool, slow: dict) -> None:

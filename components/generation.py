@@ -168,7 +168,7 @@ class LatentDiffusionGenerator:
         scale = self.autoencoder.scale_factor
         for start in range(0, len(labels), batch_size):
             part = slice(start, start + batch_size)
-            generators = [torch.Generator().manual_seed(image_seed(seed, start + i)) for i in range(len(labels[part]))]
+            generators = image_generators(seed, start, len(labels[part]))
             with autocast(self.device):  # as generate: bf16 on CUDA, fp32 on the CPU
                 z_mean = self.autoencoder.encode(to_model_range(images[part]).to(self.device)).mean.float()
                 if k == steps:  # strength 0: no step; decode the latent itself (not z * s / s, which may round)
@@ -239,7 +239,7 @@ class LatentDiffusionGenerator:
     def _sample_batch(self, noise: torch.Tensor, labels: torch.Tensor, *, seed: int, first_index: int, sampler: str, steps: int,
                       guidance: float, eta: float, timestep_spacing: str) -> torch.Tensor:
         """Latents of one batch: images ``first_index ..`` of the call, each with its own generator."""
-        generators = [torch.Generator().manual_seed(image_seed(seed, first_index + i)) for i in range(len(labels))]
+        generators = image_generators(seed, first_index, len(labels))
         return sample(
             self.unet,
             noise.to(self.device),
@@ -253,6 +253,12 @@ class LatentDiffusionGenerator:
             class_labels=labels.to(self.device),
             guidance_scale=guidance,
         )
+
+
+def image_generators(seed: int, first_index: int, n: int) -> list[torch.Generator]:
+    """The own generators of images ``first_index .. first_index + n - 1`` of a call with ``seed`` (see :func:`image_seed`):
+    each image's draws depend only on the call's seed and its index, never on the batch it falls in."""
+    return [torch.Generator().manual_seed(image_seed(seed, first_index + i)) for i in range(n)]
 
 
 def image_seed(seed: int, index: int) -> int:

@@ -53,11 +53,11 @@ def _run_stage(name: str, stage, params_path: Path, max_time: float | None = Non
     from components.config import ConfigError, load_params
 
     _setup()
-    from components.training.distributed import launch_torchrun, under_torchrun
-
     try:
         params = load_params(params_path)
-        if name.startswith("train_"):
+        if name.startswith("train_"):  # only the training stages import torch.distributed (~3 s of start-up)
+            from components.training.distributed import launch_torchrun, under_torchrun
+
             params = _with_max_time(params, name, max_time)
             nproc = getattr(params, name).runtime.num_processes
             if nproc > 1 and not under_torchrun():

