@@ -21,3 +21,20 @@ def test_help_names_the_params_key_behind_each_option(command, keys):
     text = re.sub(r"\s+", " ", result.output)
     for key in keys:
         assert f"(params: {key})" in text, f"{command} --help does not name {key}"
+
+
+def test_data_stages_start_without_torch(tiny_project):
+    """``ingest`` and ``validate`` read and check uint8 arrays: neither imports torch (about 3 s of every stage's
+    start-up on a 2-core machine, benchmarks/stage_profile.py); only the stages that run a model pay for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pipelines.cli import main\nsys.argv = ['latentflow', sys.argv[1]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')\n")
+    for stage in ("ingest", "validate"):
+        out = subprocess.run([sys.executable, "-c", code, stage], cwd=tiny_project, capture_output=True, text=True, timeout=300,
+                             env={**__import__("os").environ, "PYTHONPATH": str(tiny_project)})
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.strip().splitlines()[-1] == "no torch", f"latentflow {stage} imported torch"
+    assert (tiny_project / "reports" / "validation").is_dir()
