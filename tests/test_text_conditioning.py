@@ -345,6 +345,93 @@ def test_training_without_captions_says_to_set_ingest_captions():
                         progress=False)
 
 
+def _record_training_captions(monkeypatch, cond_dropout: float, counts: list[int] | None = None, steps: int = 2):
+    """Run text-conditioned train_diffusion with the loss replaced by a recorder. Image i has ``counts[i]`` captions
+    (default: 3000 images with ``1 + i % 3``), caption j being the word ``CAPTION_WORDS[j]``; latent i is the constant
+    i (no noise), so each row's image is read back from the latent the loss receives. Returns (image index, caption
+    index picked or -1 where the row is the null condition) per row seen, and each image's caption count."""
+    import components.training.diffusion as diffusion_training
+
+    counts = counts or [1 + i % 3 for i in range(3000)]
+    n, k = len(counts), max(counts)
+    captions = [[CAPTION_WORDS[j] for j in range(c)] for c in counts]
+    mean = torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 1, 4, 4).contiguous()
+    logvar = torch.full_like(mean, float("-inf"))
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recorder(net, z0, y, *args, **kwargs):
+        seen.append((z0[:, 0, 0, 0].round().long(), y.clone()))
+        return sum(p.sum() for p in net.parameters()) * 0.0
+
+    monkeypatch.setattr(diffusion_training, "diffusion_loss", recorder)
+    cfg = DiffusionParams.model_validate({
+        "unet": {"preset": "res-clsAtn-chnAtn", "channels": [8, 16], "num_heads": 2}, "batch_size": n, "max_images": steps * n,
+        "warmup_images": 0, "cond_dropout": cond_dropout, "conditioning": "text",
+        "text_encoder": {"width": 16, "layers": 1, "heads": 2, "max_length": 4},
+    })
+    diffusion_training.train_diffusion(mean, logvar, torch.zeros(n, dtype=torch.long), 2, cfg, seed=0, device=torch.device("cpu"),
+                                       progress=False, captions=captions)
+    _, ids, count_t = diffusion_training.tokenize_captions(captions, n, cfg.text_encoder)
+    assert ids.shape[1] == k and count_t.tolist() == counts
+    idx = torch.cat([s[0] for s in seen])
+    y = torch.cat([s[1] for s in seen])
+    assert len(seen) == steps and y.shape == (steps * n, 4)
+    picked = torch.full((len(idx),), -2)
+    for r, (i, row) in enumerate(zip(idx.tolist(), y, strict=True)):
+        if (row < 0).any():
+            assert (row < 0).all(), f"row {r}: a half-null caption {row.tolist()}"
+            picked[r] = -1
+        else:
+            match = [j for j in range(k) if torch.equal(ids[i, j], row)]
+            assert match, f"row {r} (image {i}) got {row.tolist()}, none of its captions"
+            picked[r] = match[0]
+    return idx, picked, count_t
+
+
+CAPTION_WORDS = ("alpha", "beta", "gamma", "delta", "epsilon")
+
+
+def test_training_picks_each_image_caption_uniformly_among_its_own(monkeypatch):
+    """Each step, each image trains on one of its own captions, uniformly (an image with 3 captions sees each about a
+    third of the time), never on another image's caption or an unused slot."""
+    idx, picked, counts = _record_training_captions(monkeypatch, cond_dropout=0.0)
+    assert (picked >= 0).all()
+    assert (picked < counts[idx]).all(), "a caption index beyond the image's own captions"
+    for k in (2, 3):
+        rows = picked[counts[idx] == k]
+        freq = torch.bincount(rows, minlength=k)[:k].float() / len(rows)
+        # 2000 draws per count: the std of a frequency is at most 0.011, so 0.05 is about 4.5 sigma
+        assert (freq - 1 / k).abs().max() <= 0.05, (k, freq.tolist())
+
+
+def test_caption_pick_reaches_every_caption_of_a_small_data_set(monkeypatch):
+    """Four images with five captions each (more captions than images, and than max_length tokens): all five are
+    drawn, uniformly; the pick is bounded by the captions, not by either of those sizes."""
+    _, picked, _ = _record_training_captions(monkeypatch, cond_dropout=0.0, counts=[5, 5, 5, 5], steps=100)
+    freq = torch.bincount(picked, minlength=5).float() / len(picked)
+    # 400 draws: the std of a frequency is 0.02, so 0.09 is 4.5 sigma
+    assert len(freq) == 5 and (freq - 0.2).abs().max() <= 0.09, freq.tolist()
+
+
+@pytest.mark.parametrize(("rate", "tol"), [(0.0, 0.0), (0.25, 0.03), (1.0, 0.0)])
+def test_text_condition_dropout_gives_the_null_caption_at_its_rate(monkeypatch, rate: float, tol: float):
+    """Condition dropout replaces the caption by the null condition (every id negative: the empty caption the U-Net
+    and guidance use) at rate ``cond_dropout``; kept rows keep a caption of their own image."""
+    _, picked, _ = _record_training_captions(monkeypatch, cond_dropout=rate)
+    dropped = (picked == -1).float().mean().item()
+    # 6000 Bernoulli draws: the std at p = 0.25 is 0.0056, so tol is about 5 sigma
+    assert abs(dropped - rate) <= tol, dropped
+
+
+@pytest.mark.parametrize("bad", [[], [""], ["a thin seven", "  "], ["a thin seven", 7]])
+def test_training_refuses_an_image_without_a_usable_caption(bad):
+    from components.training.diffusion import tokenize_captions
+
+    captions = [["a thick three"], bad, ["the digit 5"]]
+    with pytest.raises(ValueError, match=r"training images \[1\] have no caption or an empty one"):
+        tokenize_captions(captions, 3, DiffusionParams(conditioning="text").text_encoder)
+
+
 def test_tiny_text_conditioned_ingest_train_and_sample(tmp_path):
     """ingest (generated captions) -> train_autoencoder -> train_diffusion (text) -> latentflow sample --prompt, in
     process on tiny settings; the saved model carries its vocabulary, and sampling is reproducible."""
