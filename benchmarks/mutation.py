@@ -167,6 +167,16 @@ EQUIVALENT: dict[str, str] = {
         "z_noise is a standard normal draw used only here: mean - s n has the same distribution as mean + s n",
     f"{_TD} | train_diffusion.loss_fn | y = torch.where(drop, torch.full_like(y, -1), y) | 1 -> 2":
         "-2 is also a negative label, which the U-Net maps to the null class as it does -1 (tests/test_models.py)",
+    f"{_TD} | train_diffusion.loss_fn | pick = torch.clamp((u.cpu() * caption_counts[idx]).long(), max=caption_ids.shape[1] - 1) | - -> +":
+        "u is a U[0, 1) draw, so u * count < count <= K and pick <= K - 1 already; the clamp only guards a draw of exactly "
+        "1.0, which torch.rand never returns (max K + 1 clamps nothing either)",
+    f"{_TD} | train_diffusion.loss_fn | pick = torch.clamp((u.cpu() * caption_counts[idx]).long(), max=caption_ids.shape[1] - 1) | 1 -> 0 @98":
+        "max K instead of K - 1: pick <= count - 1 <= K - 1 for every U[0, 1) draw, so the clamp never binds",
+    f"{_TD} | train_diffusion.loss_fn | y = torch.where(drop[:, None], torch.full_like(y, -1), y) | 1 -> 2":
+        "a row of -2 is also all negative, which the U-Net maps to the empty caption as it does -1 (test_text_conditioning)",
+    f"{_TD} | tokenize_captions | ids = torch.tensor([[tok.encode(caps[j] if j < len(caps) else caps[0]) for j in range(k)] "
+    "for caps in captions], dtype=torch.long) | 0 -> -1":
+        "fills the unused caption slots (j >= the image's count), which the pick never reads (pick < caption_counts)",
     # components/training/common.py
     f"{_C} | warmup_lr | progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)) | swap arguments 1 and 2":
         "min and max are symmetric",
@@ -769,7 +779,12 @@ def main() -> None:
     ap.add_argument("--rerun-survivors-of", default=None, metavar="LABEL",
                     help="carry over the mutants killed in run LABEL (matched by source line, not line number: tests were "
                     "only added since) and run the others: its survivors and the mutants of lines new since LABEL")
+    ap.add_argument("--only-new", action="store_true",
+                    help="with --rerun-survivors-of: run only the mutants that run LABEL does not have (lines new since); its "
+                    "survivors keep their status unrun")
     args = ap.parse_args()
+    if args.only_new and not args.rerun_survivors_of:
+        ap.error("--only-new needs --rerun-survivors-of LABEL")
 
     if args.reclassify:  # re-apply EQUIVALENT (edited after the run) to stored results
         results = json.loads(args.out.read_text())
@@ -841,6 +856,9 @@ def main() -> None:
                 carried = previous.get((m.file, m.col, m.source_line, m.description)) if previous is not None else None
                 if carried is not None and carried["status"] in ("killed", "timeout"):
                     m.status, m.killed_by, m.seconds = carried["status"], f"{carried['killed_by']} ({args.rerun_survivors_of} run)", 0.0
+                elif carried is not None and args.only_new:  # a survivor of that run stays one, unrun
+                    m.status, m.killed_by, m.seconds = carried["status"], None, 0.0
+                    m.tests_run = 0
                 else:
                     run_mutant(work, m, mutated, original, base, slow)
                 m.equivalent = _equivalent(m) if m.status in ("survived", "no_coverage") else None
