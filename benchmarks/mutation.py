@@ -159,6 +159,14 @@ EQUIVALENT: dict[str, str] = {
     f"{_ST} | join_tensors | return {{k: join_tensors(v, tensors) for k, v in obj.items()}} | swap arguments 1 and 2":
         "unreachable for files save_training_state writes: split_tensors stores every dict as {'__dict__': pairs}, so a plain "
         "dict never reaches this branch (kept for hand-written skeletons)",
+    f'{_L} | Trainer.run | "lr": float(self.optimizer.param_groups[0]["lr"]), **{{k: float(v) for k, v in logs.items()}}}}) | 0 -> -1':
+        "the optimizer has one parameter group, so [-1] is [0]",
+    f"{_L} | Trainer.run | rate = (step - step_point) * cfg.batch_size / max(now - t_point, 1e-9) | swap arguments 1 and 2":
+        "max is symmetric",
+    f"{_L} | Trainer.run | rate = (step - step_point) * cfg.batch_size / max(now - t_point, 1e-9) | 1e-09 -> -0.999999999":
+        "the floor only guards two history points on one clock reading; max(dt, -1) and max(dt, 1e-9) agree for every dt > 0",
+    f"{_L} | Trainer.run | rate = (step - step_point) * cfg.batch_size / max(now - t_point, 1e-9) | 1e-09 -> 0.0":
+        "the floor only guards two history points on one clock reading; max(dt, 0) and max(dt, 1e-9) agree for every dt >= 1e-9",
     # components/training/diffusion.py
     f"{_TD} | train_diffusion | progress: bool = True, | True -> False": "display only: the progress bar",
     f"{_TD} | train_diffusion.loss_fn | drop = batch.draw(torch.rand, (), g, device=device) < cfg.cond_dropout | < -> <=":

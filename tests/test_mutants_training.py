@@ -494,3 +494,20 @@ def test_the_time_budget_stops_after_the_step_that_exceeds_it(monkeypatch, tmp_p
     assert res.stopped_by_max_time and res.steps == 3 and res.images_seen == 24
     assert _steps(tmp_path) == [3] and not ticks
     assert res.train_seconds == 61.3
+
+
+def test_on_log_reports_the_images_per_second_since_the_previous_point(monkeypatch):
+    """The ``images_per_s`` of each point ``on_log`` receives is the images since the previous point (the run's start
+    for the first) over the clock's seconds between them, on a scripted clock; points come every ``log_every`` steps
+    and at step 1."""
+    ticks = iter([100.0, 100.5, 104.5, 109.5, 110.0])  # t0, the points of steps 1, 3 and 5 (log_every 3), the end
+    monkeypatch.setattr(loop_module, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    seen: list[dict] = []
+    trainer = Trainer(_model(), LoopConfig(batch_size=8, max_images=40, lr=1e-2, log_every=3), dataset_size=64, seed=1,
+                      ctx=DistContext(), progress=False, on_log=seen.append)
+    res = trainer.run(_mse)
+    assert [p["step"] for p in seen] == [1, 3, 5] == [h["step"] for h in res.history]
+    # 8 images in 0.5 s, then 16 (steps 2-3) in 4 s, then 16 (steps 4-5) in 5 s
+    assert [p["images_per_s"] for p in seen] == [16.0, 4.0, 3.2]
+    assert all(p["lr"] == h["lr"] and p["loss"] == h["loss"] for p, h in zip(seen, res.history, strict=True))
+    assert res.train_seconds == 10.0
