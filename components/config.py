@@ -86,6 +86,8 @@ class RuntimeParams(_Section):
     compile: bool = Field(False, description="torch.compile the model")
     channels_last: bool = Field(False, description="channels_last memory format (faster convolutions on GPUs)")
     fused_optimizer: bool = Field(True, description="fused AdamW on CUDA (the CPU keeps the faster foreach path)")
+    data_workers: int = Field(0, ge=0, description="DataLoader worker processes reading image batches (0 = the training "
+                              "process reads them); the batches do not depend on it")
 
 
 # Types of the training fields whose defaults differ between the two training sections (one definition each).
@@ -110,6 +112,14 @@ class TrainingParams(_Section):
     runtime: RuntimeParams = RuntimeParams()
 
 
+class AugmentParams(_Section):
+    """Augmentations of the training images, drawn per step from a generator seeded by ``(seed, step)`` (exact resume)."""
+
+    hflip: bool = Field(False, description="flip each image left-right with probability 1/2")
+    crop_padding: int = Field(0, ge=0, le=64, description="random crops: shift each image by up to this many pixels each way, "
+                              "the border repeated; 0 = off")
+
+
 class AutoencoderParams(TrainingParams):
     regularizer: Literal["kl", "vq", "none"] = Field("kl", description="kl (LDM KL-reg) | vq (codebook) | none (plain MSE baseline)")
     channels: tuple[int, ...] = (16, 32, 64)
@@ -126,6 +136,7 @@ class AutoencoderParams(TrainingParams):
     disc_start_images: int = Field(0, ge=0, description="images seen before the discriminator starts")
     disc_layers: int = Field(2, ge=1, le=4, description="PatchGAN stride-2 layers")
     disc_lr: float | None = Field(None, gt=0.0, description="discriminator learning rate; null = lr")
+    augment: AugmentParams = AugmentParams()
     batch_size: BatchSize = 64
     max_images: ImageBudget = 40_000
     lr: LearningRate = 2e-3
