@@ -270,6 +270,8 @@ class EvaluateParams(_Section):
     classifier_epochs: int = Field(6, ge=1)
     classifier_batch_size: int = Field(128, ge=1)
     classifier_lr: float = Field(2e-3, gt=0.0)
+    data_workers: int = Field(0, ge=0, description="DataLoader worker processes reading the real images (classifier training, "
+                              "reference features); 0 = the stage's process reads them; results do not depend on it")
     feature_batch_size: int | None = Field(None, ge=1, description="images per forward pass of every feature extractor "
                                            "(classifier, EfficientNet-Lite0, Inception); null = 500 for the classifier, 16 for the others")
     extractors: tuple[Literal["classifier", "effnet_lite0", "inception"], ...] = ("classifier", "effnet_lite0", "inception")
