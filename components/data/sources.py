@@ -337,23 +337,20 @@ def _tasks(listing: ImageListing, indices, image_size: int, channels: int, max_p
 
 def decode_images(listing: ImageListing, indices, image_size: int, channels: int, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                   workers: int = 1, chunk: int = 1024, progress: bool = True, desc: str = "decode",
-                  duplicates: DuplicateCheck | None = None) -> Iterator[np.ndarray]:
+                  duplicates: DuplicateCheck | None = None, pool=None) -> Iterator[np.ndarray]:
     """Decode the listed images at ``indices`` (in that order), yielding uint8 ``[n, H, W, C]`` chunks of up to ``chunk``.
 
     ``workers`` > 1 decodes in a process pool (files are read by the workers; a tar's members are read here and their
     bytes sent), in order, so the output does not depend on ``workers``; a tqdm bar counts images. The same file in two
-    classes is refused (``duplicates`` carries the check across calls)."""
+    classes is refused (``duplicates`` carries the check across calls). ``pool`` (from :func:`decode_pool`) is used
+    instead of a pool of this call's own, so that several calls share one pool's start-up."""
     indices = list(indices)
     duplicates = duplicates if duplicates is not None else DuplicateCheck(listing.source.split(":", 1)[-1])
     tasks = _tasks(listing, indices, image_size, channels, max_pixels)
-    pool = None
-    if workers > 1:
-        import multiprocessing
-
-        pool = multiprocessing.get_context("spawn").Pool(workers)  # spawn: safe whatever the parent has loaded (torch threads)
-        results = pool.imap(_decode_one, tasks, chunksize=32)
-    else:
-        results = map(_decode_one, tasks)
+    own = None
+    if pool is None and workers > 1:
+        pool = own = decode_pool(workers)
+    results = pool.imap(_decode_one, tasks, chunksize=32) if pool is not None else map(_decode_one, tasks)
     out = np.empty((min(chunk, len(indices)), image_size, image_size, channels), dtype=np.uint8)
     n = 0
     try:
@@ -370,9 +367,17 @@ def decode_images(listing: ImageListing, indices, image_size: int, channels: int
         if n:
             yield out[:n].copy()
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        if own is not None:
+            own.terminate()
+            own.join()
+
+
+def decode_pool(workers: int):
+    """A process pool for :func:`decode_images` (spawned: safe whatever the parent has loaded, e.g. torch's threads);
+    use it as a context manager."""
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn").Pool(workers)
 
 
 def check_class_sizes(labels: np.ndarray, class_names: list[str], minimum: int = 2) -> None:

@@ -6,6 +6,7 @@ the size of the data set."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -34,6 +35,7 @@ def run(params: Params, out_dir: Path = DATA_DIR, progress: bool = True) -> dict
     from components.data.sources import (
         check_class_sizes,
         decode_images,
+        decode_pool,
         limit_per_class,
         list_image_folder,
         load_image_folder,
@@ -86,11 +88,12 @@ def run(params: Params, out_dir: Path = DATA_DIR, progress: bool = True) -> dict
         workers = decode_workers(cfg.decode_workers)
         shape = (cfg.image_size, cfg.image_size, cfg.channels)
         duplicates = DuplicateCheck(source.split(":", 1)[-1])  # one check over both splits
-        with write_streamed(Path(out_dir), {"train": len(train_idx), "val": len(val_idx)}, shape, cfg.shard_size) as writer:
+        with (decode_pool(workers) if workers > 1 else contextlib.nullcontext()) as pool, \
+                write_streamed(Path(out_dir), {"train": len(train_idx), "val": len(val_idx)}, shape, cfg.shard_size) as writer:
             for split, idx in (("train", train_idx), ("val", val_idx)):
                 for chunk in decode_images(listing, keep[idx], cfg.image_size, cfg.channels, max_pixels=cfg.max_image_pixels,
                                            workers=workers, chunk=cfg.shard_size, progress=progress, desc=f"ingest {split}",
-                                           duplicates=duplicates):
+                                           duplicates=duplicates, pool=pool):
                     writer.add(split, chunk)
             manifest = writer.finish(split_labels, class_names, source, extra, captions)
     log.info("ingest: %s -> %s (%s)", source, out_dir, manifest["counts"])
