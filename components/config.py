@@ -43,7 +43,7 @@ class IngestParams(_Section):
     captions: str | None = Field(None, description="null: no captions; 'generate': captions from the labels and measured "
                                  "attributes (MNIST digits); else a captions.jsonl path (image_folder: keys <class>/<file>)")
     captions_per_image: int = Field(3, ge=1, le=10, description="'generate' only: distinct captions per image")
-    decode_workers: int = Field(0, ge=0, description="image_folder: processes decoding images in parallel; 0 = one per CPU core. "
+    decode_workers: int = Field(1, ge=0, description="image_folder: processes decoding images in parallel; 0 = one per CPU core. "
                                 "The artifact does not depend on it")
     shard_size: int = Field(4096, ge=1, description="images per uint8 .npy shard of the dataset artifact (the dataset digest "
                             "does not depend on it)")
