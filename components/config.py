@@ -43,6 +43,10 @@ class IngestParams(_Section):
     captions: str | None = Field(None, description="null: no captions; 'generate': captions from the labels and measured "
                                  "attributes (MNIST digits); else a captions.jsonl path (image_folder: keys <class>/<file>)")
     captions_per_image: int = Field(3, ge=1, le=10, description="'generate' only: distinct captions per image")
+    decode_workers: int = Field(1, ge=0, description="image_folder: processes decoding images in parallel; 0 = one per CPU core. "
+                                "The artifact does not depend on it")
+    shard_size: int = Field(4096, ge=1, description="images per uint8 .npy shard of the dataset artifact (the dataset digest "
+                            "does not depend on it)")
 
     @model_validator(mode="before")
     @classmethod
@@ -82,6 +86,8 @@ class RuntimeParams(_Section):
     compile: bool = Field(False, description="torch.compile the model")
     channels_last: bool = Field(False, description="channels_last memory format (faster convolutions on GPUs)")
     fused_optimizer: bool = Field(True, description="fused AdamW on CUDA (the CPU keeps the faster foreach path)")
+    data_workers: int = Field(0, ge=0, description="DataLoader worker processes reading image batches (0 = the training "
+                              "process reads them); the batches do not depend on it")
 
 
 # Types of the training fields whose defaults differ between the two training sections (one definition each).
@@ -106,6 +112,14 @@ class TrainingParams(_Section):
     runtime: RuntimeParams = RuntimeParams()
 
 
+class AugmentParams(_Section):
+    """Augmentations of the training images, drawn per step from a generator seeded by ``(seed, step)`` (exact resume)."""
+
+    hflip: bool = Field(False, description="flip each image left-right with probability 1/2")
+    crop_padding: int = Field(0, ge=0, le=64, description="random crops: shift each image by up to this many pixels each way, "
+                              "the border repeated; 0 = off")
+
+
 class AutoencoderParams(TrainingParams):
     regularizer: Literal["kl", "vq", "none"] = Field("kl", description="kl (LDM KL-reg) | vq (codebook) | none (plain MSE baseline)")
     channels: tuple[int, ...] = (16, 32, 64)
@@ -122,6 +136,7 @@ class AutoencoderParams(TrainingParams):
     disc_start_images: int = Field(0, ge=0, description="images seen before the discriminator starts")
     disc_layers: int = Field(2, ge=1, le=4, description="PatchGAN stride-2 layers")
     disc_lr: float | None = Field(None, gt=0.0, description="discriminator learning rate; null = lr")
+    augment: AugmentParams = AugmentParams()
     batch_size: BatchSize = 64
     max_images: ImageBudget = 40_000
     lr: LearningRate = 2e-3
@@ -255,6 +270,8 @@ class EvaluateParams(_Section):
     classifier_epochs: int = Field(6, ge=1)
     classifier_batch_size: int = Field(128, ge=1)
     classifier_lr: float = Field(2e-3, gt=0.0)
+    data_workers: int = Field(0, ge=0, description="DataLoader worker processes reading the real images (classifier training, "
+                              "reference features); 0 = the stage's process reads them; results do not depend on it")
     feature_batch_size: int | None = Field(None, ge=1, description="images per forward pass of every feature extractor "
                                            "(classifier, EfficientNet-Lite0, Inception); null = 500 for the classifier, 16 for the others")
     extractors: tuple[Literal["classifier", "effnet_lite0", "inception"], ...] = ("classifier", "effnet_lite0", "inception")

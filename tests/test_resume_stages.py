@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow  # the stages as subprocesses, SIGKILLed and resum
 def _params() -> dict:
     p = tiny_params()
     p["train_autoencoder"].update(max_images=1920, batch_size=32, channels=[8, 16, 16])
-    p["train_autoencoder"]["runtime"] = {"checkpoint_every_images": 64}  # every 2 steps of 60
+    # images through 2 DataLoader workers, with augmentation: the resume must still repeat every batch and every draw
+    p["train_autoencoder"]["runtime"] = {"checkpoint_every_images": 64, "data_workers": 2}  # every 2 steps of 60
+    p["train_autoencoder"]["augment"] = {"hflip": True, "crop_padding": 2}
     p["train_diffusion"].update(max_images=3840, batch_size=64)
     p["train_diffusion"]["unet"].update(preset="res-clsAtn-chnAtn", channels=[16, 32], num_heads=2)
     p["train_diffusion"]["runtime"] = {"checkpoint_every_images": 128}  # every 2 steps of 60

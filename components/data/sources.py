@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from components.data.limits import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -141,7 +142,7 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-class _Duplicates:
+class DuplicateCheck:
     """Finds one file in two classes (same bytes): a labelling error that makes the classes contradict each other."""
 
     def __init__(self, where: str) -> None:
@@ -149,7 +150,9 @@ class _Duplicates:
         self.seen: dict[str, tuple[str, str]] = {}
 
     def add(self, data: bytes, class_name: str, name: str) -> None:
-        digest = hashlib.sha256(data).hexdigest()
+        self.add_digest(hashlib.sha256(data).hexdigest(), class_name, name)
+
+    def add_digest(self, digest: str, class_name: str, name: str) -> None:
         first = self.seen.setdefault(digest, (class_name, name))
         if first[0] != class_name:
             raise SourceError(
@@ -159,19 +162,66 @@ class _Duplicates:
 
 
 def load_image_folder(root: str | Path, image_size: int, channels: int, max_per_class: int | None = None, *,
-                      max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, allow_external_symlinks: bool = False) -> RawImages:
-    """Images in ``root/<class>/*.png|jpg|...``; classes are the sorted sub-folder names, files sorted by name.
+                      max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, allow_external_symlinks: bool = False,
+                      workers: int = 1) -> RawImages:
+    """Images in ``root/<class>/*.png|jpg|...``, decoded into memory (:func:`list_image_folder` + :func:`decode_images`).
 
-    ``root`` may also be a ``.tar`` archive holding the same layout under one prefix
-    (``<prefix>/<class>/*.jpg``, e.g. the CIFAR-10 test set): see :func:`load_image_tar`.
-    ``max_per_class`` keeps the first images of each class (in sorted order) without decoding the rest.
-    Hidden files and folders (``.DS_Store``, ``._x.png``, ``.ipynb_checkpoints``) are skipped. A symlink (file or class
-    folder) that leads outside ``root`` is refused unless ``allow_external_symlinks``. The same file in two classes
-    is refused. See :func:`_read_image` for what is done to each image.
+    ``root`` may also be a ``.tar`` archive holding the same layout under one prefix (``<prefix>/<class>/*.jpg``, e.g.
+    the CIFAR-10 test set). See :func:`list_image_folder` for the order, what is skipped and refused, and
+    :func:`_read_image` for what is done to each image. ``ingest`` streams instead (:func:`decode_images` into shards).
     """
+    listing = list_image_folder(root, max_per_class, allow_external_symlinks=allow_external_symlinks)
+    return _decode_all(listing, image_size, channels, max_pixels, workers)
+
+
+def load_image_tar(path: str | Path, image_size: int, channels: int, max_per_class: int | None = None, *,
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, workers: int = 1) -> RawImages:
+    """Images of a tar archive laid out as an image folder (:func:`list_image_tar`), decoded into memory."""
+    return _decode_all(list_image_tar(path, max_per_class), image_size, channels, max_pixels, workers)
+
+
+def _decode_all(listing: ImageListing, image_size: int, channels: int, max_pixels: int, workers: int) -> RawImages:
+    images = np.empty((len(listing), image_size, image_size, channels), dtype=np.uint8)
+    pos = 0
+    for chunk in decode_images(listing, range(len(listing)), image_size, channels, max_pixels=max_pixels, workers=workers, progress=False):
+        images[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return RawImages(images=images, labels=listing.labels, class_names=listing.class_names, source=listing.source, names=listing.names)
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class ImageListing:
+    """The images of a folder or tar source, listed but not decoded: ``items[i]`` is a file path (folder) or a tar
+    member name (``tar`` set), with ``labels[i]`` and ``names[i]`` (``<class>/<file>``)."""
+
+    items: list[str]
+    labels: np.ndarray  # int64 [N]
+    class_names: list[str]
+    source: str
+    names: list[str]
+    tar: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def list_image_folder(root: str | Path, max_per_class: int | None = None, *, allow_external_symlinks: bool = False) -> ImageListing:
+    """The images of ``root/<class>/*.png|jpg|...`` without decoding them; classes are the sorted sub-folder names,
+    files sorted by name. ``root`` may be a ``.tar`` of the same layout (:func:`list_image_tar`).
+
+    ``max_per_class`` keeps the first images of each class (in sorted order). Hidden files and folders (``.DS_Store``,
+    ``._x.png``, ``.ipynb_checkpoints``) are skipped. A symlink (file or class folder) that leads outside ``root`` is
+    refused unless ``allow_external_symlinks``."""
     root = Path(root)
-    if root.is_file() and tarfile.is_tarfile(root):
-        return load_image_tar(root, image_size, channels, max_per_class, max_pixels=max_pixels)
+    if root.is_file() and _is_tar(root):
+        return list_image_tar(root, max_per_class)
     if root.is_file():
         raise SourceError(f"ingest.root {root} is a file but not a readable .tar archive; set ingest.root to an image folder or a .tar of one")
     if not root.is_dir():
@@ -183,8 +233,7 @@ def load_image_folder(root: str | Path, image_size: int, channels: int, max_per_
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise SourceError(f"image folder {root} has no class sub-folders (expected root/<class>/*.png|jpg)")
-    images, labels, names = [], [], []
-    duplicates = _Duplicates(str(root))
+    items, labels, names = [], [], []
     for label, class_dir in enumerate(class_dirs):
         entries = sorted(class_dir.iterdir())
         for p in [class_dir, *entries]:
@@ -199,29 +248,20 @@ def load_image_folder(root: str | Path, image_size: int, channels: int, max_per_
             raise SourceError(f"class folder {show_path(class_dir)} holds no images ({'/'.join(IMAGE_SUFFIXES)}); found: {found}. "
                               "Add images or remove the folder")
         for path in files[:max_per_class]:
-            data = path.read_bytes()
-            duplicates.add(data, class_dir.name, str(path))
-            images.append(_read_image(path, image_size, channels, data=data, max_pixels=max_pixels))
+            items.append(str(path))
             labels.append(label)
             names.append(f"{class_dir.name}/{path.name}")
-    return RawImages(
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        class_names=[d.name for d in class_dirs],
-        source=f"image_folder:{root}",
-        names=names,
-    )
+    return ImageListing(items=items, labels=np.asarray(labels, dtype=np.int64), class_names=[d.name for d in class_dirs],
+                        source=f"image_folder:{root}", names=names)
 
 
-def load_image_tar(path: str | Path, image_size: int, channels: int, max_per_class: int | None = None, *,
-                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> RawImages:
-    """Images of a tar archive laid out as an image folder: members ``[<prefix>/]<class>/<name>.png|jpg``.
+def list_image_tar(path: str | Path, max_per_class: int | None = None) -> ImageListing:
+    """The images of a tar archive laid out as an image folder: members ``[<prefix>/]<class>/<name>.png|jpg``.
 
     The class of a member is its parent folder's name; all image members must share one prefix (the
     folders above the class folder). Classes are the sorted class names, files sorted by member name,
-    exactly as :func:`load_image_folder` orders an extracted copy. Members are read in memory (nothing
-    is extracted to disk); non-image members (READMEs, folders, links, hidden files) are ignored. A truncated
-    or corrupt archive is a :class:`SourceError` naming it.
+    exactly as :func:`list_image_folder` orders an extracted copy. Non-image members (READMEs, folders, links, hidden
+    files) are ignored. A truncated or corrupt archive is a :class:`SourceError` naming it.
     """
     path = Path(path)
     try:
@@ -230,16 +270,12 @@ def load_image_tar(path: str | Path, image_size: int, channels: int, max_per_cla
         raise SourceError(f"cannot open tar archive {path}: {exc}; set ingest.root to a readable .tar or an image folder") from exc
     with tar:
         try:
-            return _read_tar(tar, path, image_size, channels, max_per_class, max_pixels)
+            members = tar.getmembers()
         except (tarfile.TarError, EOFError, zlib.error) as exc:
-            raise SourceError(f"cannot read tar archive {path}: {type(exc).__name__}: {exc or 'unexpected end of data'} "
-                              "(truncated or corrupt?); re-create or re-download it") from exc
-
-
-def _read_tar(tar: tarfile.TarFile, path: Path, image_size: int, channels: int, max_per_class: int | None, max_pixels: int) -> RawImages:
+            raise _tar_error(path, exc) from exc
     by_class: dict[str, list[tarfile.TarInfo]] = {}
     prefixes = set()
-    for member in tar.getmembers():
+    for member in members:
         name = PurePosixPath(member.name)
         if not member.isfile() or not _is_image_name(name.name):
             continue
@@ -253,28 +289,95 @@ def _read_tar(tar: tarfile.TarFile, path: Path, image_size: int, channels: int, 
         raise SourceError(f"{path}: class folders sit under several prefixes {sorted(map(str, prefixes))}; "
                           "the archive must hold one <prefix>/<class>/ tree")
     class_names = sorted(by_class)
-    images, labels, names = [], [], []
-    duplicates = _Duplicates(str(path))
+    items, labels, names = [], [], []
     for label, name in enumerate(class_names):
         for member in sorted(by_class[name], key=lambda m: m.name)[:max_per_class]:
-            f = tar.extractfile(member)
-            if f is None:
-                raise SourceError(f"{path}: cannot read member {member.name}")
-            data = f.read()
-            if len(data) != member.size:
-                raise SourceError(f"{path}: member {member.name} is cut short ({len(data)} of {member.size} bytes): the archive is "
-                                  "truncated; re-create or re-download it")
-            duplicates.add(data, name, f"{path}:{member.name}")
-            images.append(_read_image(f"{path}:{member.name}", image_size, channels, data=data, max_pixels=max_pixels))
+            items.append(member.name)
             labels.append(label)
             names.append(f"{name}/{PurePosixPath(member.name).name}")
-    return RawImages(
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        class_names=class_names,
-        source=f"image_tar:{path}",
-        names=names,
-    )
+    return ImageListing(items=items, labels=np.asarray(labels, dtype=np.int64), class_names=class_names, source=f"image_tar:{path}",
+                        names=names, tar=str(path))
+
+
+def _tar_error(path: Path, exc: BaseException) -> SourceError:
+    return SourceError(f"cannot read tar archive {path}: {type(exc).__name__}: {exc or 'unexpected end of data'} "
+                       "(truncated or corrupt?); re-create or re-download it")
+
+
+def _decode_one(task: tuple) -> tuple[np.ndarray, str]:
+    """Worker body: read (unless the bytes are given) and decode one image; its pixels and the sha256 of its file."""
+    display, path, data, image_size, channels, max_pixels = task
+    if data is None:
+        data = Path(path).read_bytes()
+    return _read_image(display, image_size, channels, data=data, max_pixels=max_pixels), hashlib.sha256(data).hexdigest()
+
+
+def _tasks(listing: ImageListing, indices, image_size: int, channels: int, max_pixels: int) -> Iterator[tuple]:
+    if listing.tar is None:
+        for i in indices:
+            yield (listing.items[i], listing.items[i], None, image_size, channels, max_pixels)
+        return
+    path = Path(listing.tar)
+    try:
+        with tarfile.open(path) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            for i in indices:
+                member = members[listing.items[i]]
+                f = tar.extractfile(member)
+                if f is None:
+                    raise SourceError(f"{path}: cannot read member {member.name}")
+                data = f.read()
+                if len(data) != member.size:
+                    raise SourceError(f"{path}: member {member.name} is cut short ({len(data)} of {member.size} bytes): the archive is "
+                                      "truncated; re-create or re-download it")
+                yield (f"{path}:{member.name}", None, data, image_size, channels, max_pixels)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise _tar_error(path, exc) from exc
+
+
+def decode_images(listing: ImageListing, indices, image_size: int, channels: int, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                  workers: int = 1, chunk: int = 1024, progress: bool = True, desc: str = "decode",
+                  duplicates: DuplicateCheck | None = None, pool=None) -> Iterator[np.ndarray]:
+    """Decode the listed images at ``indices`` (in that order), yielding uint8 ``[n, H, W, C]`` chunks of up to ``chunk``.
+
+    ``workers`` > 1 decodes in a process pool (files are read by the workers; a tar's members are read here and their
+    bytes sent), in order, so the output does not depend on ``workers``; a tqdm bar counts images. The same file in two
+    classes is refused (``duplicates`` carries the check across calls). ``pool`` (from :func:`decode_pool`) is used
+    instead of a pool of this call's own, so that several calls share one pool's start-up."""
+    indices = list(indices)
+    duplicates = duplicates if duplicates is not None else DuplicateCheck(listing.source.split(":", 1)[-1])
+    tasks = _tasks(listing, indices, image_size, channels, max_pixels)
+    own = None
+    if pool is None and workers > 1:
+        pool = own = decode_pool(workers)
+    results = pool.imap(_decode_one, tasks, chunksize=32) if pool is not None else map(_decode_one, tasks)
+    out = np.empty((min(chunk, len(indices)), image_size, image_size, channels), dtype=np.uint8)
+    n = 0
+    try:
+        with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress, mininterval=2.0) as bar:
+            for i, (arr, digest) in zip(indices, results, strict=True):
+                duplicates.add_digest(digest, listing.class_names[listing.labels[i]], listing.items[i] if listing.tar is None
+                                      else f"{listing.tar}:{listing.items[i]}")
+                out[n] = arr
+                n += 1
+                bar.update()
+                if n == len(out):
+                    yield out.copy()
+                    n = 0
+        if n:
+            yield out[:n].copy()
+    finally:
+        if own is not None:
+            own.terminate()
+            own.join()
+
+
+def decode_pool(workers: int):
+    """A process pool for :func:`decode_images` (spawned: safe whatever the parent has loaded, e.g. torch's threads);
+    use it as a context manager."""
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn").Pool(workers)
 
 
 def check_class_sizes(labels: np.ndarray, class_names: list[str], minimum: int = 2) -> None:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from components.data.loader import IndexBatches, iter_batches, make_loader, to_model
 from components.device import autocast, resolve_device
-from components.images import to_model_range
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,14 @@ def _random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -
 
 
 def train_classifier(
-    images: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, batch_size: int, lr: float, seed: int, progress: bool = True,
-    device: str | torch.device | None = "cpu",
+    images, labels: np.ndarray, num_classes: int, *, epochs: int, batch_size: int, lr: float, seed: int, progress: bool = True,
+    device: str | torch.device | None = "cpu", workers: int = 0,
 ) -> Classifier:
     """Train with AdamW, one-cycle LR and +-2 px shifts; deterministic given ``seed``.
+
+    ``images``: uint8 ``[N, H, W, C]``, an array or a :class:`~components.data.artifact.ShardedImages`; each epoch's
+    batches are read through a DataLoader (``workers`` processes) and converted to float per batch. The draws (the
+    epoch's permutation, then each batch's shifts) come from one generator in that order, whatever ``workers`` is.
 
     Runs on ``device`` (``auto`` | ``cpu`` | ``cuda``; :func:`components.device.resolve_device`) under the training
     precision rule (bf16 autocast on CUDA, fp32 on the CPU). The weights are initialised and every random draw
@@ -79,18 +83,19 @@ def train_classifier(
     device = resolve_device(device, key="device")
     torch.manual_seed(seed)
     model = Classifier(ClassifierConfig(in_channels=images.shape[-1], num_classes=num_classes)).to(device)
-    data, y = to_model_range(images), torch.from_numpy(labels).long()
+    y = torch.from_numpy(labels).long()
     gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = max(1, len(data) // batch_size)
+    steps_per_epoch = max(1, len(images) // batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     model.train()
     for _ in tqdm(range(epochs), desc="classifier", unit="epoch", disable=not progress):
-        perm = torch.randperm(len(data), generator=gen)
-        for s in range(steps_per_epoch):
-            idx = perm[s * batch_size : (s + 1) * batch_size]
+        perm = torch.randperm(len(images), generator=gen)
+        steps = [perm[s * batch_size : (s + 1) * batch_size] for s in range(steps_per_epoch)]
+        loader = make_loader(images, IndexBatches([idx.tolist() for idx in steps]), workers=workers, pin_memory=device.type == "cuda")
+        for idx, batch in zip(steps, loader, strict=True):
             with autocast(device):
-                loss = F.cross_entropy(model(_random_shift(data[idx], 2, gen).to(device)), y[idx].to(device))
+                loss = F.cross_entropy(model(_random_shift(to_model(batch), 2, gen).to(device)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -99,17 +104,19 @@ def train_classifier(
 
 
 @torch.no_grad()
-def classify(model: Classifier, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``[N, feature_dim]`` (float64) and predicted labels ``[N]`` of uint8 images, computed on the model's
-    device ``batch_size`` images at a time (bf16 autocast on CUDA, fp32 on the CPU)."""
+def classify(model: Classifier, images, batch_size: int = 500, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``[N, feature_dim]`` (float64) and predicted labels ``[N]`` of uint8 images (an array or
+    ShardedImages, read through a DataLoader), computed on the model's device ``batch_size`` images at a time (bf16
+    autocast on CUDA, fp32 on the CPU)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
-    data = to_model_range(images)
+    if len(images) == 0:
+        return np.zeros((0, model.config.feature_dim)), np.zeros(0, dtype=np.int64)
     feats, preds = [], []
-    for start in range(0, len(data), batch_size):
+    for batch in iter_batches(images, batch_size, workers=workers, device=device):
         with autocast(device):
-            f = model.features(data[start : start + batch_size].to(device))
+            f = model.features(to_model(batch, device))
             logits = model.head(f)
         feats.append(f.double().cpu())
         preds.append(logits.argmax(1).cpu())

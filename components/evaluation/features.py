@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.data.loader import iter_batches
 from components.device import autocast, resolve_device
 from components.models.effnet_lite import (
     EFFNET_LITE0_INPUT_SIZE,
@@ -67,7 +68,8 @@ def _default_device(device: str | torch.device | None) -> torch.device:
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
+    if not hasattr(images, "take") or not hasattr(images, "shape"):  # ShardedImages stays on disk (read per batch)
+        images = np.asarray(images)
     if images.dtype != np.uint8:
         raise ValueError(
             f"images must be uint8 [N, H, W, C] in 0..255, got dtype {images.dtype}; "
@@ -78,9 +80,12 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _to_unit_rgb(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+def _to_unit_rgb(batch: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 ``[B, H, W, C]`` -> float32 ``[B, 3, H, W]`` in [0, 1]; grayscale is repeated to three channels."""
-    x = torch.tensor(batch, device=device).permute(0, 3, 1, 2).float().div_(255.0)  # copies: input may be read-only
+    if isinstance(batch, torch.Tensor):
+        x = batch.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    else:
+        x = torch.tensor(batch, device=device).permute(0, 3, 1, 2).float().div_(255.0)  # copies: input may be read-only
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x
@@ -107,9 +112,11 @@ class _BatchedExtractor(abc.ABC):
         self.model.eval()
         precision = autocast(self.device) if self.bf16_on_cuda else contextlib.nullcontext()
         with torch.inference_mode(), precision:
-            for start in range(0, images.shape[0], batch_size):
-                x = _to_unit_rgb(images[start : start + batch_size], self.device)
+            start = 0
+            for batch in iter_batches(images, batch_size, device=self.device):  # a DataLoader: ShardedImages are read per batch
+                x = _to_unit_rgb(batch, self.device)
                 out[start : start + x.shape[0]] = fn(x).double().cpu().numpy()
+                start += x.shape[0]
         return out
 
     def __call__(self, images: np.ndarray, batch_size: int = 100) -> np.ndarray:

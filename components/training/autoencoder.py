@@ -10,15 +10,15 @@ The discriminator takes one hinge step per generator step once ``disc_start_imag
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from components.config import AutoencoderParams
-from components.images import to_model_range
+from components.data.loader import iter_batches, to_model
 from components.models.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from components.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from components.models.summary import model_summary
@@ -42,14 +42,14 @@ def autoencoder_config(cfg: AutoencoderParams, in_channels: int, image_size: int
     return model_cfg
 
 
-def train_autoencoder(train_images: np.ndarray, cfg: AutoencoderParams, **kwargs) -> tuple[Autoencoder, list[dict]]:
+def train_autoencoder(train_images, cfg: AutoencoderParams, **kwargs) -> tuple[Autoencoder, list[dict]]:
     """:func:`fit_autoencoder`, returning the model and its loss history."""
     model, result = fit_autoencoder(train_images, cfg, **kwargs)
     return model, result.history
 
 
 def fit_autoencoder(
-    train_images: np.ndarray,
+    train_images,
     cfg: AutoencoderParams,
     *,
     seed: int,
@@ -61,8 +61,10 @@ def fit_autoencoder(
     log_every: int = 25,
     on_log: LogFn | None = None,
 ) -> tuple[Autoencoder, LoopResult]:
-    """Train the autoencoder of ``cfg.regularizer`` on uint8 images ``[N, H, W, C]`` for ``cfg.max_images``
-    images seen, under :class:`~components.training.loop.Trainer` (DDP under torchrun, resumable from
+    """Train the autoencoder of ``cfg.regularizer`` on uint8 images ``[N, H, W, C]`` (an array, or a
+    :class:`~components.data.artifact.ShardedImages` read from disk) for ``cfg.max_images`` images seen. The images of
+    each step come through the Trainer's DataLoader (``runtime.data_workers``), augmented per ``cfg.augment`` and
+    converted to float per batch, under :class:`~components.training.loop.Trainer` (DDP under torchrun, resumable from
     ``checkpoint_dir``; the discriminator and its optimizer are checkpointed too). Returns the model
     (``scale_factor`` = 1/std of the training latents), the loss history (one point every ``log_every``
     steps, in the result) and the run's :class:`~components.training.loop.LoopResult`. ``on_log`` receives each
@@ -81,11 +83,10 @@ def fit_autoencoder(
         from components.models.perceptual import EffNetPerceptualLoss
 
         perceptual = EffNetPerceptualLoss(cfg.perceptual_input_size).to(device)
-    data = to_model_range(train_images)
     loop = LoopConfig.from_section(cfg, ema_decay=None, log_every=log_every)
-    trainer = Trainer(model, loop, dataset_size=len(data), seed=seed, ctx=ctx, checkpoint_dir=checkpoint_dir,
+    trainer = Trainer(model, loop, dataset_size=len(train_images), seed=seed, ctx=ctx, checkpoint_dir=checkpoint_dir,
                       fingerprint=fingerprint, desc=f"train_autoencoder ({cfg.regularizer})", progress=progress,
-                      on_log=on_log)
+                      on_log=on_log, images=train_images, augment=cfg.augment.model_dump())
     disc_lr = cfg.disc_lr or cfg.lr
     opt_d = None
     disc_net = disc
@@ -103,7 +104,7 @@ def fit_autoencoder(
     def loss_fn(net: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
         # the posterior / codebook draws of this rank's micro-batch (seeded by step and rank)
         g = torch.Generator(device=device).manual_seed(batch.seed + ctx.rank * 7919 + int(batch.rows[0]))
-        x = data[batch.indices].to(device)
+        x = to_model(batch.images, device)
         recon, reg, parts = net(x, g)
         mse = F.mse_loss(recon.float(), x)
         rec_loss = mse
@@ -142,28 +143,48 @@ def fit_autoencoder(
 
     result = trainer.run(loss_fn, after_step=disc_step if disc is not None else None)
     model = trainer.final_model()
-    model.scale_factor.fill_(1.0 / latent_std(model, data, device, seed))
+    model.scale_factor.fill_(1.0 / latent_std(model, train_images, device, seed, workers=loop.data_workers))
     return model, result
 
 
+def _model_batches(data, device: torch.device, batch_size: int, workers: int = 0) -> Iterator[torch.Tensor]:
+    """Float ``[B, C, H, W]`` batches on ``device``: slices of a model-range tensor, or uint8 images (array or
+    ShardedImages) read through a DataLoader and converted per batch (:func:`~components.data.loader.to_model`)."""
+    if isinstance(data, torch.Tensor):
+        for start in range(0, len(data), batch_size):
+            yield data[start : start + batch_size].to(device)
+        return
+    for batch in iter_batches(data, batch_size, workers=workers, device=device):
+        yield to_model(batch, device)
+
+
 @torch.no_grad()
-def encode_dataset(model: Autoencoder, data: torch.Tensor, device: torch.device, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior (mean, logvar) of every image, on the CPU. For the deterministic kinds (``vq``: the
+def encode_dataset(model: Autoencoder, data, device: torch.device, batch_size: int = 500, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior (mean, logvar) of every image, on the CPU; ``data`` is a model-range tensor ``[N, C, H, W]`` or uint8
+    images ``[N, H, W, C]`` (read ``batch_size`` at a time). For the deterministic kinds (``vq``: the
     pre-quantisation encoder output; ``none``) ``logvar`` is ``-inf``, i.e. z = mean exactly."""
-    means, logvars = [], []
-    for start in range(0, len(data), batch_size):
-        post = model.encode(data[start : start + batch_size].to(device))
-        means.append(post.mean.float().cpu())
-        logvars.append(post.logvar.float().cpu())
-    return torch.cat(means), torch.cat(logvars)
+    means = logvars = None  # preallocated, filled batch by batch (no list + cat: half the peak memory)
+    start = 0
+    for x in _model_batches(data, device, batch_size, workers):
+        post = model.encode(x)
+        if means is None:
+            means = torch.empty((len(data), *post.mean.shape[1:]), dtype=torch.float32)
+            logvars = torch.empty_like(means)
+        means[start : start + len(x)] = post.mean.float().cpu()
+        logvars[start : start + len(x)] = post.logvar.float().cpu()
+        start += len(x)
+    return means, logvars
 
 
 @torch.no_grad()
-def latent_std(model: Autoencoder, data: torch.Tensor, device: torch.device, seed: int) -> float:
+def latent_std(model: Autoencoder, data, device: torch.device, seed: int, workers: int = 0) -> float:
     """Std of the training latents the diffusion model will see (posterior samples for KL, encoder outputs
     otherwise) over every element of the training set (Rombach et al. 2022, sec. G: scale = 1/std)."""
-    mean, logvar = encode_dataset(model, data, device)
-    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
+    mean, logvar = encode_dataset(model, data, device, workers=workers)
+    # z = mean + exp(logvar / 2) * n, computed in place (the same float operations, a third of the memory)
+    z = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
+    z.mul_(logvar.mul_(0.5).exp_()).add_(mean)
+    del mean, logvar
     std = float(z.std())
     if not math.isfinite(std) or std <= 0:
         raise ValueError(f"training latents have std {std}; the autoencoder collapsed, lower the learning rate")
@@ -171,12 +192,11 @@ def latent_std(model: Autoencoder, data: torch.Tensor, device: torch.device, see
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: Autoencoder, images: np.ndarray, device: torch.device) -> dict[str, float]:
-    """MSE on [-1, 1] and PSNR in dB on [0, 255] uint8 round trips of ``images`` (posterior mean; VQ: quantised)."""
-    data = to_model_range(images)
+def reconstruction_metrics(model: Autoencoder, images, device: torch.device, workers: int = 0) -> dict[str, float]:
+    """MSE on [-1, 1] and PSNR in dB on [0, 255] uint8 round trips of ``images`` (posterior mean; VQ: quantised),
+    read 500 at a time."""
     sq_err = []
-    for start in range(0, len(data), 500):
-        x = data[start : start + 500].to(device)
+    for x in _model_batches(images, device, 500, workers):
         recon = model.reconstruct(x).float().clamp(-1, 1)
         sq_err.append(((recon - x) ** 2).flatten(1).mean(1).cpu())
     mse = torch.cat(sq_err)

@@ -56,7 +56,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     gen_images, gen_labels = read_samples(samples_dir)
     if list(gen_images.shape[1:]) != manifest["shape"]:
         raise ValueError(f"samples are {gen_images.shape[1:]} but the dataset is {tuple(manifest['shape'])}; re-run sample")
-    ds = read_dataset(data_dir)  # the train split: the real-vs-real baseline (hashes verified against the manifest)
+    ds = read_dataset(data_dir, stream=True)  # the train split, read from its shards: the real-vs-real baseline (sha256-verified)
     real_images = ds.images["train"][stratified_subset(ds.labels["train"], gen_labels, params.base.seed)]  # fails fast, too
     sweep = cfg.guidance_sweep
     if sweep.guidances:  # the sweep's baseline too, before any work

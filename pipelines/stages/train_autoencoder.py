@@ -26,7 +26,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = MODELS_DIR / 
     from components.training.distributed import init_distributed
 
     device = setup(params)
-    ds = read_dataset(data_dir)
+    ds = read_dataset(data_dir, stream=True)  # images read from the shards batch by batch
     ctx = init_distributed(device)
     # resumable state lives beside the models folder: <project>/checkpoints/train_autoencoder
     ckpt_dir = Path(out_dir).resolve().parent.parent / CHECKPOINTS_DIR / "train_autoencoder"
@@ -40,7 +40,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = MODELS_DIR / 
     if not ctx.is_main:  # rank 0 writes the outputs
         return {}
     history = result.history
-    metrics = reconstruction_metrics(model, ds.images["val"], ctx.device)
+    metrics = reconstruction_metrics(model, ds.images["val"], ctx.device, workers=params.train_autoencoder.runtime.data_workers)
     metrics.update(scale_factor=float(model.scale_factor), train_seconds=result.train_seconds, images_seen=result.images_seen,
                    processes=ctx.world_size, resumed_from_step=result.resumed_from_step, stopped_by_max_time=result.stopped_by_max_time,
                    **autoencoder_summary(model))

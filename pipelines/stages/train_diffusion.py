@@ -24,7 +24,6 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     import torch
 
     from components.data.artifact import read_dataset
-    from components.images import to_model_range
     from components.models.checkpoint import load_autoencoder, save_checkpoint
     from components.models.summary import model_summary
     from components.training.autoencoder import encode_dataset
@@ -33,14 +32,14 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
 
     device = setup(params)
     cfg = params.train_diffusion
-    ds = read_dataset(data_dir)
+    ds = read_dataset(data_dir, stream=True)  # images read from the shards batch by batch
     if cfg.conditioning == "text" and ds.captions is None:
         raise ValueError("train_diffusion.conditioning is 'text' but the dataset has no captions: set ingest.captions ('generate' for "
                          "MNIST, or the path of a captions.jsonl) and re-run ingest, or set train_diffusion.conditioning: class")
     autoencoder, _ = load_autoencoder(Path(models_dir) / "autoencoder", device)
     # KL: posterior mean and log-variance (z is sampled afresh each batch); VQ: the pre-quantisation encoder
     # output (decode quantises); plain: the encoder output. Deterministic kinds have logvar = -inf (std 0).
-    mean, logvar = encode_dataset(autoencoder, to_model_range(ds.images["train"]), device)
+    mean, logvar = encode_dataset(autoencoder, ds.images["train"], device, workers=cfg.runtime.data_workers)
     scale = float(autoencoder.scale_factor)
     # z = scale * (mean + std * n): scale the mean, shift log-variance by 2 log(scale).
     mean, logvar = mean * scale, logvar + 2 * np.log(scale)
