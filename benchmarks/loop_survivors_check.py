@@ -1,4 +1,4 @@
-"""Re-check, one by one, the 14 mutants of components/training/loop.py that the session-1 mutation run left alive
+"""Re-check, one by one, the 15 mutants of components/training/loop.py that the session-1 mutation run left alive
 (reports/mutation.md, "Session 5"): each is applied to a copy of the committed tree (``git archive HEAD``) and the two
 tests written for them run on it. A faster stand-in for ``benchmarks.mutation --rerun-survivors-of after`` on loop.py,
 whose carried-over equivalents run every covering test, slow ones included.
@@ -27,6 +27,7 @@ MUTANTS = [
     (T, "(time.perf_counter() - t0) > 0 * cfg.max_time_minutes"), (T, "(time.perf_counter() - t0) > 59 * cfg.max_time_minutes"),
     (T, "(time.perf_counter() - t0) > 61 * cfg.max_time_minutes"), (R, "pass"),
     (R, "result.train_seconds = round(time.perf_counter() + t0, 1)"), (R, "result.train_seconds = round(time.perf_counter() - t0, 0)"),
+    (R, "result.train_seconds = round(time.perf_counter() - t0, 2)"),
 ]
 TESTS = [
     "tests/test_mutants_training.py::test_each_rank_splits_its_share_into_micro_batches_and_all_reduces_only_on_the_last",
