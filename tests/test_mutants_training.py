@@ -103,13 +103,13 @@ def test_channels_last_is_off_by_default_and_applies_when_on():
 
 def test_loop_config_from_section_maps_every_field():
     rt = SimpleNamespace(grad_accum=2, checkpoint_every_images=96, keep_checkpoints=3, resume=False, max_time_minutes=4.0, compile=True,
-                         channels_last=True, fused_optimizer=False)
+                         channels_last=True, fused_optimizer=False, data_workers=2)
     section = SimpleNamespace(runtime=rt, batch_size=32, max_images=640, lr=3e-3, warmup_images=64, lr_schedule="constant",
                               grad_clip=0.5, ema_decay=0.99, log_every=7)
     cfg = LoopConfig.from_section(section, log_every=3)
     assert cfg == LoopConfig(batch_size=32, max_images=640, lr=3e-3, warmup_images=64, lr_schedule="constant", grad_clip=0.5,
                              ema_decay=0.99, grad_accum=2, checkpoint_every_images=96, keep_checkpoints=3, resume=False,
-                             max_time_minutes=4.0, compile=True, channels_last=True, fused_optimizer=False, log_every=3)
+                             max_time_minutes=4.0, compile=True, channels_last=True, fused_optimizer=False, log_every=3, data_workers=2)
     del section.log_every, section.ema_decay
     cfg = LoopConfig.from_section(section)
     assert cfg.log_every == 25 and cfg.ema_decay is None
