@@ -9,6 +9,7 @@ file (built from the settings the JSON records, see ``command``) and the provena
 - ``throughput.json`` (ours vs diffusers), ``ldm_vs_pixel.json`` (latent vs pixel space),
 - ``autoencoders.json``, ``autoencoders_perceptual_gan.json``, ``autoencoders_downstream.json`` (autoencoder variants),
 - ``unet_layouts*.json`` (U-Net layouts), ``pipeline_run.json`` and ``pipeline_run_<preset>.json`` (what a ``make run`` measured),
+  ``stage_profile.json`` (where a pipeline run's time goes, per stage),
 - ``quality_vs_steps.json`` (quality vs sampler steps of the default model),
 - ``gpu_check.json`` and ``throughput_gpu.json`` (a GPU session).
 
@@ -329,6 +330,26 @@ def pipeline_section(r: dict | None, name: str = "pipeline_run.json") -> list[st
             f"Fréchet distance {fds}.", ""]
 
 
+def stage_profile_section(r: dict | None) -> list[str]:
+    """Per stage of one pipeline run: wall seconds, import seconds, peak memory and the costliest project function."""
+    title = "## Where a pipeline run's time goes (stage profile)"
+    if not r or not r.get("runs"):
+        return [title, "", "No profile committed: `.venv/bin/python -m benchmarks.stage_profile --breakdown` writes "
+                "`reports/benchmarks/stage_profile.json`.", ""]
+    lines = [title, ""]
+    for label, run in r["runs"].items():
+        env = f"OMP_NUM_THREADS={run['omp_num_threads']} " if run.get("omp_num_threads") else ""
+        lines += [f"**{label}**: from `reports/benchmarks/stage_profile.json` (`runs.{label}`); regenerate with "
+                  f"`{env}.venv/bin/{run['command']}`. {describe(run.get('provenance'))}", "",
+                  "| stage | wall s | of which imports s | peak MB | costliest project function (cumulative s) |", "|---|---:|---:|---:|---|"]
+        for row in run["stages"]:
+            top = (row.get("top") or [{}])[0]
+            where = f"`{top['function'].split(':')[-1]}` ({top['cumulative_s']:.1f})" if top else ""
+            lines.append(f"| {row['stage']} | {row['wall_s']:.1f} | {row['import_s']:.1f} | {row['peak_rss_mb']:,} | {where} |")
+        lines += [f"| total | {run['total_wall_s']:.1f} | {run['total_import_s']:.1f} | | `dvc status` {run['dvc_status_s']:.1f} s |", ""]
+    return lines
+
+
 def quality_vs_steps_section(r: dict | None) -> list[str]:
     """Class consistency and Fréchet distance (classifier features) per sampler and step count."""
     title = "## Quality vs sampler steps"
@@ -414,6 +435,7 @@ def render(root: Path) -> list[str]:
     lines += autoencoder_section(_load(b / "autoencoders.json"), _load(b / "autoencoders_perceptual_gan.json"),
                                  _load(b / "autoencoders_downstream.json"))
     lines += unet_layouts_section({p.name: _load(p) for p in sorted(b.glob("unet_layouts*.json"))})
+    lines += stage_profile_section(_load(b / "stage_profile.json"))
     lines += quality_vs_steps_section(_load(b / "quality_vs_steps.json"))
     lines += text_prompts_section(_load(b / "text_prompts.json"))
     gpu = _load(b / "gpu_check.json")

