@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast test-all flow lint install clean-outputs servers deploy ui-check run-cifar10
+.PHONY: run test test-fast test-all flow lint install clean-outputs servers deploy ui-check run-cifar10 run-shapes64
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ run: $(STAMP)  ## the default pipeline: ingest -> ... -> register (dvc repro)
 
 run-cifar10: $(STAMP)  ## the CIFAR-10 preset (RGB) as the DVC experiment `cifar10` (dvc exp run -S ... from presets/cifar10)
 	$(BIN)/latentflow exp-preset cifar10
+
+run-shapes64: $(STAMP)  ## the shapes64 preset (64x64 RGB shapes generated offline, f=8 autoencoder) as the DVC experiment `shapes64`
+	$(BIN)/latentflow exp-preset shapes64
 
 flow: $(STAMP)  ## the same pipeline as a Prefect flow (local ephemeral mode)
 	$(BIN)/latentflow flow

