@@ -207,9 +207,9 @@ def spies(monkeypatch):
         calls["generate"].append((self.device, kw.get("batch_size")))
         return real_generate(self, labels, **kw)
 
-    def classify(model, images, batch_size=500):
+    def classify(model, images, batch_size=500, **kwargs):
         calls["classify"].append(batch_size)  # (a tensor on cpu:0 reports plain cpu: the device is checked through Module.to)
-        return real_classify(model, images, batch_size)
+        return real_classify(model, images, batch_size, **kwargs)
 
     def run(self, images, batch_size, fn, width):
         calls["extract"].append((self.info.name, self.device, batch_size))

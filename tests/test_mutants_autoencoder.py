@@ -180,7 +180,9 @@ def test_the_discriminator_learns_to_tell_real_images_from_reconstructions(gan_s
                             **{**TINY, "lr": 1e-4, "max_images": 8 * 30})
     model, _ = fit_autoencoder(images, cfg, seed=0, progress=False, log_every=1)
     (disc,) = made
-    x = ae.to_model_range(images)
+    from components.images import to_model_range
+
+    x = to_model_range(images)
     with torch.no_grad():
         real, fake = disc(x).mean(), disc(model.reconstruct(x)).mean()
     assert real > fake + 0.1
