@@ -331,7 +331,8 @@ def pipeline_section(r: dict | None, name: str = "pipeline_run.json") -> list[st
 
 
 def stage_profile_section(r: dict | None) -> list[str]:
-    """Per stage of one pipeline run: wall seconds, import seconds, peak memory and the costliest project function."""
+    """Per stage of one pipeline run: wall seconds, import seconds, peak memory and the costliest function of
+    ``components/`` (the stage modules' own ``run`` only wraps it)."""
     title = "## Where a pipeline run's time goes (stage profile)"
     if not r or not r.get("runs"):
         return [title, "", "No profile committed: `.venv/bin/python -m benchmarks.stage_profile --breakdown` writes "
@@ -341,9 +342,9 @@ def stage_profile_section(r: dict | None) -> list[str]:
         env = f"OMP_NUM_THREADS={run['omp_num_threads']} " if run.get("omp_num_threads") else ""
         lines += [f"**{label}**: from `reports/benchmarks/stage_profile.json` (`runs.{label}`); regenerate with "
                   f"`{env}.venv/bin/{run['command']}`. {describe(run.get('provenance'))}", "",
-                  "| stage | wall s | of which imports s | peak MB | costliest project function (cumulative s) |", "|---|---:|---:|---:|---|"]
+                  "| stage | wall s | of which imports s | peak MB | costliest function of components/ (cumulative s) |", "|---|---:|---:|---:|---|"]
         for row in run["stages"]:
-            top = (row.get("top") or [{}])[0]
+            top = next((t for t in row.get("top") or [] if t["function"].startswith("components/")), None)
             where = f"`{top['function'].split(':')[-1]}` ({top['cumulative_s']:.1f})" if top else ""
             lines.append(f"| {row['stage']} | {row['wall_s']:.1f} | {row['import_s']:.1f} | {row['peak_rss_mb']:,} | {where} |")
         lines += [f"| total | {run['total_wall_s']:.1f} | {run['total_import_s']:.1f} | | `dvc status` {run['dvc_status_s']:.1f} s |", ""]
