@@ -167,6 +167,19 @@ EQUIVALENT: dict[str, str] = {
         "the floor only guards two history points on one clock reading; max(dt, -1) and max(dt, 1e-9) agree for every dt > 0",
     f"{_L} | Trainer.run | rate = (step - step_point) * cfg.batch_size / max(now - t_point, 1e-9) | 1e-09 -> 0.0":
         "the floor only guards two history points on one clock reading; max(dt, 0) and max(dt, 1e-9) agree for every dt >= 1e-9",
+    f"{_L} | augment_seed | a, b = np.random.SeedSequence([seed, step, 1]).generate_state(2) | 1 -> 0":
+        "the tag only keeps the augmentation stream apart from step_seed's; the flips and crops draw from their own "
+        "generator, so any tag leaves every other draw, determinism and exact resume as they are",
+    f"{_L} | augment_seed | a, b = np.random.SeedSequence([seed, step, 1]).generate_state(2) | 1 -> 2":
+        "the tag only keeps the augmentation stream apart from step_seed's; any tag gives an equally valid stream",
+    f"{_L} | Trainer._image_batches.StepSampler.__len__ | return trainer.total_steps - start | - -> +":
+        "the batch sampler's length is never read: the Trainer iterates the loader, it never takes len() of it",
+    f'{_L} | Trainer._image_batches | loader = make_loader(self.images, StepSampler(), workers=self.cfg.data_workers, '
+    f'pin_memory=self.device.type == "cuda", | == -> !=': "CUDA only: pinned memory is a CUDA host-to-device optimisation; "
+        "on a machine without CUDA the DataLoader does not pin, so the batches are the same",
+    f"{_L} | Trainer._augmented | g = torch.Generator().manual_seed(augment_seed(self.seed, step)) | swap arguments 1 and 2":
+        "augment_seed(step, seed) is as valid a seed: the augmentation stays a pure function of (seed, step), "
+        "so determinism and exact resume hold (tests/test_dataset_stream.py, the SIGKILL resume with augmentation)",
     # components/training/diffusion.py
     f"{_TD} | train_diffusion | progress: bool = True, | True -> False": "display only: the progress bar",
     f"{_TD} | train_diffusion.loss_fn | drop = batch.draw(torch.rand, (), g, device=device) < cfg.cond_dropout | < -> <=":

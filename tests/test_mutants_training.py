@@ -511,3 +511,29 @@ def test_on_log_reports_the_images_per_second_since_the_previous_point(monkeypat
     assert [p["images_per_s"] for p in seen] == [16.0, 4.0, 3.2]
     assert all(p["lr"] == h["lr"] and p["loss"] == h["loss"] for p, h in zip(seen, res.history, strict=True))
     assert res.train_seconds == 10.0
+
+
+def test_a_trainer_reads_images_in_its_own_process_by_default(monkeypatch):
+    """LoopConfig's default data_workers is 0: a Trainer given images (a library call, no params file) reads them
+    through a DataLoader in its own process, starting no worker processes, and each step gets its own batch's images."""
+    import components.data.loader as loader_module
+
+    seen_workers, fetched = [], []
+    real = loader_module.make_loader
+
+    def recording(images, batch_sampler, *, workers=0, **kwargs):
+        seen_workers.append(workers)
+        return real(images, batch_sampler, workers=workers, **kwargs)
+
+    monkeypatch.setattr(loader_module, "make_loader", recording)
+    images = (torch.arange(64, dtype=torch.uint8)[:, None, None, None].expand(64, 2, 2, 1)).numpy().copy()
+    trainer = Trainer(_model(), LoopConfig(batch_size=8, max_images=24, lr=1e-2), dataset_size=64, seed=1, ctx=DistContext(),
+                      progress=False, images=images)
+
+    def loss_fn(net, batch):
+        fetched.append((batch.indices.tolist(), batch.images[:, 0, 0, 0].tolist()))
+        return _mse(net, batch)
+
+    trainer.run(loss_fn)
+    assert seen_workers == [0]
+    assert len(fetched) == 3 and all(idx == vals for idx, vals in fetched)
