@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast test-all flow lint install clean-outputs servers deploy ui-check run-cifar10 run-shapes64
+.PHONY: run test test-fast test-all flow lint install clean-outputs servers deploy ui-check run-cifar10 run-shapes64 run-shapes128
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ run-cifar10: $(STAMP)  ## the CIFAR-10 preset (RGB) as the DVC experiment `cifar
 
 run-shapes64: $(STAMP)  ## the shapes64 preset (64x64 RGB shapes generated offline, f=8 autoencoder) as the DVC experiment `shapes64`
 	$(BIN)/latentflow exp-preset shapes64
+
+run-shapes128: $(STAMP)  ## the shapes128 preset (128x128 RGB shapes, f=8 autoencoder, 16x16 latents) as the DVC experiment `shapes128`
+	$(BIN)/latentflow exp-preset shapes128
 
 flow: $(STAMP)  ## the same pipeline as a Prefect flow (local ephemeral mode)
 	$(BIN)/latentflow flow

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from components.data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from components.diffusion.options import DEFAULT_GUIDANCE, SAMPLERS
 from components.errors import ConfigError
-from components.models.unet_presets import BLOCK_NAMES, PRESET_NAMES, check_block_list, resolve_layout
+from components.models.unet_presets import AUTO, BLOCK_NAMES, PRESET_NAMES, check_block_list, resolve_auto, resolve_layout
 
 
 class _Section(BaseModel):
@@ -161,8 +161,10 @@ class UNetParams(_Section):
 
     preset: Literal[PRESET_NAMES] | None = Field("res-clsAtn-chnAtn", description="named layout; null = use blocks")
     blocks: tuple[str, ...] | tuple[tuple[str, ...], ...] | None = Field(None, description=f"per-level block list of {BLOCK_NAMES}")
-    channels: tuple[int, ...] = Field((64, 96), min_length=1)
-    attention_levels: tuple[bool, ...] | None = Field(None, description="levels whose atn blocks are kept; null = all")
+    channels: tuple[int, ...] | Literal["auto"] = Field(
+        (64, 96), description="one width per level, or auto: one level per halving of the latent down to 4x4")
+    attention_levels: tuple[bool, ...] | Literal["auto"] | None = Field(
+        None, description="levels whose atn blocks are kept; null = all; auto = the levels of 8x8 and below under the top")
     num_heads: int = Field(4, ge=1)
     num_class_tokens: int = Field(4, ge=1, description="learned tokens per class for clsAtn blocks")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -184,10 +186,26 @@ class UNetParams(_Section):
             return tuple(check_block_list(b, f"level {i}") for i, b in enumerate(v))
         return check_block_list(v, None)
 
+    @field_validator("channels")
+    @classmethod
+    def _some_levels(cls, v):
+        if v != AUTO and not v:
+            raise ValueError("give at least one level, or auto")
+        return v
+
     @model_validator(mode="after")
     def _layout(self) -> UNetParams:
-        resolve_layout(self.preset, self.blocks, self.channels, self.attention_levels, key="train_diffusion.unet")
+        # with auto, the level count is known only with the latent size: Params checks the layout then
+        if AUTO not in (self.channels, self.attention_levels):
+            resolve_layout(self.preset, self.blocks, self.channels, self.attention_levels, key="train_diffusion.unet")
         return self
+
+    def for_latent(self, latent_size: int) -> tuple[tuple[int, ...], tuple[bool, ...] | None]:
+        """``channels`` and ``attention_levels`` for ``latent_size`` x ``latent_size`` latents, ``auto`` resolved;
+        ``ValueError`` when the latent does not fit the level count."""
+        channels, attention = resolve_auto(self.channels, self.attention_levels, latent_size)
+        resolve_layout(self.preset, self.blocks, channels, attention, key="train_diffusion.unet")
+        return channels, attention
 
 
 class TextEncoderParams(_Section):
@@ -318,6 +336,27 @@ class Params(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
+    @property
+    def latent_size(self) -> int:
+        """The side of the autoencoder's latents: ``ingest.image_size`` / f, f = 2 ** (autoencoder levels - 1)."""
+        return self.ingest.image_size // 2 ** (len(self.train_autoencoder.channels) - 1)
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> Params:
+        # the image -> latent -> U-Net levels chain, checked before any stage runs (else: a shape error mid-training)
+        f = 2 ** (len(self.train_autoencoder.channels) - 1)
+        if self.ingest.image_size % f:
+            raise ValueError(
+                f"ingest.image_size {self.ingest.image_size} is not divisible by the autoencoder's f={f} "
+                f"({len(self.train_autoencoder.channels)} train_autoencoder.channels levels); pick a multiple of {f}"
+            )
+        try:
+            self.train_diffusion.unet.for_latent(self.latent_size)
+        except ValueError as exc:
+            raise ValueError(f"train_diffusion.unet with {self.latent_size}x{self.latent_size} latents "
+                             f"(ingest.image_size {self.ingest.image_size} / f={f}): {exc}") from None
+        return self
+
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; raise :class:`ConfigError` naming every bad key."""
@@ -337,6 +376,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate").replace("register_", "register")
             got = err.get("input")
+            if not err["loc"]:  # a check across sections (Params._shapes_fit): its message names the keys
+                lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+                continue
             lines.append(f"  {key}: {err['msg']} (got {got!r})" if err["type"] != "missing" else f"  {key}: {err['msg']}")
         raise ConfigError(f"{path}: invalid parameters:\n" + "\n".join(lines)) from None
 

@@ -1,6 +1,6 @@
 """The shapes data set (``ingest.source: shapes``, ``presets/shapes64``): a labelled 64x64 RGB data set the project
-generates offline; the geometry of each class, determinism, backgrounds that carry no class, and a tiny end-to-end run
-of the preset at 64x64 with an f = 8 autoencoder."""
+generates offline; the geometry of each class, determinism, backgrounds that carry no class, and tiny end-to-end runs
+of the presets (``shapes64``, ``shapes128``) at 64x64 with f = 8 and f = 4 and at 128x128 with f = 8."""
 
 from __future__ import annotations
 
@@ -81,25 +81,39 @@ def test_ingest_writes_the_shapes_data_set(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_shapes64_preset_runs_end_to_end_at_64x64_with_an_f8_autoencoder(tmp_path: Path):
-    """The preset's params (ingest, the f = 8 autoencoder's levels) shrunk to seconds: ingest -> validate ->
-    train_autoencoder -> train_diffusion -> sample; 8x8 latents, 64x64 RGB samples and grid, a reconstruction better
-    than the data set's mean image."""
+@pytest.mark.parametrize(
+    ("preset", "size", "ae_channels", "latent", "unet_levels"),
+    [
+        ("shapes64", 64, [8, 16, 16, 16], 8, 2),  # the preset's f = 8: 8x8 latents, U-Net levels 8, 4
+        ("shapes64", 64, [8, 16, 16], 16, 3),  # f = 4 at 64x64: 16x16 latents, U-Net levels 16, 8, 4
+        ("shapes128", 128, [8, 16, 16, 16], 16, 3),  # the 128x128 preset's f = 8: 16x16 latents
+    ],
+    ids=["64-f8", "64-f4", "128-f8"],
+)
+def test_shapes_presets_run_end_to_end_with_unet_levels_that_follow_the_latent(
+    tmp_path: Path, preset: str, size: int, ae_channels: list[int], latent: int, unet_levels: int
+):
+    """The preset's params (ingest, the autoencoder's factor, the U-Net's ``channels: auto``) shrunk to seconds:
+    ingest -> validate -> train_autoencoder -> train_diffusion -> sample; the latents and U-Net levels of the size and
+    f, RGB samples and grid at the size, a reconstruction better than the data set's mean image."""
     import torch
 
     from pipelines.presets import preset_params
     from pipelines.stages import ingest, sample, train_autoencoder, train_diffusion, validate
 
     threads = torch.get_num_threads()
-    p = preset_params("shapes64")
-    assert p["ingest"]["source"] == "shapes" and p["train_autoencoder"]["channels"] == [16, 32, 64, 64]
+    p = preset_params(preset)
+    assert p["ingest"]["source"] == "shapes" and p["ingest"]["image_size"] == size
+    assert p["train_autoencoder"]["channels"] == [16, 32, 64, 64]  # the presets' f = 8
+    assert p["train_diffusion"]["unet"]["channels"] == "auto" and p["train_diffusion"]["unet"]["attention_levels"] == "auto"
     p["base"].update(device="cpu", num_threads=1)
     p["ingest"]["shapes_per_class"] = 40
     p["validate"].update(min_rows_train=100, min_rows_val=10)
-    p["train_autoencoder"].update(channels=[8, 16, 16, 16], max_images=1600, batch_size=16, warmup_images=32)
+    p["train_autoencoder"].update(channels=ae_channels, max_images=1600 if size == 64 else 800, batch_size=16, warmup_images=32)
     p["train_diffusion"].update(max_images=320, batch_size=32, warmup_images=32)
-    p["train_diffusion"]["unet"].update(channels=[16, 24], num_heads=2)
+    p["train_diffusion"]["unet"].update(num_heads=2, preset="res-res-clsAtn-atn-chnAtn")  # with atn blocks, to see where
     params = Params.model_validate(p)
+    assert params.latent_size == latent
     try:
         ingest.run(params, out_dir=tmp_path / "data", progress=False)
         validate.run(params, data_dir=tmp_path / "data", out_dir=tmp_path / "validation")
@@ -110,16 +124,21 @@ def test_shapes64_preset_runs_end_to_end_at_64x64_with_an_f8_autoencoder(tmp_pat
     finally:
         torch.set_num_threads(threads)
     unet = json.loads((tmp_path / "models" / "diffusion" / "config.json").read_text())["model"]
-    assert unet["sample_size"] == 8 and unet["in_channels"] == 4  # f = 8: 64x64x3 -> 8x8x4
+    assert unet["sample_size"] == latent and unet["in_channels"] == 4
+    assert unet["channels"] == [64, 96, 128][:unet_levels]
+    # self-attention only at 8x8 and below, never at the top level; the middle always keeps it
+    sides = [latent // 2**i for i in range(unet_levels)]
+    assert [("atn" in blocks) for blocks in unet["level_blocks"]] == [i > 0 and s <= 8 for i, s in enumerate(sides)]
+    assert "atn" in unet["mid_blocks"]
     ae = json.loads((tmp_path / "metrics" / "autoencoder.json").read_text())
     from components.data.artifact import read_dataset
 
     ds = read_dataset(tmp_path / "data")
     train, val = ds.images["train"].astype(np.float64), ds.images["val"].astype(np.float64)
     mean_image_psnr = 10 * np.log10(255.0**2 / ((val - train.mean(axis=0)) ** 2).mean())
-    # measured 16.6 dB against 15.1 for the train mean image (a collapsed autoencoder scores about that)
+    # measured at 64-f8: 16.6 dB against 15.1 for the train mean image (a collapsed autoencoder scores about that)
     assert ae["val_psnr"] > mean_image_psnr + 1.0, (ae["val_psnr"], mean_image_psnr)
     img = np.asarray(Image.open(tmp_path / "samples" / "5" / "1.png"))
-    assert img.shape == (64, 64, 3)
+    assert img.shape == (size, size, 3)
     grid = Image.open(tmp_path / "grid.png")
-    assert grid.mode == "RGB" and grid.size[1] >= len(SHAPES) * 64
+    assert grid.mode == "RGB" and grid.size[1] >= len(SHAPES) * size

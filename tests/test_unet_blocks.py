@@ -2,6 +2,7 @@
 through safetensors + JSON bit-exactly; the class and channel attentions do what they claim; bad
 layouts in params.yaml are ConfigErrors that name the key."""
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,56 @@ def test_attention_levels_keep_atn_only_where_asked():
     assert _count(model, SelfAttention) == 2 + 2  # level 1 down + up, twice in the middle
     per_level = UNetConfig.from_layout(blocks=[["res"], ["conv", "atn"]], channels=(8, 16), num_heads=2, **TINY)
     assert per_level.level_blocks == (("res",), ("conv", "atn")) and per_level.mid_blocks == ("conv", "atn", "chnAtn", "conv", "atn")
+
+
+@pytest.mark.parametrize(
+    ("latent", "channels", "attention"),
+    [
+        (8, (64, 96), (False, True)),  # the MNIST default's explicit layout is what auto gives 8x8 latents
+        (16, (64, 96, 128), (False, True, True)),  # 128x128 at f = 8, 64x64 at f = 4
+        (32, (64, 96, 128, 160), (False, False, True, True)),  # 256x256 at f = 8: no atn at 16x16 or above
+        (4, (64,), (False,)),  # already at the bottom: one level, attention in the middle only
+        (6, (64, 96), (False, True)),  # halved while even: 6, 3
+        (128, (64, 96, 128, 160, 192, 224), (False, False, False, False, True, True)),  # 128 .. 4
+    ],
+)
+def test_auto_levels_follow_the_latent_size(latent: int, channels: tuple, attention: tuple):
+    from components.models.unet_presets import auto_attention_levels, auto_channels, level_sizes
+
+    assert auto_channels(latent) == channels
+    assert auto_attention_levels(latent, len(channels)) == attention
+    sizes = level_sizes(latent)
+    assert sizes[0] == latent and len(sizes) == len(channels) and all(a == 2 * b for a, b in itertools.pairwise(sizes))
+    model = UNet(UNetConfig.from_params(UNetParams(channels="auto", attention_levels="auto", preset="res-res-clsAtn-atn-chnAtn",
+                                                   num_heads=2), in_channels=2, out_channels=2, sample_size=latent, num_classes=3))
+    assert model.config.channels == channels
+    assert [("atn" in b) for b in model.config.level_blocks] == list(attention)
+    out = model(torch.zeros(1, 2, latent, latent), torch.tensor([5]), torch.tensor([1]))
+    assert out.shape == (1, 2, latent, latent)
+
+
+def test_image_latent_and_unet_levels_are_checked_together(tmp_path: Path):
+    """Params refuses a chain that cannot run (else a shape error in the middle of train_diffusion), naming the keys."""
+    path = tmp_path / "params.yaml"
+
+    def load(tree: dict):
+        path.write_text(yaml.safe_dump(tree))
+        return load_params(path)
+
+    # f = 4 (3 autoencoder levels): 36 -> 9x9 latents, which 2 U-Net levels cannot halve
+    with pytest.raises(ConfigError, match=r"9x9 latents \(ingest.image_size 36 / f=4\).*divisible by 2, and 9 is not"):
+        load({"ingest": {"image_size": 36}})
+    with pytest.raises(ConfigError, match=r"ingest.image_size 30 is not divisible by the autoencoder's f=4"):
+        load({"ingest": {"image_size": 30}})
+    with pytest.raises(ConfigError, match=r"12x12 latents.*4 U-Net levels need a latent side divisible by 8"):
+        load({"ingest": {"image_size": 48}, "train_diffusion": {"unet": {"channels": [8, 16, 32, 64]}}})
+    # auto: the level count adapts, then a per-level block list must match it
+    p = load({"ingest": {"image_size": 36}, "train_diffusion": {"unet": {"channels": "auto"}}})
+    assert p.latent_size == 9 and p.train_diffusion.unet.for_latent(9) == ((64,), None)
+    with pytest.raises(ConfigError, match=r"2 per-level lists for 3 channels levels"):
+        load({"ingest": {"image_size": 64}, "train_diffusion": {"unet": {"channels": "auto", "preset": None, "blocks": [["res"], ["res"]]}}})
+    with pytest.raises(ConfigError, match=r"train_diffusion.unet.channels"):
+        load({"train_diffusion": {"unet": {"channels": "deep"}}})
 
 
 def test_macs_grow_with_the_layout():

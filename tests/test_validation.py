@@ -67,6 +67,38 @@ def test_build_image_table_columns_and_values():
     assert table["sha256"].is_unique
 
 
+def test_the_table_of_a_streamed_split_is_built_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """A data set larger than memory validates: the table reads a sharded split in chunks, never the whole split as one
+    array, and its rows equal the in-memory table's (whatever the chunk size, shard boundaries included)."""
+    from components.data.artifact import ShardedImages, write_dataset
+
+    splits = make_splits()
+    write_dataset(tmp_path / "data", images={s: x for s, (x, _) in splits.items()}, labels={s: y for s, (_, y) in splits.items()},
+                  class_names=[str(i) for i in range(NUM_CLASSES)], source="test", extra={}, shard_size=50)
+    images, labels = splits["train"]
+    expected = build_image_table(images, labels, "train")
+    shards = sorted((tmp_path / "data").glob("train_images_*.npy"))
+    assert len(shards) == 3  # 120 images in shards of 50
+
+    def whole_split(self, dtype=None, copy=None):
+        raise AssertionError("the whole split was read into memory at once")
+
+    monkeypatch.setattr(ShardedImages, "__array__", whole_split)
+    read_slices = []
+    getitem = ShardedImages.__getitem__
+
+    def spy(self, key):
+        read_slices.append(key)
+        return getitem(self, key)
+
+    monkeypatch.setattr(ShardedImages, "__getitem__", spy)
+    for chunk in (7, 50, 4096):
+        read_slices.clear()
+        table = build_image_table(ShardedImages(shards), labels, "train", chunk=chunk)
+        assert table.equals(expected), chunk
+        assert all(k.stop - k.start <= chunk for k in read_slices) and len(read_slices) == -(-120 // chunk)
+
+
 def test_good_dataset_passes_and_builds_docs(good):
     report, docs = good
     assert report.success, report.failed

@@ -42,18 +42,34 @@ class ValidationReport:
     docs_index: str | None
 
 
-def build_image_table(images: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFrame:
+TABLE_CHUNK = 4096  # images read at a time while building the table: validate's memory is the table's, not the data set's
+
+
+def build_image_table(images, labels: np.ndarray, split: str, chunk: int = TABLE_CHUNK) -> pd.DataFrame:
     """Return one row per image: split, index, label, shape, dtype, pixel stats, sha256.
 
-    ``images`` is ``[N, H, W, C]``; ``labels`` is ``[N]``.
+    ``images`` is ``[N, H, W, C]``: an array or a streamed split (:class:`~components.data.artifact.ShardedImages`),
+    read ``chunk`` images at a time so a data set larger than memory validates; ``labels`` is ``[N]``.
     """
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.ndim != 4:
-        raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels shape {labels.shape} does not match {images.shape[0]} images")
+    from components.data.artifact import iter_chunks
+
+    labels = np.asarray(labels)
+    if not hasattr(images, "shape"):
+        images = np.asarray(images)
+    if len(images.shape) != 4:
+        raise ValueError(f"images must be [N, H, W, C], got shape {tuple(images.shape)}")
     n, h, w, c = images.shape
-    flat = images.reshape(n, -1)
+    if labels.shape != (n,):
+        raise ValueError(f"labels shape {labels.shape} does not match {n} images")
+    stats: dict[str, list] = {"min": [], "max": [], "mean": [], "std": [], "sha256": []}
+    for part in iter_chunks(images, chunk):
+        flat = part.reshape(len(part), -1)
+        stats["min"].append(flat.min(axis=1).astype(np.int64))
+        stats["max"].append(flat.max(axis=1).astype(np.int64))
+        stats["mean"].append(flat.mean(axis=1, dtype=np.float64))
+        stats["std"].append(flat.std(axis=1, dtype=np.float64))
+        stats["sha256"].extend(hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in part)
+    empty = np.zeros(0, dtype=np.int64)
     return pd.DataFrame(
         {
             "split": split,
@@ -63,11 +79,9 @@ def build_image_table(images: np.ndarray, labels: np.ndarray, split: str) -> pd.
             "width": w,
             "channels": c,
             "dtype": str(images.dtype),
-            "min": flat.min(axis=1).astype(np.int64),
-            "max": flat.max(axis=1).astype(np.int64),
-            "mean": flat.mean(axis=1, dtype=np.float64),
-            "std": flat.std(axis=1, dtype=np.float64),
-            "sha256": [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images],
+            **{k: np.concatenate(stats[k]) if stats[k] else empty.astype(np.float64 if k in ("mean", "std") else np.int64)
+               for k in ("min", "max", "mean", "std")},
+            "sha256": stats["sha256"],
         }
     )
 

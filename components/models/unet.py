@@ -27,7 +27,7 @@ from components.errors import ConfigError
 from components.models import blocks as block_classes
 from components.models.blocks import Downsample, Upsample, group_norm, timestep_embedding
 from components.models.text import TextConfig, TextEncoder, Tokenizer
-from components.models.unet_presets import BLOCK_NAMES, BLOCK_TYPES, PRESETS, check_block_list, resolve_layout
+from components.models.unet_presets import BLOCK_NAMES, BLOCK_TYPES, PRESETS, check_block_list, resolve_auto, resolve_layout
 
 _DEFAULT_PRESET = "res-clsAtn-chnAtn"  # params.yaml's default, chosen by benchmarks/unet_layouts.py
 
@@ -38,8 +38,8 @@ class UNetLayoutParams(Protocol):
 
     preset: str | None
     blocks: tuple[str, ...] | tuple[tuple[str, ...], ...] | None
-    channels: tuple[int, ...]
-    attention_levels: tuple[bool, ...] | None
+    channels: tuple[int, ...] | str  # or "auto"
+    attention_levels: tuple[bool, ...] | str | None  # or "auto"
     num_heads: int
     num_class_tokens: int
     dropout: float
@@ -111,12 +111,17 @@ class UNetConfig:
     def from_params(cls, p: UNetLayoutParams, *, in_channels: int, out_channels: int, sample_size: int, num_classes: int,
                     text: TextConfig | None = None) -> UNetConfig:
         """The config of ``train_diffusion.unet`` for data of the given shape and class count; with ``text`` (the
-        tokenizer's vocabulary and the text encoder's shape), a text-conditioned U-Net."""
+        tokenizer's vocabulary and the text encoder's shape), a text-conditioned U-Net. ``channels: auto`` and
+        ``attention_levels: auto`` follow ``sample_size`` (:func:`~components.models.unet_presets.resolve_auto`)."""
+        try:
+            channels, attention_levels = resolve_auto(p.channels, p.attention_levels, sample_size)
+        except ValueError as exc:
+            raise ConfigError(f"train_diffusion.unet: {exc}") from None
         return cls.from_layout(
             preset=p.preset,
             blocks=p.blocks,
-            channels=p.channels,
-            attention_levels=p.attention_levels,
+            channels=channels,
+            attention_levels=attention_levels,
             in_channels=in_channels,
             out_channels=out_channels,
             sample_size=sample_size,

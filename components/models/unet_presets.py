@@ -10,6 +10,10 @@ the one registry that the params validation, the presets and :class:`~components
 a new block type is a class in ``components/models/blocks.py`` plus one entry there.
 
 The first block of a level must change the channel count (``res`` or ``conv``).
+
+``channels: auto`` and ``attention_levels: auto`` make the levels follow the latent size (:func:`auto_channels`,
+:func:`auto_attention_levels`): one level per halving down to 4x4, self-attention only at 8x8 and below, as the
+LDM U-Nets place it at their lowest resolutions (Rombach et al. 2022, appendix E.2, ``attention_resolutions``).
 """
 
 from __future__ import annotations
@@ -79,6 +83,60 @@ PRESETS: dict[str, Preset] = {
     "res-large": Preset(("res", "clsAtn", "chnAtn"), width_mult=1.5, note="Res Large: 1.5x channels (seed: 192 vs 128)"),
 }
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+
+
+AUTO = "auto"
+# widths of the levels chosen by ``channels: auto``, top level first; the MNIST default's 8x8 latents get (64, 96)
+CHANNEL_LADDER: tuple[int, ...] = (64, 96, 128, 160, 192, 224, 256)
+MIN_LEVEL_SIZE = 4  # ``channels: auto`` halves the latent down to this side (the MNIST default ends at 4x4)
+MAX_ATTENTION_SIZE = 8  # ``attention_levels: auto`` keeps atn blocks only at levels this small or smaller
+
+
+def level_sizes(latent_size: int, levels: int | None = None) -> tuple[int, ...]:
+    """The side of each U-Net level for ``latent_size`` x ``latent_size`` latents: each level halves the previous.
+
+    With ``levels=None`` (``channels: auto``), as many levels as halve the side down to :data:`MIN_LEVEL_SIZE` while
+    it stays even (8 -> (8, 4), 16 -> (16, 8, 4), 6 -> (6, 3)). With a level count, raises ``ValueError`` when the
+    side is not divisible by ``2 ** (levels - 1)`` (the up path could not restore the down path's sizes).
+    """
+    if latent_size < 1:
+        raise ValueError(f"latent size must be >= 1, got {latent_size}")
+    if levels is None:
+        sizes = [latent_size]
+        while sizes[-1] > MIN_LEVEL_SIZE and sizes[-1] % 2 == 0:
+            sizes.append(sizes[-1] // 2)
+        return tuple(sizes)
+    if latent_size % 2 ** (levels - 1):
+        raise ValueError(
+            f"{levels} U-Net levels need a latent side divisible by {2 ** (levels - 1)}, and {latent_size} is not; use fewer "
+            "train_diffusion.unet.channels levels, channels: auto, or another ingest.image_size"
+        )
+    return tuple(latent_size // 2**i for i in range(levels))
+
+
+def auto_channels(latent_size: int) -> tuple[int, ...]:
+    """``channels: auto``: one level per entry of :func:`level_sizes`, widths from :data:`CHANNEL_LADDER`
+    (8x8 latents: (64, 96); 16x16: (64, 96, 128); 32x32: (64, 96, 128, 160))."""
+    n = len(level_sizes(latent_size))
+    return tuple(CHANNEL_LADDER[min(i, len(CHANNEL_LADDER) - 1)] for i in range(n))
+
+
+def auto_attention_levels(latent_size: int, levels: int) -> tuple[bool, ...]:
+    """``attention_levels: auto``: keep the ``atn`` blocks of the levels whose side is at most
+    :data:`MAX_ATTENTION_SIZE` and below the top level (self-attention costs the square of the pixel count; the
+    middle always keeps them). 8x8 latents: (False, True), the MNIST default; 16x16: (False, True, True)."""
+    sizes = level_sizes(latent_size, levels)
+    return tuple(i > 0 and size <= MAX_ATTENTION_SIZE for i, size in enumerate(sizes))
+
+
+def resolve_auto(channels, attention_levels, latent_size: int) -> tuple[tuple[int, ...], tuple[bool, ...] | None]:
+    """``channels`` and ``attention_levels`` with ``auto`` replaced for ``latent_size`` latents; checks that the
+    latent side fits the level count (:func:`level_sizes`)."""
+    channels = auto_channels(latent_size) if channels == AUTO else tuple(channels)
+    level_sizes(latent_size, len(channels))
+    if attention_levels == AUTO:
+        attention_levels = auto_attention_levels(latent_size, len(channels))
+    return channels, attention_levels
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = VALIDATION_DI
     from components.data.validation import raise_for_failures, validate_dataset
 
     cfg = params.validate_
-    ds = read_dataset(data_dir)
+    ds = read_dataset(data_dir, stream=True)  # the table is built a chunk of images at a time
     with atomic_dir(out_dir) as tmp:
         report = validate_dataset(
             {s: (ds.images[s], ds.labels[s]) for s in ds.images},
