@@ -276,3 +276,42 @@ def test_the_disabled_stage_writes_only_a_status(tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["status.json"]
     assert json.loads((out / "status.json").read_text())["enabled"] is False
     assert json.loads((tmp_path / "metrics" / "distill.json").read_text()) == {"enabled": False}
+
+
+def test_register_adds_the_student_with_alias_fast_and_checks_its_teacher(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import components.registry.mlflow_registry as registry
+    from components.registry.lineage import LineageError, file_sha256
+    from pipelines.stages import register as stage
+
+    models = tmp_path / "models"
+    student_folder(models / "distilled")
+    teacher_unet = tiny_unet(seed=1)
+    save_checkpoint(models / "diffusion", teacher_unet, teacher_unet.config.to_dict(), {"schedule": SCHEDULE})
+    teacher = SimpleNamespace(model_name="latentflow", version="3", run_id="r3", model_uri="models:/latentflow/3")
+    origin = {"git_commit": "abc", "dataset_digest": "d" * 64, "params_sha256": "p" * 64}
+    kwargs = dict(teacher=teacher, origin=origin, manifest={}, tracking_uri="sqlite:///unused.db")
+    assert stage.register_student(Params(), tmp_path / "nothing", models, **kwargs) is None  # no student: nothing registered
+    status = {"enabled": True, "steps": 2, "rounds": [{"student_steps": 2, "final_loss": 0.25, "train_seconds": 9.0, "images_seen": 640}],
+              "teacher_weights_sha256": "0" * 64}
+    (models / "distilled" / "status.json").write_text(json.dumps(status))
+    with pytest.raises(LineageError, match="re-run the distill stage"):
+        stage.register_student(Params(), models / "distilled", models, **kwargs)
+    status["teacher_weights_sha256"] = file_sha256(models / "diffusion" / "model.safetensors")
+    (models / "distilled" / "status.json").write_text(json.dumps(status))
+    seen = {}
+
+    def fake_register_model(**kw):
+        seen.update(kw, bundle=sorted(p.name for p in Path(kw["model_dir"]).iterdir()),
+                    lineage=json.loads((Path(kw["model_dir"]) / "lineage.json").read_text()))
+        return SimpleNamespace(version="4", alias=kw["alias"], model_uri="models:/latentflow/4", run_id="r4")
+
+    monkeypatch.setattr(registry, "register_model", fake_register_model)
+    fast = stage.register_student(Params(), models / "distilled", models, **kwargs)
+    assert fast == {"version": "4", "alias": "fast", "model_uri": "models:/latentflow/4", "run_id": "r4", "teacher_version": "3",
+                    "steps": 2, "guidance": 3.0}
+    assert seen["alias"] == "fast" and seen["tags"]["teacher_version"] == "3" and seen["tags"]["teacher_run_id"] == "r3"
+    assert seen["bundle"] == ["autoencoder", "diffusion", "lineage.json"]
+    assert seen["lineage"]["teacher"]["weights_sha256"] == status["teacher_weights_sha256"]
+    assert seen["metrics"]["round_2_steps_final_loss"] == 0.25 and seen["metrics"]["distilled_steps"] == 2.0
