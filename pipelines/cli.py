@@ -200,8 +200,8 @@ def sample(
     out: Annotated[Path, typer.Option(help="output folder: OUT/<label>/<index>.png (replaced; must be new, empty or a samples folder)")] = Path("samples"),
     model: Annotated[str, typer.Option(help="model folder (autoencoder/ + diffusion/) or MLflow URI, e.g. models:/latentflow@champion")] = "models",
     sampler: Annotated[str | None, typer.Option(help=f"{' | '.join(SAMPLERS)} (params: sample.sampler)")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps, 1 .. the model's training timesteps (params: sample.steps; "
-                                                                 "a distilled student: its own step count)")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps, 1 .. the model's training timesteps; a distilled student "
+                                                                 "defaults to its own step count (params: sample.steps)")] = None,
     guidance: Annotated[float | None, typer.Option(callback=_finite_nonnegative,
                                                    help="classifier-free guidance scale, >= 0; 1 = none (params: sample.guidance)")] = None,
     eta: Annotated[float | None, typer.Option(callback=_finite_nonnegative, help="DDIM eta, >= 0 (0 deterministic, 1 DDPM-like) (params: sample.eta)")] = None,
