@@ -109,6 +109,7 @@ def main() -> None:
         }
     result = {
         "protocol": {"num_generated": int(len(labels)), "guidance": args.guidance, "seed": args.seed, "batch_size": args.batch_size,
+                     "teacher_steps": args.teacher_steps, "threads": args.threads,
                      "reference": "val split", "num_reference": int(len(ds.labels["val"])),
                      "extractor": "evaluate stage classifier (models/classifier)",
                      "timing": "one generate() call per row (sampling + decoding), rows one after the other in this process"},

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -315,3 +316,50 @@ def test_register_adds_the_student_with_alias_fast_and_checks_its_teacher(tmp_pa
     assert seen["bundle"] == ["autoencoder", "diffusion", "lineage.json"]
     assert seen["lineage"]["teacher"]["weights_sha256"] == status["teacher_weights_sha256"]
     assert seen["metrics"]["round_2_steps_final_loss"] == 0.25 and seen["metrics"]["distilled_steps"] == 2.0
+
+
+@pytest.mark.slow  # ~17 s on a busy core
+def test_the_stage_writes_loadable_students_and_reuses_finished_rounds(tmp_path: Path, monkeypatch) -> None:
+    """The enabled stage on a tiny teacher: every round's student is a model folder the generator samples with its own
+    step count; a rerun with one more round takes no step of the finished one (its last checkpoint is the final step)."""
+    from types import SimpleNamespace
+
+    import components.data.artifact as artifact
+    from pipelines.stages import distill as stage
+
+    models = tmp_path / "models"
+    ae = build_autoencoder(AutoencoderConfig(in_channels=1, image_size=8, channels=(8, 16), latent_channels=2), scale_factor=0.8)
+    save_checkpoint(models / "autoencoder", ae, ae.config.to_dict(), {"scale_factor": 0.8})
+    teacher = tiny_unet()
+    save_checkpoint(models / "diffusion", teacher, teacher.config.to_dict(),
+                    {"schedule": {**SCHEDULE, "prediction_type": "epsilon"}, "class_names": ["a", "b", "c"], "dataset_digest": "d" * 64})
+    rng = np.random.default_rng(0)
+    ds = SimpleNamespace(images={"train": rng.integers(0, 255, (24, 8, 8, 1), dtype=np.uint8)}, labels={"train": np.arange(24) % 3},
+                         manifest={"dataset_digest": "d" * 64})
+    monkeypatch.setattr(artifact, "read_dataset", lambda *a, **k: ds)
+
+    def params(steps):
+        return Params.model_validate({"base": {"device": "cpu"}, "distill": {
+            "enabled": True, "steps": steps, "teacher_steps": 4, "batch_size": 8, "max_images": 32, "warmup_images": 8}})
+
+    kwargs = dict(data_dir=tmp_path / "data", models_dir=models, metrics_dir=tmp_path / "metrics", out_dir=models / "distilled",
+                  progress=False)
+    first = stage.run(params([2]), **kwargs)
+    assert first["steps"] == 2 and first["rounds"][0]["resumed_from_step"] is None and first["rounds"][0]["images_seen"] == 32
+    status = stage.run(params([2, 1]), **kwargs)
+    assert [r["student_steps"] for r in status["rounds"]] == [2, 1]
+    assert status["rounds"][0]["resumed_from_step"] == 4 and status["rounds"][1]["resumed_from_step"] is None  # round 1 reused
+    out = models / "distilled"
+    assert sorted(p.name for p in out.iterdir()) == ["autoencoder", "diffusion", "rounds", "status.json"]
+    assert sorted(p.name for p in (out / "rounds").iterdir()) == ["steps_1", "steps_2"]
+    for steps, folder in ((1, out), (2, out / "rounds" / "steps_2"), (1, out / "rounds" / "steps_1")):
+        gen = LatentDiffusionGenerator.from_dir(folder)
+        assert gen.default_steps == steps and gen.distilled.guidance == 3.0 and gen.prediction_type == "v_prediction"
+        assert gen.generate([0, 1], seed=0, steps=steps).shape == (2, 8, 8, 1)
+    from components.registry.lineage import file_sha256
+
+    assert status["teacher_weights_sha256"] == file_sha256(models / "diffusion" / "model.safetensors")
+    metrics = json.loads((tmp_path / "metrics" / "distill.json").read_text())
+    assert metrics["enabled"] is True and set(metrics["rounds"]) == {"2", "1"}
+    student = load_file(str(out / "diffusion" / "model.safetensors"))
+    assert not all(torch.equal(student[k], teacher.state_dict()[k]) for k in student)  # it trained

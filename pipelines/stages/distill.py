@@ -67,7 +67,11 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     mean, logvar = mean * scale, logvar + 2 * torch.log(torch.tensor(scale))  # z = scale * (mean + std n), as train_diffusion
     labels = torch.from_numpy(ds.labels["train"]).long()
     teacher_file = models_dir / "diffusion" / "model.safetensors"
-    base = training_fingerprint(params, "distill", ds.manifest["dataset_digest"], teacher_file) + f"|guidance={guidance}"
+    # what every round learns from: the section less `steps` and `enabled` (a round's own step counts and its teacher's
+    # weights enter round_fingerprint), so appending a round to distill.steps reuses the finished ones
+    section = params.distill.model_copy(update={"steps": (), "enabled": True})
+    base = training_fingerprint(params.model_copy(update={"distill": section}), "distill", ds.manifest["dataset_digest"], teacher_file)
+    base += f"|guidance={guidance}"
     loop = LoopConfig.from_section(cfg)
     ctx = DistContext(device=device)
     ckroot = models_dir.resolve().parent / CHECKPOINTS_DIR / "distill"
