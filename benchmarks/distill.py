@@ -5,7 +5,9 @@ step, the project's default ``leading`` spacing) and for every student the disti
 (``models/distilled/rounds/steps_<N>/``: one U-Net pass per step, guidance folded in, its trailing grid): class
 consistency and the Fréchet distance to the real val split in the evaluate stage's classifier features
 (``models/classifier``), and images/s of ``LatentDiffusionGenerator.generate`` (sampling + decoding) on the same labels
-and seed, one after the other in this process with the same thread count. As a baseline for what distillation buys,
+and seed, in this process with the same thread count: the quality from one run of ``--num-per-class`` images per class,
+the speed as the median of ``--repeats`` timed runs of ``--timing-per-class`` images per class, the models taking turns
+within each repeat (on a shared machine one-shot timings drift with the load). As a baseline for what distillation buys,
 the teacher itself is also run with guidance at the students' step counts (DDIM, trailing spacing).
 
 Targets (issue #13): at 4 steps, class consistency within 0.02 of the teacher's, FD within 25% of the teacher's, images/s
@@ -36,14 +38,18 @@ TARGET_STEPS, MAX_CC_DROP, MAX_FD_RATIO, MIN_SPEEDUP = 4, 0.02, 1.25, 10.0
 
 
 def measure(gen: LatentDiffusionGenerator, labels: np.ndarray, clf, ref: tuple, **kwargs) -> dict:
-    """Generate ``labels`` once, timed; score the images."""
-    t0 = time.perf_counter()
+    """Generate ``labels`` once and score the images."""
     images = gen.generate(labels, **kwargs)
-    seconds = time.perf_counter() - t0
     feats, pred = classify(clf, images)
     return {"class_consistency": class_consistency(pred, labels, gen.num_classes)["overall"],
-            "fd_classifier": frechet_distance(*feature_statistics(feats), *ref),
-            "seconds": round(seconds, 2), "images_per_s": round(len(labels) / seconds, 2)}
+            "fd_classifier": frechet_distance(*feature_statistics(feats), *ref)}
+
+
+def images_per_s(gen: LatentDiffusionGenerator, labels: np.ndarray, **kwargs) -> float:
+    """images/s of one ``generate`` call (sampling + decoding)."""
+    t0 = time.perf_counter()
+    gen.generate(labels, **kwargs)
+    return len(labels) / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -57,6 +63,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--timing-per-class", type=int, default=10, help="images per class of each timed run")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per model (median)")
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/distill.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,27 +81,32 @@ def main() -> None:
     if not students:
         raise SystemExit(f"{args.students}/rounds holds no student: run the distill stage with distill.enabled: true first")
 
-    rows = []
-    row = {"model": "teacher", "sampler": "ddim", "steps": args.teacher_steps, "guidance": args.guidance, "timestep_spacing": "leading",
-           "unet_passes_per_step": 2,
-           **measure(teacher, labels, clf, ref, sampler="ddim", steps=args.teacher_steps, guidance=args.guidance, **common)}
-    rows.append(row)
-    print(json.dumps(row), flush=True)
-    base = row
+    runs = [("teacher", teacher, {"steps": args.teacher_steps, "timestep_spacing": "leading"}, 2, args.guidance)]
     for steps, folder in students:
         student = LatentDiffusionGenerator.from_dir(folder)
         assert student.distilled is not None and student.distilled.steps == steps, folder
-        row = {"model": "student", "sampler": "ddim", "steps": steps, "guidance": student.distilled.guidance, "timestep_spacing": "trailing",
-               "unet_passes_per_step": 1, **measure(student, labels, clf, ref, sampler="ddim", steps=steps, guidance=args.guidance, **common)}
+        runs.append(("student", student, {"steps": steps, "timestep_spacing": "trailing"}, 1, student.distilled.guidance))
+        runs.append(("teacher (no distillation)", teacher, {"steps": steps, "timestep_spacing": "trailing"}, 2, args.guidance))
+    rows = []
+    for model, gen, kw, passes, folded in runs:
+        row = {"model": model, "sampler": "ddim", **kw, "guidance": folded, "unet_passes_per_step": passes,
+               **measure(gen, labels, clf, ref, sampler="ddim", guidance=args.guidance, **kw, **common)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    timing_labels = np.repeat(np.arange(teacher.num_classes), args.timing_per_class)
+    speeds: list[list[float]] = [[] for _ in runs]
+    for rep in range(args.repeats):
+        order = range(len(runs)) if rep % 2 == 0 else reversed(range(len(runs)))
+        for i in order:
+            _, gen, kw, _, _ = runs[i]
+            speeds[i].append(images_per_s(gen, timing_labels, sampler="ddim", guidance=args.guidance, **kw, **common))
+    for row, s in zip(rows, speeds, strict=True):
+        row["images_per_s"] = round(float(np.median(s)), 2)
+        row["images_per_s_runs"] = [round(v, 2) for v in s]
+    base = rows[0]
+    for row in rows:
         row["speedup_vs_teacher"] = round(row["images_per_s"] / base["images_per_s"], 2)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        row = {"model": "teacher (no distillation)", "sampler": "ddim", "steps": steps, "guidance": args.guidance,
-               "timestep_spacing": "trailing", "unet_passes_per_step": 2,
-               **measure(teacher, labels, clf, ref, sampler="ddim", steps=steps, guidance=args.guidance, timestep_spacing="trailing",
-                         **common)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: row[k] for k in ("model", "steps", "images_per_s", "images_per_s_runs", "speedup_vs_teacher")}), flush=True)
     target = next((r for r in rows if r["model"] == "student" and r["steps"] == TARGET_STEPS), None)
     targets = None
     if target is not None:
@@ -109,10 +122,12 @@ def main() -> None:
         }
     result = {
         "protocol": {"num_generated": int(len(labels)), "guidance": args.guidance, "seed": args.seed, "batch_size": args.batch_size,
-                     "teacher_steps": args.teacher_steps, "threads": args.threads,
+                     "teacher_steps": args.teacher_steps, "threads": args.threads, "timing_per_class": args.timing_per_class,
+                     "repeats": args.repeats,
                      "reference": "val split", "num_reference": int(len(ds.labels["val"])),
                      "extractor": "evaluate stage classifier (models/classifier)",
-                     "timing": "one generate() call per row (sampling + decoding), rows one after the other in this process"},
+                     "timing": f"median images/s of {args.repeats} generate() calls (sampling + decoding) of "
+                               f"{len(timing_labels)} images per model, the models taking turns (alternating order) in this process"},
         "distill": {k: status.get(k) for k in ("steps", "guidance", "rounds", "teacher_weights_sha256")},
         "rows": rows,
         "targets": targets,

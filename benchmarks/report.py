@@ -67,7 +67,8 @@ def command(name: str, r: dict | list | None) -> str:
     if name == "distill.json" and isinstance(r, dict):
         p = r["protocol"]
         return (f"python -m benchmarks.distill --num-per-class {p['num_generated'] // 10} --teacher-steps {p['teacher_steps']} "
-                f"--guidance {p['guidance']:g} --seed {p['seed']} --batch-size {p['batch_size']} --threads {p['threads']}")
+                f"--guidance {p['guidance']:g} --seed {p['seed']} --batch-size {p['batch_size']} --threads {p['threads']}"
+                + (f" --timing-per-class {p['timing_per_class']} --repeats {p['repeats']}" if "repeats" in p else ""))
     if name == "text_prompts.json" and isinstance(r, dict) and r.get("arguments"):
         a = r["arguments"]
         return (f"python -m benchmarks.text_prompts --run {a['run']} --seen-per-prompt {a['seen_per_prompt']} --held-out-per-prompt "
