@@ -240,7 +240,7 @@ class DistillParams(TrainingParams):
         "v_prediction", description="what the student predicts (v or x0 stay finite at t = T-1; Salimans & Ho 2022 sec. 4)")
     batch_size: BatchSize = 128
     max_images: ImageBudget = 25_600
-    lr: LearningRate = 1e-4
+    lr: LearningRate = 2e-4
     warmup_images: WarmupImages = 1_280
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     log_every: int = Field(10, ge=1, description="steps between loss-curve points")
