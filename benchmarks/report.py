@@ -11,6 +11,7 @@ file (built from the settings the JSON records, see ``command``) and the provena
 - ``unet_layouts*.json`` (U-Net layouts), ``pipeline_run.json`` and ``pipeline_run_<preset>.json`` (what a ``make run`` measured),
   ``stage_profile.json`` (where a pipeline run's time goes, per stage),
 - ``quality_vs_steps.json`` (quality vs sampler steps of the default model),
+- ``distill.json`` (distilled few-step students vs their teacher),
 - ``gpu_check.json`` and ``throughput_gpu.json`` (a GPU session).
 
 A section whose JSON is absent says so and names the command that writes it.
@@ -36,6 +37,7 @@ COMMANDS = {  # when a file is absent
     "throughput_gpu.json": "bash benchmarks/gpu_check.sh",
     "quality_vs_steps.json": "make run && .venv/bin/python -m benchmarks.quality_vs_steps --num-per-class 20",
     "text_prompts.json": "make run && .venv/bin/python -m benchmarks.text_prompts",
+    "distill.json": "latentflow distill (distill.enabled: true) && .venv/bin/python -m benchmarks.distill --threads 1",
 }
 
 
@@ -62,6 +64,11 @@ def command(name: str, r: dict | list | None) -> str:
         return (f"python -m benchmarks.quality_vs_steps --samplers {samplers} --steps {steps} --num-per-class "
                 f"{p['num_generated'] // 10} --guidance {p['guidance']:g} --seed {p['seed']} "
                 f"--timestep-spacing {p.get('timestep_spacing', 'leading')}")
+    if name == "distill.json" and isinstance(r, dict):
+        p = r["protocol"]
+        return (f"python -m benchmarks.distill --num-per-class {p['num_generated'] // 10} --teacher-steps {p['teacher_steps']} "
+                f"--guidance {p['guidance']:g} --seed {p['seed']} --batch-size {p['batch_size']} --threads {p['threads']}"
+                + (f" --timing-per-class {p['timing_per_class']} --repeats {p['repeats']}" if "repeats" in p else ""))
     if name == "text_prompts.json" and isinstance(r, dict) and r.get("arguments"):
         a = r["arguments"]
         return (f"python -m benchmarks.text_prompts --run {a['run']} --seen-per-prompt {a['seen_per_prompt']} --held-out-per-prompt "
@@ -382,6 +389,37 @@ def quality_vs_steps_section(r: dict | None) -> list[str]:
     return lines
 
 
+def distill_section(r: dict | None) -> list[str]:
+    """Distilled students vs their teacher: class consistency, Fréchet distance, images/s, and the issue's targets."""
+    title = "## Distilled few-step students"
+    if r is None:
+        return [title, "", f"Not measured yet (`reports/benchmarks/distill.json` is absent): `{COMMANDS['distill.json']}`.", ""]
+    p, d, rows, t = r["protocol"], r["distill"], r["rows"], r.get("targets")
+    rounds = "; ".join(f"{x['teacher_steps']}→{x['student_steps']} steps: {x['images_seen']:,} images, {x['train_seconds']:.0f} s, "
+                       f"loss {x['first_loss']:.4f}→{x['final_loss']:.4f}" for x in d.get("rounds") or [])
+    lines = [title, "", _source("distill.json", r), "",
+             f"Students of the distill stage (guided progressive distillation, guidance {d['guidance']:g} folded in; rounds: {rounds}). "
+             f"{p['num_generated']} images per row ({p['num_generated'] // 10} per class), seed {p['seed']}, the same labels and initial "
+             f"noise for every row; reference: the {p['reference']} ({p['num_reference']} images); features: {p['extractor']}. "
+             f"Timing: {p['timing']}, {p['threads']} torch thread(s).", "",
+             "| model | DDIM steps | U-Net passes per step | class consistency | Fréchet distance | images/s | × teacher |",
+             "|---|---|---|---|---|---|---|"]
+    teacher = rows[0]
+    for x in rows:
+        speed = x["images_per_s"] / teacher["images_per_s"]
+        lines.append(f"| {x['model']} | {x['steps']} | {x['unet_passes_per_step']} | {x['class_consistency']:.3f} | "
+                     f"{x['fd_classifier']:.2f} | {x['images_per_s']:.1f} | {speed:.1f} |")
+    lines.append("")
+    if t is not None:
+        def ok(flag: bool) -> str:
+            return "met" if flag else "NOT met"
+
+        lines += [f"Targets at {t['steps']} steps ({t['rule']}): class consistency drop {t['class_consistency_drop']:+.3f} "
+                  f"({ok(t['class_consistency_met'])}), FD ratio {t['fd_ratio']:.2f} ({ok(t['fd_met'])}), speed-up {t['speedup']:.1f}× "
+                  f"({ok(t['speedup_met'])}).", ""]
+    return lines
+
+
 def text_prompts_section(r: dict | None) -> list[str]:
     """Class consistency of prompt-generated samples (seen and held-out phrasings) and the text encoder's cost."""
     title = "## Text prompts"
@@ -438,6 +476,7 @@ def render(root: Path) -> list[str]:
     lines += unet_layouts_section({p.name: _load(p) for p in sorted(b.glob("unet_layouts*.json"))})
     lines += stage_profile_section(_load(b / "stage_profile.json"))
     lines += quality_vs_steps_section(_load(b / "quality_vs_steps.json"))
+    lines += distill_section(_load(b / "distill.json"))
     lines += text_prompts_section(_load(b / "text_prompts.json"))
     gpu = _load(b / "gpu_check.json")
     lines += gpu_section(gpu)

@@ -5,6 +5,7 @@ Unknown keys and bad values are errors that name the offending key (``extra="for
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -246,6 +247,31 @@ class DiffusionParams(TrainingParams):
     log_every: int = Field(50, ge=1, description="steps between loss-curve points")
 
 
+class DistillParams(TrainingParams):
+    """The optional ``distill`` stage: guided progressive distillation of the EMA U-Net into few-step students
+    (components/training/distill.py). ``max_images`` etc. are per round; the guidance folded in is ``sample.guidance``."""
+
+    enabled: bool = Field(False, description="false: the stage only writes models/distilled/status.json saying so (no cost)")
+    steps: tuple[int, ...] = Field((8, 4), min_length=1, description="student step counts, descending; the last is registered as 'fast'")
+    teacher_steps: int = Field(16, ge=2, description="DDIM steps of the guided teacher that the first student matches")
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = Field(
+        "v_prediction", description="what the student predicts (v or x0 stay finite at t = T-1; Salimans & Ho 2022 sec. 4)")
+    batch_size: BatchSize = 128
+    max_images: ImageBudget = 25_600
+    lr: LearningRate = 2e-4
+    warmup_images: WarmupImages = 1_280
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
+    log_every: int = Field(10, ge=1, description="steps between loss-curve points")
+
+    @model_validator(mode="after")
+    def _descending(self) -> DistillParams:
+        counts = [self.teacher_steps, *self.steps]
+        if any(b >= a for a, b in itertools.pairwise(counts)) or min(self.steps) < 1:
+            raise ValueError(f"distill.steps must be positive and strictly descending below distill.teacher_steps "
+                             f"({self.teacher_steps}), e.g. [8, 4]; got {list(self.steps)}")
+        return self
+
+
 class SampleParams(_Section):
     sampler: Literal[SAMPLERS] = "ddim"
     steps: int = Field(50, ge=1)
@@ -331,6 +357,7 @@ class Params(_Section):
     train_autoencoder: AutoencoderParams = AutoencoderParams()
     train_diffusion: DiffusionParams = DiffusionParams()
     sample: SampleParams = SampleParams()
+    distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import torch
 
 from components.device import autocast, resolve_device
 from components.diffusion import DEFAULT_GUIDANCE, make_betas, sample
+from components.diffusion.distilled import DistilledInfo
 from components.diffusion.editing import edit_latents, latent_mask, strength_start
 from components.images import to_model_range, to_uint8
 from components.models.checkpoint import CheckpointError, load_autoencoder, load_unet
 from components.models.text import Tokenizer
 
+log = logging.getLogger("latentflow")
 SCHEDULE_KEYS = ("schedule", "num_timesteps", "beta_start", "beta_end", "prediction_type")
 
 
@@ -59,6 +62,35 @@ class LatentDiffusionGenerator:
         self.class_names: list[str] = list(diffusion_meta.get("class_names") or range(self.num_classes))
         self.conditioning = getattr(unet.config, "conditioning", "class")
         self.tokenizer = Tokenizer.from_config(unet.config.text) if self.conditioning == "text" else None
+        self.distilled = None  # a few-step student (distill stage): its DistilledInfo, read from config.json's "distilled"
+        if diffusion_meta.get("distilled") is not None:
+            try:
+                self.distilled = DistilledInfo.from_dict(diffusion_meta["distilled"])
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"diffusion/config.json: bad 'distilled' section ({exc}); re-run the distill stage") from None
+
+    @property
+    def default_steps(self) -> int | None:
+        """The step count a distilled student was trained for (None for an ordinary model)."""
+        return self.distilled.steps if self.distilled is not None else None
+
+    def sampling_settings(self, sampler: str, steps: int, guidance: float, timestep_spacing: str) -> tuple[float, str]:
+        """The ``(guidance, timestep_spacing)`` a run really uses: unchanged for an ordinary model. A distilled student
+        (Meng et al. 2023: guidance folded in) runs one pass per step (guidance 1) on the grid it was distilled on; asked
+        for another sampler it refuses (``ValueError``), for another step count or guidance it warns and goes on."""
+        d = self.distilled
+        if d is None:
+            return guidance, timestep_spacing
+        if sampler != d.sampler:
+            raise ValueError(f"this model is a student distilled for the {d.sampler} sampler at {d.steps} steps; "
+                             f"sampler {sampler!r} would not follow its training: use --sampler {d.sampler}")
+        if steps != d.steps:
+            log.warning("this model is a student distilled for %d %s steps; sampling it at %d steps is outside its training "
+                        "(expect worse images): use --steps %d", d.steps, d.sampler, steps, d.steps)
+        if guidance not in (1.0, d.guidance):
+            log.warning("this student has guidance %g folded in (one pass per step); the requested guidance %g is ignored",
+                        d.guidance, guidance)
+        return 1.0, d.timestep_spacing
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> LatentDiffusionGenerator:
@@ -160,6 +192,7 @@ class LatentDiffusionGenerator:
                                  f"got {masks.dtype} {masks.shape}")
             if not masks.reshape(len(masks), -1).any(axis=1).all():
                 raise ValueError("a mask has no white pixel: nothing to repaint (white = repaint, black = keep)")
+        guidance, timestep_spacing = self.sampling_settings(sampler, steps, guidance, timestep_spacing)
         k = strength_start(steps, strength)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (images per sampler call), got {batch_size}")
@@ -219,6 +252,7 @@ class LatentDiffusionGenerator:
         the decoder run under bf16 autocast (:func:`components.device.autocast`), on the CPU in fp32.
         """
         labels = self.condition(class_labels, prompts)
+        guidance, timestep_spacing = self.sampling_settings(sampler, steps, guidance, timestep_spacing)
         noise = torch.randn((len(labels), *self.latent_shape), generator=torch.Generator().manual_seed(seed))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (images per sampler call), got {batch_size}")

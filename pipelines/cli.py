@@ -55,6 +55,8 @@ def _run_stage(name: str, stage, params_path: Path, max_time: float | None = Non
     _setup()
     try:
         params = load_params(params_path)
+        if name == "distill":
+            params = _with_max_time(params, name, max_time)
         if name.startswith("train_"):  # only the training stages import torch.distributed (~3 s of start-up)
             from components.training.distributed import launch_torchrun, under_torchrun
 
@@ -145,6 +147,16 @@ def train_diffusion(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOp
     _run_stage("train_diffusion", stage.run, params, max_time=max_time, track=True)
 
 
+@app.command("distill", help="Optional (distill.enabled): distil the EMA U-Net into few-step students with sample.guidance "
+             "folded in (guided progressive distillation) -> models/distilled (the last student; rounds/steps_<N>/ each round's), "
+             "metrics/distill.json. Disabled, it only writes models/distilled/status.json.\n\nRuns in one process. Each round resumes "
+             "automatically from the newest checkpoint in checkpoints/distill/ written with the same params, data and teacher.")
+def distill(params: ParamsOpt = Path("params.yaml"), max_time: MaxTimeOpt = None) -> None:
+    from pipelines.stages import distill as stage
+
+    _run_stage("distill", stage.run, params, max_time=max_time)
+
+
 @app.command("reference_stats")
 def reference_stats(params: ParamsOpt = Path("params.yaml")) -> None:
     """Train the domain classifier; features and statistics of the real val split per extractor -> reference_stats/."""
@@ -188,7 +200,8 @@ def sample(
     out: Annotated[Path, typer.Option(help="output folder: OUT/<label>/<index>.png (replaced; must be new, empty or a samples folder)")] = Path("samples"),
     model: Annotated[str, typer.Option(help="model folder (autoencoder/ + diffusion/) or MLflow URI, e.g. models:/latentflow@champion")] = "models",
     sampler: Annotated[str | None, typer.Option(help=f"{' | '.join(SAMPLERS)} (params: sample.sampler)")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps, 1 .. the model's training timesteps (params: sample.steps)")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps, 1 .. the model's training timesteps; a distilled student "
+                                                                 "defaults to its own step count (params: sample.steps)")] = None,
     guidance: Annotated[float | None, typer.Option(callback=_finite_nonnegative,
                                                    help="classifier-free guidance scale, >= 0; 1 = none (params: sample.guidance)")] = None,
     eta: Annotated[float | None, typer.Option(callback=_finite_nonnegative, help="DDIM eta, >= 0 (0 deterministic, 1 DDPM-like) (params: sample.eta)")] = None,
@@ -239,7 +252,7 @@ def sample(
     try:
         stage.run(
             model=model, out_dir=out, num_per_class=s.num_per_class if num_per_class is None else num_per_class,
-            seed=cfg.base.seed if seed is None else seed, sampler=sampler, steps=s.steps if steps is None else steps,
+            seed=cfg.base.seed if seed is None else seed, sampler=sampler, steps=steps, default_steps=s.steps,
             guidance=s.guidance if guidance is None else guidance, eta=s.eta if eta is None else eta,
             timestep_spacing=s.timestep_spacing, grid_path=grid, tracking_uri=resolve_tracking_uri(cfg.register_.tracking_uri),
             device=cfg.base.device if device is None else device, device_key="base.device" if device is None else "--device",

@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 # Stages that only read inputs and rewrite their outputs atomically can be retried safely.
-IDEMPOTENT_STAGES = {"ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "evaluate"}
+IDEMPOTENT_STAGES = {"ingest", "validate", "train_autoencoder", "train_diffusion", "distill", "sample", "evaluate"}
 
 
 def stage_order(project_dir: str | Path = ".") -> list[str]:

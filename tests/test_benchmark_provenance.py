@@ -237,3 +237,24 @@ def test_report_renders_the_stage_profile_with_its_command(tmp_path):
     assert "| validate | 21.0 | 13.2 | 930 |  |" in text
     assert "| total | 34.7 | 14.1 | | `dvc status` 3.1 s |" in text
     assert "python -m benchmarks.stage_profile --breakdown --label after" in text
+
+
+def test_report_renders_the_distilled_students_and_says_which_targets_are_met(tmp_path):
+    assert "Not measured yet (`reports/benchmarks/distill.json` is absent)" in "\n".join(report.render(tmp_path))
+    rows = [{"model": "teacher", "steps": 50, "unet_passes_per_step": 2, "class_consistency": 0.96, "fd_classifier": 6.0, "images_per_s": 2.0},
+            {"model": "student", "steps": 4, "unet_passes_per_step": 1, "class_consistency": 0.95, "fd_classifier": 8.0, "images_per_s": 40.0,
+             "speedup_vs_teacher": 20.0}]
+    targets = {"steps": 4, "class_consistency_drop": 0.01, "class_consistency_met": True, "fd_ratio": 1.333, "fd_met": False,
+               "speedup": 20.0, "speedup_met": True, "rule": "the rule"}
+    rounds = [{"teacher_steps": 8, "student_steps": 4, "images_seen": 1280, "train_seconds": 12.0, "first_loss": 0.5, "final_loss": 0.25}]
+    _write(tmp_path, "distill.json", {"protocol": {"num_generated": 500, "guidance": 3.0, "seed": 1, "batch_size": 250, "teacher_steps": 50,
+                                                   "threads": 1, "reference": "val split", "num_reference": 500, "extractor": "clf",
+                                                   "timing": "one call"},
+                                      "distill": {"guidance": 3.0, "rounds": rounds}, "rows": rows, "targets": targets,
+                                      "provenance": prov.provenance(threads=1)})
+    text = "\n".join(report.render(tmp_path))
+    assert "| student | 4 | 1 | 0.950 | 8.00 | 40.0 | 20.0 |" in text and "| teacher | 50 | 2 | 0.960 | 6.00 | 2.0 | 1.0 |" in text
+    assert "class consistency drop +0.010 (met), FD ratio 1.33 (NOT met), speed-up 20.0× (met)" in text
+    assert "8→4 steps: 1,280 images, 12 s, loss 0.5000→0.2500" in text
+    assert ("`python -m benchmarks.distill --num-per-class 50 --teacher-steps 50 --guidance 3 --seed 1 --batch-size 250 --threads 1`"
+            in text)

@@ -13,7 +13,8 @@ def test_default_params_file_loads_and_round_trips(tmp_path: Path):
     assert params.validate_.min_rows_train >= 1
     assert params.register_.tracking_uri.startswith("sqlite:///")
     dumped = params_dict(params)
-    assert set(dumped) == {"base", "ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "evaluate", "register"}
+    assert set(dumped) == {"base", "ingest", "validate", "train_autoencoder", "train_diffusion", "distill", "sample", "evaluate", "register"}
+    assert params.distill.enabled is False  # the optional stage is off by default (its rounds do not fit the default run)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(dumped))
     assert load_params(path) == params
@@ -56,3 +57,10 @@ def test_missing_file_is_clear(tmp_path: Path):
 
 def test_params_defaults_are_valid():
     assert Params().train_diffusion.unet.channels
+
+
+def test_distill_step_counts_must_descend_below_the_teacher(tmp_path: Path):
+    assert load_params(_write(tmp_path, {"distill": {"steps": [8, 4, 2, 1], "teacher_steps": 16}})).distill.steps == (8, 4, 2, 1)
+    for bad in ({"steps": [4, 8]}, {"steps": [16], "teacher_steps": 16}, {"steps": [0]}, {"steps": []}, {"teacher_steps": 1}):
+        with pytest.raises(ConfigError, match=r"distill\."):
+            load_params(_write(tmp_path, {"distill": bad}))

@@ -15,7 +15,7 @@ from PIL import Image
 from pipelines.codedeps import import_closure, stage_code, stale_stages, write_code_deps
 from tests.conftest import ROOT, make_project, run_cli, tiny_params, write_digit_folder
 
-STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "reference_stats", "evaluate", "register"]
+STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "distill", "sample", "reference_stats", "evaluate", "register"]
 
 
 def test_dvc_yaml_lists_exactly_the_code_each_stage_imports():

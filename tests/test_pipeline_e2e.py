@@ -18,7 +18,7 @@ from tests.conftest import ROOT, make_project, run_cli, tiny_params
 
 pytestmark = pytest.mark.slow  # an integration test: see README "Tests"
 
-STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "reference_stats", "evaluate", "register"]
+STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "distill", "sample", "reference_stats", "evaluate", "register"]
 
 
 @pytest.fixture(scope="module")

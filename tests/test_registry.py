@@ -336,3 +336,20 @@ def test_retry_policy_bounds_and_restores_the_environment(monkeypatch):
         monkeypatch.setenv("LATENTFLOW_SET_INSIDE", "kept")  # only the policy's own variables are restored
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7" and "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
     assert os.environ["LATENTFLOW_SET_INSIDE"] == "kept"
+
+
+def test_a_named_alias_registers_a_version_without_touching_the_champion(store):
+    """A distilled student is registered with alias ``fast``: no promotion decision, champion unchanged, its lineage tags
+    on the version; the promotion rule's own aliases cannot be forced."""
+    name = "alias-fast"
+    first = register(store, name, "class_consistency", 0.9, greater_is_better=True, min_improvement=0.0)
+    fast = register(store, name, "class_consistency", 0.1, greater_is_better=True, min_improvement=0.0, alias="fast",
+                    metrics={"distilled_steps": 4.0}, tags={"teacher_version": first.version, "git_commit": "abc123"})
+    client = store["client"]
+    assert champion_version(client, name) == first.version and first.alias == "champion"
+    version = client.get_model_version_by_alias(name, "fast")
+    assert fast.alias == "fast" and str(version.version) == fast.version != first.version
+    assert version.tags["teacher_version"] == first.version and version.tags["promotion_decision"] == "alias fast"
+    assert version.tags["registration"] == "complete"
+    with pytest.raises(ValueError, match="promotion rule"):
+        register(store, name, "class_consistency", 1.0, greater_is_better=True, min_improvement=0.0, alias="champion")

@@ -166,7 +166,10 @@ class LatentDiffusionPyfunc(mlflow.pyfunc.PythonModel):
             if count < 1:
                 raise ValueError(f"num_images must be >= 1, got {count}")
             edit = {key: _or_default(record.get(key), None) for key in ("image", "mask", "strength", "resample_steps")}
-            settings = {"seed": int(row["seed"]), "sampler": str(row["sampler"]), "steps": int(row["steps"]),
+            given_steps = _or_default(record.get("steps"), None)  # a distilled student defaults to its own step count
+            student_steps = getattr(generator, "default_steps", None)
+            steps = int(row["steps"]) if given_steps is not None or student_steps is None else student_steps
+            settings = {"seed": int(row["seed"]), "sampler": str(row["sampler"]), "steps": steps,
                         "guidance": float(row["guidance"])}
             if edit["image"] is None:
                 given = [key for key, value in edit.items() if value is not None]
@@ -347,7 +350,7 @@ def register_model(
     min_improvement: float, tags: dict[str, str], run_name: str | None = None,
     artifact_location: str | None = None, dataset: dict[str, str] | None = None,
     retry: RetryPolicy = RetryPolicy(), description: str = "", run_id: str | None = None,
-    histories: dict[str, list[dict]] | None = None, run_tags: dict[str, str] | None = None,
+    histories: dict[str, list[dict]] | None = None, run_tags: dict[str, str] | None = None, alias: str | None = None,
 ) -> RegistrationResult:
     """Log a training result as an MLflow run + pyfunc model, register it and assign an alias.
 
@@ -365,8 +368,13 @@ def register_model(
     is still RUNNING everything is logged into it (else a new run is created). ``histories`` (prefix -> loss history
     points with ``step``) are logged as step metrics ``<prefix>/<name>`` where the run lacks them (training stages
     that DVC did not re-run in this execution). ``run_tags`` go on the run only (e.g. the DVC experiment name).
+
+    ``alias`` (e.g. ``fast`` for a distilled student): set that alias on the new version without a promotion decision
+    (``champion``/``challenger`` are left alone); ``primary_metric`` is then recorded if present, not required.
     """
-    if primary_metric not in metrics:
+    if alias in (CHAMPION, CHALLENGER):
+        raise ValueError(f"alias {alias!r} is set by the promotion rule; pass alias=None, or another alias such as 'fast'")
+    if alias is None and primary_metric not in metrics:
         raise KeyError(f"primary metric {primary_metric!r} not in metrics {sorted(metrics)}")
     client = MlflowClient(tracking_uri)
     state: dict[str, Any] = {"step": "connect to the tracking server", "run_id": None, "version": None}
@@ -376,7 +384,7 @@ def register_model(
                              metrics=metrics, artifacts=artifacts, primary_metric=primary_metric, greater_is_better=greater_is_better,
                              min_improvement=min_improvement, tags=tags, run_name=run_name, artifact_location=artifact_location,
                              dataset=dataset, description=description, run_id=run_id, histories=histories or {},
-                             run_tags=run_tags or {})
+                             run_tags=run_tags or {}, alias=alias)
         except BaseException as exc:
             _roll_back(client, model_name, state)
             if isinstance(exc, MlflowException | OSError) and not isinstance(exc, FileNotFoundError):
@@ -469,7 +477,7 @@ def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, m
               metrics: dict[str, float], artifacts: list[Path], primary_metric: str, greater_is_better: bool, min_improvement: float,
               tags: dict[str, str], run_name: str | None, artifact_location: str | None, dataset: dict[str, str] | None,
               description: str = "", run_id: str | None = None, histories: dict[str, list[dict]] | None = None,
-              run_tags: dict[str, str] | None = None) -> RegistrationResult:
+              run_tags: dict[str, str] | None = None, alias: str | None = None) -> RegistrationResult:
     state["step"] = f"find or create experiment {experiment!r}"
     experiment_id = find_or_create_experiment(client, experiment, artifact_location)
     state["step"] = "finish or undo an interrupted registration"
@@ -510,14 +518,20 @@ def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, m
             raise
     if not client.get_registered_model(model_name).description:
         client.update_registered_model(model_name, description=MODEL_DESCRIPTION)
-    champ_version, champ_value = _champion(client, model_name, metric_tag)
-    decision = decide_promotion(float(metrics[primary_metric]), champ_value,
-                                greater_is_better=greater_is_better, min_improvement=min_improvement)
+    if alias is None:
+        champ_version, champ_value = _champion(client, model_name, metric_tag)
+        decision = decide_promotion(float(metrics[primary_metric]), champ_value,
+                                    greater_is_better=greater_is_better, min_improvement=min_improvement)
+        verdict = (f"Promotion: {'champion' if decision.promote else 'challenger'} — {decision.reason}"
+                   f"{f' (compared with version {champ_version})' if champ_version else ''}.")
+    else:  # a named alias (a distilled student's 'fast'): no comparison with the champion
+        champ_version, champ_value = None, None
+        decision = PromotionDecision(False, f"alias {alias!r} set without a promotion decision", float(metrics.get(primary_metric, math.nan)),
+                                     None)
+        verdict = f"Alias: {alias}."
     state["step"] = "create the model version"
     # source = storage location, not "models:/m-<id>": DB-backed registry stores resolve the
     # latter through the *global* tracking URI (MlflowClient()), which we must not depend on.
-    verdict = (f"Promotion: {'champion' if decision.promote else 'challenger'} — {decision.reason}"
-               f"{f' (compared with version {champ_version})' if champ_version else ''}.")
     # tagged in_progress at creation (one call): if this process dies before the alias is set, the next registration
     # sees it and deletes it (recover_interrupted)
     version = state["version"] = client.create_model_version(model_name, logged.artifact_location, run_id=run_id, model_id=logged.model_id,
@@ -525,14 +539,14 @@ def _register(client: MlflowClient, state: dict[str, Any], *, experiment: str, m
                                                              description=f"{description} {verdict}".strip()).version
     version_tags = {
         **tags, metric_tag: repr(decision.new_value), "promotion_reason": decision.reason,
-        "promotion_decision": "promoted" if decision.promote else "not promoted",
+        "promotion_decision": ("promoted" if decision.promote else "not promoted") if alias is None else f"alias {alias}",
         "compared_to_version": champ_version or "none", "champion_value": repr(champ_value),
         "logged_model_id": logged.model_id,  # sqlalchemy registries do not persist model_id
     }
     state["step"] = f"tag model version {version}"
     for key, value in version_tags.items():
         client.set_model_version_tag(model_name, str(version), key, str(value))
-    alias = CHAMPION if decision.promote else CHALLENGER  # set last: a champion always has its tags
+    alias = alias or (CHAMPION if decision.promote else CHALLENGER)  # set last: a champion always has its tags
     state["step"] = f"set alias {alias!r} on version {version}"
     client.set_registered_model_alias(model_name, alias, version)
     state["version"] = None  # complete: nothing to roll back from here on

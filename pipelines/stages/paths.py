@@ -16,4 +16,5 @@ QUALITY_PATH = Path("reports/quality_vs_steps.json")
 QUALITY_PLOT = METRICS_DIR / "quality_vs_steps.json"  # the same, one column per sampler: what `dvc plots` draws
 GUIDANCE_SWEEP = METRICS_DIR / "guidance_sweep.json"  # evaluate.guidance_sweep: one row per guidance (a `dvc plots` source)
 REGISTRY_REPORT = Path("reports/registry.json")
+DISTILLED_DIR = Path("models/distilled")  # distill: the few-step student (status.json alone when distill.enabled is false)
 CHECKPOINTS_DIR = Path("checkpoints")  # resumable training state, one folder per training stage (not a DVC output)

@@ -14,6 +14,7 @@ from components.config import Params, params_dict
 from components.io import atomic_write_json
 from pipelines.stages.paths import (
     DATA_DIR,
+    DISTILLED_DIR,
     EVAL_METRICS,
     GRID_PATH,
     METRICS_DIR,
@@ -75,10 +76,14 @@ def describe(manifest: dict, diffusion_meta: dict, params: Params, metrics: dict
 
 
 def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL_METRICS, grid_path: Path = GRID_PATH,
-        data_dir: Path = DATA_DIR, out_path: Path = REGISTRY_REPORT, ref_dir: Path = REFERENCE_DIR) -> dict:
+        data_dir: Path = DATA_DIR, out_path: Path = REGISTRY_REPORT, ref_dir: Path = REFERENCE_DIR,
+        distilled_dir: Path = DISTILLED_DIR) -> dict:
     """Check the lineage, log into the execution's MLflow run (opened by a training stage; a new run when no training
     stage ran), register the generator and move ``champion`` if it wins. The run gets the step metrics of both
-    training stages it does not have yet, from their loss histories."""
+    training stages it does not have yet, from their loss histories.
+
+    When the ``distill`` stage made a student (``distilled_dir/status.json`` says enabled), it is registered too, as its
+    own version in its own run, with alias ``fast`` and its teacher's version as lineage (:func:`register_student`)."""
     from components.registry.lineage import default_artifact_location, resolve_tracking_uri
     from components.registry.mlflow_registry import RetryPolicy, register_model
     from components.registry.tracking import DVC_EXP_NAME, candidate_run, clear_state, dvc_experiment_tags
@@ -127,9 +132,72 @@ def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL
             artifact_location=default_artifact_location(tracking_uri, cfg.experiment),
         )
     clear_state()  # the execution's run is finished
+    fast = register_student(params, Path(distilled_dir), Path(models_dir), teacher=result, origin=origin, manifest=manifest,
+                            tracking_uri=tracking_uri)
     report = {"model_name": result.model_name, "version": result.version, "alias": result.alias, "model_uri": result.model_uri,
               "run_id": result.run_id, "experiment_id": result.experiment_id, "promoted": result.decision.promote, "reason": result.decision.reason,
-              "tracking_uri": tracking_uri, "dataset_digest": origin["dataset_digest"], "git_commit": origin["git_commit"]}
+              "tracking_uri": tracking_uri, "dataset_digest": origin["dataset_digest"], "git_commit": origin["git_commit"], "fast": fast}
     atomic_write_json(out_path, report)
     log.info("register: %s", report)
     return report
+
+
+def read_student_status(distilled_dir: Path) -> dict | None:
+    """``distilled_dir/status.json`` when the distill stage made a student, else None (stage disabled or never run)."""
+    path = Path(distilled_dir) / "status.json"
+    if not path.is_file():
+        return None
+    status = json.loads(path.read_text())
+    return status if status.get("enabled") else None
+
+
+def register_student(params: Params, distilled_dir: Path, models_dir: Path, *, teacher, origin: dict, manifest: dict,
+                     tracking_uri: str) -> dict | None:
+    """Register the distilled student as a new version with alias ``fast``, in a run of its own, tagged with its
+    teacher's version, run and weights (lineage); None when there is no student. A student distilled from other
+    teacher weights than ``models_dir/diffusion`` is a ``LineageError``: re-run distill."""
+    from components.registry.lineage import LineageError, default_artifact_location, file_sha256
+    from components.registry.mlflow_registry import RetryPolicy, register_model
+
+    status = read_student_status(distilled_dir)
+    if status is None:
+        return None
+    teacher_sha = file_sha256(Path(models_dir) / "diffusion" / "model.safetensors")
+    if status.get("teacher_weights_sha256") != teacher_sha:
+        raise LineageError(f"{distilled_dir} was distilled from other teacher weights ({str(status.get('teacher_weights_sha256'))[:12]}) "
+                           f"than {models_dir}/diffusion ({teacher_sha[:12]}): re-run the distill stage (dvc repro distill)")
+    cfg = params.register_
+    meta = _read_json(Path(distilled_dir) / "diffusion" / "config.json", "the distilled student")
+    info = meta.get("distilled") or {}
+    lineage_record = {**origin, "weights_sha256": {part: file_sha256(Path(distilled_dir) / part / "model.safetensors")
+                                                   for part in ("autoencoder", "diffusion")},
+                      "teacher": {"model_name": teacher.model_name, "version": teacher.version, "run_id": teacher.run_id,
+                                  "weights_sha256": teacher_sha}, "distilled": info}
+    tags = {"git_commit": origin["git_commit"], "dataset_digest": origin["dataset_digest"], "params_sha256": origin["params_sha256"],
+            "teacher_version": str(teacher.version), "teacher_run_id": teacher.run_id, "teacher_model_uri": teacher.model_uri,
+            "distilled_steps": str(info.get("steps")), "folded_guidance": str(info.get("guidance"))}
+    rounds = status.get("rounds") or []
+    metrics = {"distilled_steps": float(info.get("steps", 0)), "folded_guidance": float(info.get("guidance", 0))}
+    for rec in rounds:
+        for key in ("final_loss", "train_seconds", "images_seen"):
+            if isinstance(rec.get(key), int | float):
+                metrics[f"round_{rec['student_steps']}_steps_{key}"] = float(rec[key])
+    description = (f"Distilled student of version {teacher.version}: samples with DDIM in {info.get('steps')} steps, one forward pass "
+                   f"per step (classifier-free guidance {info.get('guidance')} folded in). Load: models:/{cfg.model_name}@fast; "
+                   f"`latentflow sample --model models:/{cfg.model_name}@fast` uses its step count.")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "bundle"
+        for part in ("autoencoder", "diffusion"):
+            shutil.copytree(Path(distilled_dir) / part, bundle / part)
+        (bundle / "lineage.json").write_text(json.dumps(lineage_record, indent=2, sort_keys=True) + "\n")
+        result = register_model(
+            tracking_uri=tracking_uri, experiment=cfg.experiment, model_name=cfg.model_name, model_dir=bundle,
+            params={"distill": params_dict(params)["distill"], "sample.guidance": params.sample.guidance}, metrics=metrics,
+            artifacts=[bundle / "lineage.json"], primary_metric=cfg.primary_metric, greater_is_better=cfg.greater_is_better,
+            min_improvement=cfg.min_improvement, tags=tags, alias="fast", description=description,
+            retry=RetryPolicy(cfg.http_max_retries, cfg.http_backoff_factor, cfg.http_timeout_s),
+            run_name=f"distill-{info.get('steps')}-steps-of-v{teacher.version}",
+            artifact_location=default_artifact_location(tracking_uri, cfg.experiment),
+        )
+    return {"version": result.version, "alias": result.alias, "model_uri": result.model_uri, "run_id": result.run_id,
+            "teacher_version": str(teacher.version), "steps": info.get("steps"), "guidance": info.get("guidance")}

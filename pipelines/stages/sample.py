@@ -31,7 +31,7 @@ def run(
     num_per_class: int,
     seed: int,
     sampler: str,
-    steps: int,
+    steps: int | None,
     guidance: float,
     eta: float = 0.0,
     timestep_spacing: str = "leading",
@@ -41,10 +41,12 @@ def run(
     tracking_uri: str | None = None,
     device_key: str = "base.device",
     prompts: list[str] | None = None,
+    default_steps: int = 50,
 ) -> dict:
     """Generate ``num_per_class`` images of every class into ``out_dir/<label>/<index>.png`` on ``device``
     (``base.device``: ``auto`` | ``cpu`` | ``cuda``), ``batch_size`` images per sampler call (``sample.batch_size``;
-    the images do not depend on it). ``device_key`` names where ``device`` came from in the error for a missing CUDA.
+    the images do not depend on it). ``steps=None``: a distilled student's step count, else ``default_steps``
+    (``sample.steps``). ``device_key`` names where ``device`` came from in the error for a missing CUDA.
 
     ``prompts`` (``latentflow sample --prompt``, text-conditioned models only): ``num_per_class`` images of each prompt
     into ``out_dir/<k>/<index>.png``, ``k`` the prompt's position; the grid has one row per prompt."""
@@ -55,6 +57,8 @@ def run(
     check_samples_target(Path(out_dir))  # before the work: a bad --out fails fast and nothing is written
     dev = resolve_device(device, key=device_key)  # a CUDA device this machine lacks fails here, before the model is read
     gen = load_generator(model, dev, tracking_uri)
+    if steps is None:  # --steps not given: a distilled student's own step count, else sample.steps
+        steps = gen.default_steps or default_steps
     if not 1 <= steps <= len(gen.betas):
         raise OptionError(f"--steps {steps}: the model was trained with {len(gen.betas)} timesteps; choose --steps from 1 to {len(gen.betas)}")
     kwargs = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance, "eta": eta, "timestep_spacing": timestep_spacing,
