@@ -407,3 +407,23 @@ def test_a_probe_reads_only_features_of_its_width():
     probe = LinearProbe(ProbeConfig(feature_dim=1280, num_classes=10))
     with pytest.raises(ValueError, match="reads 1280-d features but extractor effnet_lite0 gives 32-d"):
         ProbeJudge(_FakeEffnet(True), probe)
+
+
+def test_the_benchmark_report_quotes_the_judge():
+    from benchmarks import report
+
+    base = {"class_consistency": 0.61, "classifier_val_accuracy": 0.549}
+    assert report._judge(base) == "the pipeline's classifier (its val accuracy 0.549)"  # a run from before judges existed
+    assert report._judge(base | {"judge": "classifier", "effnet_probe_val_accuracy": 0.5}) == (
+        "the pipeline's classifier (its val accuracy 0.549; the EfficientNet-Lite0 probe reached 0.500)")
+    assert report._judge(base | {"judge": "effnet_probe", "judge_val_accuracy": 0.861, "class_consistency_classifier": 0.4}) == (
+        "the effnet_probe judge (a linear probe on EfficientNet-Lite0 features, val accuracy 0.861; the pipeline's classifier: "
+        "val accuracy 0.549, class consistency 40.0%)")
+    entry = {"classifier": {"val_accuracy": 0.549, "epochs": 3, "seconds": 335.0}, "auto_picks": "effnet_probe",
+             "data": {"counts": {"train": 9000, "val": 1000}},
+             "effnet_probe": {"val_accuracy": 0.861, "max_train_images": 5000, "weight_decay": 0.01, "feature_seconds_per_image": 0.05,
+                              "by_max_train_images": [{"max_train_images": 1000, "val_accuracy": 0.8}, {"max_train_images": 5000, "val_accuracy": 0.861}]}}
+    text = "\n".join(report.rgb_judge_section({"cifar10": entry}))
+    assert "| cifar10 | 9,000 / 1,000 | 0.549 (3 epochs, 335 s) | 0.861 (5,000 train images, weight decay 0.01) | effnet_probe | 0.050 |" in text
+    assert "cifar10: probe val accuracy by `evaluate.probe.max_train_images`: 1,000: 0.800, 5,000: 0.861." in text
+    assert "Not measured yet" in "\n".join(report.rgb_judge_section(None))
