@@ -34,7 +34,18 @@ from components.io import atomic_write_json
 OUT = Path("reports/benchmarks/rgb_judge.json")
 
 
-def measure(preset: str, probe_sizes: list[int], work: Path, max_per_class: int | None = None) -> dict:
+def _load_cache(path: Path | None, key: dict):
+    """``(train features, val features, seconds the extraction took)`` of a ``--features-cache`` file made from the same
+    data, extractor and train subset; ``None`` when there is none or it was made from anything else."""
+    if path is None or not Path(path).is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if json.loads(str(z["key"])) != key:
+            return None
+        return z["train"], z["val"], float(z["seconds"])
+
+
+def measure(preset: str, probe_sizes: list[int], work: Path, max_per_class: int | None = None, features_cache: Path | None = None) -> dict:
     from components.data.artifact import read_dataset
     from components.evaluation.classifier import classify, train_classifier
     from components.evaluation.features import effnet_lite0_extractor
@@ -67,9 +78,17 @@ def measure(preset: str, probe_sizes: list[int], work: Path, max_per_class: int 
     sizes = sorted({min(s, len(y_train)) for s in [*probe_sizes, cfg.probe.max_train_images]})
     largest = subset_indices(y_train, sizes[-1], seed)
     t0 = time.perf_counter()
-    train_feats = dict(zip(largest.tolist(), extractor(ds.images["train"].take(largest), batch_size=batch), strict=True))
-    val_feats = extractor(ds.images["val"], batch_size=batch)
-    feat_s = time.perf_counter() - t0
+    key = {"dataset_digest": ds.manifest["dataset_digest"], "extractor": extractor.info.weights, "train_indices": largest.tolist()}
+    cached = _load_cache(features_cache, key)
+    if cached is None:
+        train_arr, val_feats = extractor(ds.images["train"].take(largest), batch_size=batch), extractor(ds.images["val"], batch_size=batch)
+        feat_s = time.perf_counter() - t0
+        if features_cache is not None:
+            np.savez(features_cache, train=train_arr, val=val_feats, key=json.dumps(key), seconds=feat_s)
+    else:
+        train_arr, val_feats, feat_s = cached
+        print(f"{preset}: features read from {features_cache} (extracted in {feat_s:.0f} s by an earlier run)", flush=True)
+    train_feats = dict(zip(largest.tolist(), train_arr, strict=True))
     per_image_s = feat_s / (len(largest) + len(y_val))
     print(f"{preset}: EfficientNet-Lite0 features of {len(largest)} + {len(y_val)} images in {feat_s:.0f} s", flush=True)
 
@@ -99,7 +118,8 @@ def measure(preset: str, probe_sizes: list[int], work: Path, max_per_class: int 
         "effnet_probe": {"val_accuracy": at_param["val_accuracy"], "max_train_images": cfg.probe.max_train_images,
                          "weight_decays": list(cfg.probe.weight_decays), "holdout_fraction": cfg.probe.holdout_fraction,
                          "max_iter": cfg.probe.max_iter, "weight_decay": at_param["weight_decay"],
-                         "feature_seconds_per_image": round(per_image_s, 4), "by_max_train_images": curve},
+                         "feature_seconds_per_image": round(per_image_s, 4), "features_from_cache": cached is not None,
+                         "by_max_train_images": curve},
         "auto_picks": choose_judge("auto", accuracy),
         "num_val": int(len(y_val)),
         "max_per_class_override": max_per_class,
@@ -113,13 +133,16 @@ def main() -> None:
     ap.add_argument("--probe-sizes", type=int, nargs="*", default=[1000, 2500, 5000, 9000],
                     help="caps on the probe's train images to report (evaluate.probe.max_train_images is always one)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--features-cache", type=Path, default=None,
+                    help="an .npz to keep the EfficientNet features in (read back when made from the same data and subset), for "
+                         "re-fitting with other probe params without re-extracting; the seconds quoted are the extraction's")
     ap.add_argument("--max-per-class", type=int, default=None, help="smoke runs: fewer images per class than the preset")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.preset, args.probe_sizes, Path(tmp), args.max_per_class)
+        result = measure(args.preset, args.probe_sizes, Path(tmp), args.max_per_class, args.features_cache)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["provenance"] = provenance()
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {}

@@ -273,14 +273,14 @@ class ProbeParams(_Section):
 
     max_train_images: int = Field(5000, ge=10, description="train images whose features the probe is fitted on (a seeded, "
                                   "class-stratified subset; EfficientNet-Lite0 costs ~10-20 ms per image on a CPU core)")
-    weight_decays: tuple[float, ...] = Field((1e-4, 1e-3, 1e-2, 1e-1), description="L2 candidates, chosen on a held-out part of train")
+    weight_decays: tuple[float, ...] = Field((1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0), description="L2 candidates, chosen on a held-out part of train")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the probe's train images held out to choose the weight decay")
     max_iter: int = Field(300, ge=1, description="L-BFGS iterations per fit")
 
     @model_validator(mode="after")
     def _check(self) -> ProbeParams:
         if not self.weight_decays:
-            raise ValueError("evaluate.probe.weight_decays is empty: give at least one candidate, e.g. [1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1]")
+            raise ValueError("evaluate.probe.weight_decays is empty: give at least one candidate, e.g. [1.0e-3, 1.0e-2, 0.1, 1.0]")
         if any(w < 0 for w in self.weight_decays):
             raise ValueError(f"evaluate.probe.weight_decays must be >= 0, got {list(self.weight_decays)}")
         return self
