@@ -437,3 +437,25 @@ def test_the_benchmark_report_quotes_the_judge():
     assert "| cifar10 | 9,000 / 1,000 | 0.549 (3 epochs, 335 s) | 0.861 (5,000 train images, weight decay 0.01) | effnet_probe | 0.050 |" in text
     assert "cifar10: probe val accuracy by `evaluate.probe.max_train_images`: 1,000: 0.800, 5,000: 0.861." in text
     assert "Not measured yet" in "\n".join(report.rgb_judge_section(None))
+
+
+def test_train_probe_judge_reads_the_subset_in_chunks_with_the_same_result():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 60, (60, 32, 32, 3), generator=g, dtype=torch.uint8).numpy()
+    labels = np.repeat(np.arange(3), 20)
+    for i, c in enumerate(labels):
+        images[i, :, 5 * c : 5 * c + 3] = 220
+    seen = []
+
+    class Spy(_FakeEffnet):
+        def __call__(self, x, batch_size: int = 16):
+            seen.append(len(x))
+            return super().__call__(x, batch_size)
+
+    kw = {"max_train_images": 45, "weight_decays": [1e-2], "holdout_fraction": 0.2, "seed": 3}
+    whole, r1 = train_probe_judge(Spy(True), images, labels, 3, **kw)
+    assert seen == [45]
+    seen.clear()
+    chunked, r2 = train_probe_judge(Spy(True), images, labels, 3, chunk=10, **kw)
+    assert seen == [10, 10, 10, 10, 5] and r1 == r2 and r1["holdout_accuracy"] == {"0.01": 1.0}
+    assert torch.equal(whole.linear.weight, chunked.linear.weight)

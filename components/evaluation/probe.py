@@ -262,13 +262,16 @@ def load_probe(ckpt_dir: str | Path) -> tuple[LinearProbe, dict]:
 
 
 def train_probe_judge(extractor, images, labels, num_classes: int, *, max_train_images: int | None, weight_decays: Sequence[float],
-                      holdout_fraction: float, seed: int, max_iter: int = 300, batch_size: int = 16) -> tuple[LinearProbe, dict]:
+                      holdout_fraction: float, seed: int, max_iter: int = 300, batch_size: int = 16,
+                      chunk: int = 512) -> tuple[LinearProbe, dict]:
     """Extract ``extractor`` features of a class-stratified subset of at most ``max_train_images`` training images
-    (:func:`subset_indices`, seeded) and fit the probe on them (:func:`select_and_fit`)."""
+    (:func:`subset_indices`, seeded; read ``chunk`` images at a time, so memory holds one chunk of images whatever their
+    size) and fit the probe on them (:func:`select_and_fit`)."""
     y = np.asarray(labels)
     idx = subset_indices(y, max_train_images, seed)
-    subset = images.take(idx) if hasattr(images, "take") and not isinstance(images, np.ndarray) else np.asarray(images)[idx]
-    feats = extractor(subset, batch_size=batch_size)
+    sharded = hasattr(images, "take") and not isinstance(images, np.ndarray)  # ShardedImages: read from disk, a chunk at a time
+    chunks = [idx[i : i + chunk] for i in range(0, len(idx), chunk)]
+    feats = np.concatenate([extractor(images.take(c) if sharded else np.asarray(images)[c], batch_size=batch_size) for c in chunks])
     probe, report = select_and_fit(feats, y[idx], num_classes, weight_decays=weight_decays, holdout_fraction=holdout_fraction,
                                    seed=seed, max_iter=max_iter, extractor=extractor.info.name)
     return probe, report
