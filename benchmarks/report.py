@@ -433,8 +433,10 @@ def rgb_judge_section(r: dict | None) -> list[str]:
              "|---|---|---|---|---|---|"]
     for name, e in r.items():
         c, p, counts = e["classifier"], e["effnet_probe"], e["data"].get("counts") or {}
-        lines.append(f"| {name} | {counts.get('train', '?'):,} / {counts.get('val', '?'):,} | {c['val_accuracy']:.3f} ({c['epochs']} epochs, "
-                     f"{c['seconds']:.0f} s) | {p['val_accuracy']:.3f} ({p['max_train_images']:,} train images, weight decay "
+        used = min(p["max_train_images"], counts.get("train", p["max_train_images"]))
+        reduced = f" ({e['max_per_class_override']} images per class)" if e.get("max_per_class_override") else ""
+        lines.append(f"| {name}{reduced} | {counts.get('train', '?'):,} / {counts.get('val', '?'):,} | {c['val_accuracy']:.3f} ({c['epochs']} epochs, "
+                     f"{c['seconds']:.0f} s) | {p['val_accuracy']:.3f} ({used:,} train images, weight decay "
                      f"{p['weight_decay']:g}) | {e['auto_picks']} | {p['feature_seconds_per_image']:.3f} |")
     lines.append("")
     for name, e in r.items():

@@ -437,6 +437,9 @@ def test_the_benchmark_report_quotes_the_judge():
     assert "| cifar10 | 9,000 / 1,000 | 0.549 (3 epochs, 335 s) | 0.861 (5,000 train images, weight decay 0.01) | effnet_probe | 0.050 |" in text
     assert "cifar10: probe val accuracy by `evaluate.probe.max_train_images`: 1,000: 0.800, 5,000: 0.861." in text
     assert "Not measured yet" in "\n".join(report.rgb_judge_section(None))
+    small = entry | {"data": {"counts": {"train": 1620, "val": 180}}, "max_per_class_override": 300}
+    assert "| shapes64 (300 images per class) | 1,620 / 180 | 0.549 (3 epochs, 335 s) | 0.861 (1,620 train images," in "\n".join(
+        report.rgb_judge_section({"shapes64": small}))
 
 
 def test_train_probe_judge_reads_the_subset_in_chunks_with_the_same_result():
