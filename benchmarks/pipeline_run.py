@@ -25,7 +25,8 @@ from components.io import atomic_write_json
 STAGE_KEYS = ("train_seconds", "images_seen", "val_psnr", "parameters", "macs_per_forward", "processes", "resumed_from_step",
               "stopped_by_max_time")
 EVAL_KEYS = ("class_consistency", "classifier_val_accuracy", "fd_classifier", "fd_effnet_lite0", "fd_inception", "kid_classifier",
-             "precision_classifier", "recall_classifier")
+             "precision_classifier", "recall_classifier", "judge", "judge_val_accuracy", "effnet_probe_val_accuracy",
+             "class_consistency_classifier")
 
 
 def collect(root: Path, wall_minutes: float | None = None) -> dict:

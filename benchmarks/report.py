@@ -38,6 +38,7 @@ COMMANDS = {  # when a file is absent
     "quality_vs_steps.json": "make run && .venv/bin/python -m benchmarks.quality_vs_steps --num-per-class 20",
     "text_prompts.json": "make run && .venv/bin/python -m benchmarks.text_prompts",
     "distill.json": "latentflow distill (distill.enabled: true) && .venv/bin/python -m benchmarks.distill --threads 1",
+    "rgb_judge.json": "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.rgb_judge --preset cifar10",
 }
 
 
@@ -333,8 +334,20 @@ def pipeline_section(r: dict | None, name: str = "pipeline_run.json") -> list[st
             f"Autoencoder {ae['train_seconds'] / 60:.1f} min ({ae['images_seen']:,} images, val PSNR {ae['val_psnr']:.1f} dB), latent U-Net "
             f"{dm['train_seconds'] / 60:.1f} min ({dm['images_seen']:,} images).{wall} {ev['class_consistency']:.1%} of "
             f"{ev['num_generated']:,} generated images ({s.get('name')} {s.get('steps')} steps, guidance {s.get('guidance')}) are classified "
-            f"as the requested class by the pipeline's classifier (its val accuracy {ev.get('classifier_val_accuracy', float('nan')):.3f}); "
-            f"Fréchet distance {fds}.", ""]
+            f"as the requested class by {_judge(ev)}; Fréchet distance {fds}.", ""]
+
+
+def _judge(ev: dict) -> str:
+    """Who judged class consistency (metrics.json's ``judge``; runs before it existed: the classifier) and how well it
+    reads real val images."""
+    nan = float("nan")
+    if ev.get("judge", "classifier") == "classifier":
+        probe = ev.get("effnet_probe_val_accuracy")
+        other = f"; the EfficientNet-Lite0 probe reached {probe:.3f}" if probe is not None else ""
+        return f"the pipeline's classifier (its val accuracy {ev.get('classifier_val_accuracy', nan):.3f}{other})"
+    return (f"the {ev['judge']} judge (a linear probe on EfficientNet-Lite0 features, val accuracy {ev.get('judge_val_accuracy', nan):.3f}; "
+            f"the pipeline's classifier: val accuracy {ev.get('classifier_val_accuracy', nan):.3f}, class consistency "
+            f"{ev.get('class_consistency_classifier', nan):.1%})")
 
 
 def stage_profile_section(r: dict | None) -> list[str]:
@@ -445,6 +458,31 @@ def text_prompts_section(r: dict | None) -> list[str]:
     return lines
 
 
+def rgb_judge_section(r: dict | None) -> list[str]:
+    """The two judges of class consistency on each preset's data (``benchmarks/rgb_judge.py``): val accuracy of the
+    pipeline's classifier and of the EfficientNet-Lite0 linear probe, the probe's accuracy by its train-image cap."""
+    title = "## The judge of class consistency on RGB data (classifier vs EfficientNet-Lite0 probe)"
+    if not r:
+        return [title, "", f"Not measured yet (`reports/benchmarks/rgb_judge.json` is absent): `{COMMANDS['rgb_judge.json']}`.", ""]
+    lines = [title, "", "From `reports/benchmarks/rgb_judge.json`; regenerate a preset's entry with "
+             "`OMP_NUM_THREADS=1 python -m benchmarks.rgb_judge --preset <name>`. Both judges trained as `reference_stats` trains "
+             "them, with the preset's params; accuracy on the real val split.", "",
+             "| preset | train / val images | classifier val accuracy | probe val accuracy | `auto` picks | EfficientNet-Lite0 s / image |",
+             "|---|---|---|---|---|---|"]
+    for name, e in r.items():
+        c, p, counts = e["classifier"], e["effnet_probe"], e["data"].get("counts") or {}
+        used = min(p["max_train_images"], counts.get("train", p["max_train_images"]))
+        reduced = f" ({e['max_per_class_override']} images per class)" if e.get("max_per_class_override") else ""
+        lines.append(f"| {name}{reduced} | {counts.get('train', '?'):,} / {counts.get('val', '?'):,} | {c['val_accuracy']:.3f} ({c['epochs']} epochs, "
+                     f"{c['seconds']:.0f} s) | {p['val_accuracy']:.3f} ({used:,} train images, weight decay "
+                     f"{p['weight_decay']:g}) | {e['auto_picks']} | {p['feature_seconds_per_image']:.3f} |")
+    lines.append("")
+    for name, e in r.items():
+        curve = ", ".join(f"{row['max_train_images']:,}: {row['val_accuracy']:.3f}" for row in e["effnet_probe"]["by_max_train_images"])
+        lines += [f"{name}: probe val accuracy by `evaluate.probe.max_train_images`: {curve}. {describe(e.get('provenance'))}", ""]
+    return lines
+
+
 def gpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["## GPU check", "", "No GPU check committed (`reports/benchmarks/gpu_check.json` is absent): "
@@ -478,6 +516,7 @@ def render(root: Path) -> list[str]:
     lines += quality_vs_steps_section(_load(b / "quality_vs_steps.json"))
     lines += distill_section(_load(b / "distill.json"))
     lines += text_prompts_section(_load(b / "text_prompts.json"))
+    lines += rgb_judge_section(_load(b / "rgb_judge.json"))
     gpu = _load(b / "gpu_check.json")
     lines += gpu_section(gpu)
     if gpu is not None and not gpu.get("dry_run") and (b / "throughput_gpu.json").is_file():

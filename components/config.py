@@ -311,6 +311,25 @@ class GuidanceSweepParams(_Section):
         return self
 
 
+class ProbeParams(_Section):
+    """evaluate.probe: the linear probe on EfficientNet-Lite0 features (``components.evaluation.probe``), trained by
+    reference_stats when ``evaluate.judge`` is ``effnet_probe`` or ``auto``."""
+
+    max_train_images: int = Field(5000, ge=10, description="train images whose features the probe is fitted on (a seeded, "
+                                  "class-stratified subset; EfficientNet-Lite0 costs ~10-20 ms per image on a CPU core)")
+    weight_decays: tuple[float, ...] = Field((1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0), description="L2 candidates, chosen on a held-out part of train")
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the probe's train images held out to choose the weight decay")
+    max_iter: int = Field(300, ge=1, description="L-BFGS iterations per fit")
+
+    @model_validator(mode="after")
+    def _check(self) -> ProbeParams:
+        if not self.weight_decays:
+            raise ValueError("evaluate.probe.weight_decays is empty: give at least one candidate, e.g. [1.0e-3, 1.0e-2, 0.1, 1.0]")
+        if any(w < 0 for w in self.weight_decays):
+            raise ValueError(f"evaluate.probe.weight_decays must be >= 0, got {list(self.weight_decays)}")
+        return self
+
+
 class EvaluateParams(_Section):
     classifier_epochs: int = Field(6, ge=1)
     classifier_batch_size: int = Field(128, ge=1)
@@ -322,6 +341,10 @@ class EvaluateParams(_Section):
     extractors: tuple[Literal["classifier", "effnet_lite0", "inception"], ...] = ("classifier", "effnet_lite0", "inception")
     require_inception: bool = Field(False, description="fail when the Inception weights are missing (else skip it)")
     inception_weights: str | None = Field(None, description="path to pt_inception-2015-12-05-6726825d.pth; default: torch hub cache")
+    judge: Literal["classifier", "effnet_probe", "auto"] = Field(
+        "classifier", description="who judges class consistency: the domain classifier, a linear probe on EfficientNet-Lite0 "
+        "features (evaluate.probe), or auto = train both, use the one with the higher val accuracy")
+    probe: ProbeParams = ProbeParams()
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(250, ge=2)
     pr_k: int = Field(3, ge=1)

@@ -249,8 +249,10 @@ def test_every_stage_passes_base_device_down(tmp_path, monkeypatch, spies):
     p["train_autoencoder"].update(max_images=32, batch_size=16, warmup_images=8, channels=[8, 16, 16])
     p["train_diffusion"].update(max_images=32, batch_size=16, warmup_images=8)
     p["sample"].update(num_per_class=1, steps=2, batch_size=3)
+    # judge: effnet_probe, so the EfficientNet-Lite0 probe's features (its training in reference_stats, class consistency, the grid and
+    # the sweep in evaluate) are on the device and in feature_batch_size batches too
     p["evaluate"].update(classifier_epochs=1, classifier_batch_size=16, feature_batch_size=4, extractors=["classifier", "effnet_lite0"],
-                         kid_subsets=2, quality_grid={"samplers": ["ddim"], "steps": [2], "num_per_class": 1},
+                         judge="effnet_probe", kid_subsets=2, quality_grid={"samplers": ["ddim"], "steps": [2], "num_per_class": 1},
                          guidance_sweep={"guidances": [2.0], "num_per_class": 1, "steps": 2, "extractors": ["classifier", "effnet_lite0"]})
     params = Params.model_validate(p)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -275,7 +277,8 @@ def test_every_stage_passes_base_device_down(tmp_path, monkeypatch, spies):
     assert spies.calls["generate"] == [(SENTINEL, 3)]  # sample.batch_size reaches the sampler
     spies.moves.clear()
 
-    reference_stats.run(params, data_dir=tmp_path / "data", models_dir=tmp_path / "models", out_dir=tmp_path / "reference_stats")
+    ref = reference_stats.run(params, data_dir=tmp_path / "data", models_dir=tmp_path / "models", out_dir=tmp_path / "reference_stats")
+    assert ref["judge"]["used"] == "effnet_probe"
     moved = _moved(spies.moves, nets)
     assert {"Classifier", "EfficientNet"} <= set(moved) and all(devs == {SENTINEL} for devs in moved.values()), moved
     spies.moves.clear()

@@ -104,6 +104,8 @@ def test_registered_champion_with_lineage(project: Path):
     assert mv.tags["dataset_digest"] == manifest["dataset_digest"]
     assert mv.tags["raw_data_md5"] == _lock_dep_md5(project, "ingest", "data/raw")  # the DVC hash of the raw data
     assert re.fullmatch(r"[0-9a-f]{64}", mv.tags["params_sha256"])
+    assert mv.tags["class_consistency_judge"] == "classifier"  # the default judge (evaluate.judge), named on the version
+    assert "(judged by classifier, val accuracy " in mv.description
     assert not any(k.startswith("dvc.") for k in mv.tags), "the full lineage is an artifact, not 20 tags"
     lineage_path = mlflow.artifacts.download_artifacts(run_id=reg["run_id"], artifact_path="lineage.json", tracking_uri=f"sqlite:///{project}/mlflow.db")
     lineage = json.loads(Path(lineage_path).read_text())

@@ -84,11 +84,38 @@ def distribution_metrics(feats: np.ndarray, ref: dict, prefix: str, *, kid_subse
             f"kid_{prefix}": kid, f"kid_{prefix}_std": kid_std, f"precision_{prefix}": precision, f"recall_{prefix}": recall}
 
 
+def judge_record(ref_manifest: dict) -> dict:
+    """The ``judge`` record of a reference manifest (``requested``, ``used``, ``val_accuracy`` per trained judge,
+    ``probe``); a manifest written before judges existed was judged by the classifier."""
+    return ref_manifest.get("judge") or {"requested": "classifier", "used": "classifier", "probe": None,
+                                         "val_accuracy": {"classifier": ref_manifest["classifier_val_accuracy"]}}
+
+
+def load_judge(ref_dir: Path, record: dict, classifier, extractors: dict, *, device=None, feature_batch_size: int | None = None):
+    """The judge of class consistency that reference_stats chose (``record["used"]``) and its batch size: the
+    classifier (:class:`~components.evaluation.classifier.ClassifierExtractor`), or the EfficientNet-Lite0 linear probe
+    of ``ref_dir/effnet_probe`` (:class:`~components.evaluation.probe.ProbeJudge`; the extractor of ``extractors`` when
+    there is one, else built on ``device``). Both have ``predict(images, batch_size) -> labels``."""
+    from components.evaluation.classifier import ClassifierExtractor
+    from components.evaluation.features import get_extractor
+    from components.evaluation.probe import ProbeJudge, load_probe
+
+    used = record["used"]
+    if used == "classifier":
+        return ClassifierExtractor(classifier), extractor_batch_size("classifier", feature_batch_size)
+    if used != "effnet_probe":
+        raise ValueError(f"{ref_dir}/manifest.json names judge {used!r}, which this code does not know; re-run reference_stats")
+    probe, _ = load_probe(Path(ref_dir) / "effnet_probe")
+    extractor = extractors.get(probe.config.extractor) or get_extractor(probe.config.extractor, device=device)
+    return ProbeJudge(extractor, probe), extractor_batch_size(probe.config.extractor, feature_batch_size)
+
+
 def quality_vs_steps(generator, classifier, ref: dict, *, samplers: Sequence[str], steps: Sequence[int], num_per_class: int,
                      seed: int, guidance: float, eta: float, timestep_spacing: str, batch_size: int = 500,
-                     feature_batch_size: int = 500) -> list[dict]:
+                     feature_batch_size: int = 500, judge=None, judge_batch_size: int = 16) -> list[dict]:
     """Class consistency and classifier-feature FD for each sampler x number of steps, sampled on the generator's
-    device ``batch_size`` images per sampler call and classified ``feature_batch_size`` at a time."""
+    device ``batch_size`` images per sampler call and classified ``feature_batch_size`` at a time. ``judge`` (anything
+    with ``predict(images, batch_size)``, :func:`load_judge`) gives the class consistency when set; default the classifier."""
     from components.evaluation import class_consistency, feature_statistics, frechet_distance
     from components.evaluation.classifier import classify
 
@@ -101,7 +128,12 @@ def quality_vs_steps(generator, classifier, ref: dict, *, samplers: Sequence[str
                                         timestep_spacing=timestep_spacing, batch_size=batch_size)
             seconds = time.perf_counter() - t0
             feats, pred = classify(classifier, images, feature_batch_size)
+            extra = {}
+            if judge is not None:  # the classifier's verdict too, as in metrics.json
+                extra["class_consistency_classifier"] = class_consistency(pred, labels, generator.num_classes)["overall"]
+                pred = judge.predict(images, judge_batch_size)
             rows.append({"sampler": sampler, "steps": n, "class_consistency": class_consistency(pred, labels, generator.num_classes)["overall"],
+                         **extra,
                          "fd_classifier": frechet_distance(*feature_statistics(feats), ref["mu"], ref["sigma"]),
                          "images_per_second": round(len(labels) / seconds, 2), "num_generated": int(len(labels))})
             log.info("quality_vs_steps: %s", rows[-1])

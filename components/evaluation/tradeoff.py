@@ -128,13 +128,15 @@ def set_metrics(feats: np.ndarray, ref: Mapping[str, np.ndarray], extractor: str
 def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str, Mapping], train_images: np.ndarray,
                    train_labels: np.ndarray, *, guidances: Sequence[float], num_per_class: int, sampler: str, steps: int, seed: int,
                    baseline_seed: int, eta: float, timestep_spacing: str, pr_k: int, batch_size: int = 500,
-                   feature_batch_sizes: Mapping[str, int] | None = None) -> list[dict]:
+                   feature_batch_sizes: Mapping[str, int] | None = None, judge=None, judge_batch_size: int = 16) -> list[dict]:
     """One row per guidance scale (Ho & Salimans 2022, eq. 6): ``num_per_class`` images per class generated with
     ``sampler`` x ``steps`` from ``seed`` (the same seed for every guidance: same noise, same per-image generators),
     scored by the classifier (``class_consistency``) and, for every extractor in ``extractors`` (name -> extractor,
     the classifier's ``"classifier"`` entry included), ``fd_<e>``, ``precision_<e>``, ``recall_<e>`` against ``refs[e]``
     and their ratios to the real-vs-real baseline at the same n (``fd_real_<e>`` ... also in every row, constant).
-    The baseline is :func:`stratified_subset` of the train split drawn with ``baseline_seed``."""
+    The baseline is :func:`stratified_subset` of the train split drawn with ``baseline_seed``. ``judge`` (anything with
+    ``predict(images, batch_size)``, ``protocol.load_judge``) gives ``class_consistency`` when set (the classifier's then in ``class_consistency_classifier``);
+    default the classifier."""
     from components.evaluation import class_consistency
     from components.evaluation.classifier import classify
 
@@ -161,6 +163,9 @@ def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str
         for name, extractor in extractors.items():
             if name == "classifier":
                 feats, pred = classify(classifier, images, sizes.get(name, 500))
+                if judge is not None:  # the classifier's verdict too, as in metrics.json
+                    row["class_consistency_classifier"] = class_consistency(pred, labels, generator.num_classes)["overall"]
+                    pred = judge.predict(images, judge_batch_size)
                 row["class_consistency"] = class_consistency(pred, labels, generator.num_classes)["overall"]
             else:
                 feats = extractor(images, batch_size=sizes.get(name, 500))

@@ -40,6 +40,8 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         build_extractors,
         distribution_metrics,
         extractor_batch_size,
+        judge_record,
+        load_judge,
         load_reference,
         plot_quality,
         quality_by_steps,
@@ -68,9 +70,19 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     extractors, _ = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception,
                                      device=device)
     clf_batch = extractor_batch_size("classifier", cfg.feature_batch_size)
-    consistency = class_consistency(ClassifierExtractor(clf).predict(gen_images, clf_batch), gen_labels, len(manifest["class_names"]))
+    # class consistency by the judge reference_stats chose (evaluate.judge); the classifier's own always as well
+    record = judge_record(ref_manifest)
+    judge, judge_batch = load_judge(ref_dir, record, clf, extractors, device=device, feature_batch_size=cfg.feature_batch_size)
+    num_classes = len(manifest["class_names"])
+    by_classifier = class_consistency(ClassifierExtractor(clf).predict(gen_images, clf_batch), gen_labels, num_classes)
+    consistency = by_classifier if record["used"] == "classifier" else class_consistency(judge.predict(gen_images, judge_batch), gen_labels,
+                                                                                          num_classes)
     metrics: dict = {"class_consistency": consistency["overall"], "class_consistency_per_class": consistency["per_class"],
-                     "classifier_val_accuracy": ref_manifest["classifier_val_accuracy"]}
+                     "classifier_val_accuracy": ref_manifest["classifier_val_accuracy"], "judge": record["used"],
+                     "judge_val_accuracy": record["val_accuracy"][record["used"]], "class_consistency_classifier": by_classifier["overall"]}
+    other_judge = None if record["used"] == "classifier" else judge  # the grid and the sweep classify with the classifier anyway
+    if "effnet_probe" in record["val_accuracy"]:
+        metrics["effnet_probe_val_accuracy"] = record["val_accuracy"]["effnet_probe"]
     for name in ref_manifest["extractors"]:
         if name not in extractors:
             raise ValueError(f"reference stats have extractor {name!r} but it is not available now; re-run reference_stats")
@@ -83,7 +95,8 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     generator = LatentDiffusionGenerator.from_dir(models_dir, device=device)
     rows = quality_vs_steps(generator, clf, refs["classifier"], samplers=grid.samplers,
                             steps=grid.steps, num_per_class=grid.num_per_class, seed=params.base.seed + 1, guidance=s.guidance, eta=s.eta,
-                            timestep_spacing=s.timestep_spacing, batch_size=s.batch_size, feature_batch_size=clf_batch)
+                            timestep_spacing=s.timestep_spacing, batch_size=s.batch_size, feature_batch_size=clf_batch,
+                            judge=other_judge, judge_batch_size=judge_batch)
     sweep_rows: list[dict] = []
     swept = [e for e in sweep.extractors if e in extractors]  # an Inception skipped for want of weights is skipped here too
     if sweep.guidances:
@@ -91,12 +104,14 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
             generator, clf, {e: extractors[e] for e in swept}, refs, ds.images["train"], ds.labels["train"],
             guidances=sweep.guidances, num_per_class=sweep.num_per_class, sampler=sweep.sampler, steps=sweep.steps,
             seed=params.base.seed + 2, baseline_seed=params.base.seed, eta=s.eta, timestep_spacing=s.timestep_spacing, pr_k=cfg.pr_k,
-            batch_size=s.batch_size, feature_batch_sizes={e: extractor_batch_size(e, cfg.feature_batch_size) for e in sweep.extractors})
+            batch_size=s.batch_size, feature_batch_sizes={e: extractor_batch_size(e, cfg.feature_batch_size) for e in sweep.extractors},
+            judge=other_judge, judge_batch_size=judge_batch)
     metrics["recommended_guidance"] = recommend_guidance(sweep_rows, max_fd_ratio=sweep.max_fd_ratio, min_recall_ratio=sweep.min_recall_ratio,
                                                          extractors=swept)
     metrics["protocol"] = {
         "extractors": ref_manifest["extractors"],
         "skipped_extractors": ref_manifest["skipped"],
+        "judge": record,  # who judged class_consistency (and the quality grid's and sweep's): requested, used, val accuracies
         "reference_split": ref_manifest["reference_split"],
         "num_reference": ref_manifest["num_reference"],
         "num_generated": int(len(gen_labels)),

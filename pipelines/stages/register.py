@@ -68,10 +68,13 @@ def describe(manifest: dict, diffusion_meta: dict, params: Params, metrics: dict
     s, names = params.sample, diffusion_meta.get("class_names") or []
     shape = "x".join(str(v) for v in manifest.get("shape", []))
     primary = params.register_.primary_metric
+    judged = ""
+    if primary.startswith("class_consistency") and primary != "class_consistency_classifier" and metrics.get("judge"):
+        judged = f" (judged by {metrics['judge']}, val accuracy {metrics.get('judge_val_accuracy', float('nan')):.3f})"
     return (f"Class-conditional latent diffusion generator: {len(names)} classes ({', '.join(map(str, names[:12]))}), "
             f"{shape} images. Trained on {manifest.get('source')} (dataset {str(manifest.get('dataset_digest'))[:12]}, "
             f"{(manifest.get('counts') or {}).get('train')} training images). Default sampling: {s.sampler}, {s.steps} steps, "
-            f"guidance {s.guidance}. {primary} = {metrics.get(primary, float('nan')):.4g}. "
+            f"guidance {s.guidance}. {primary} = {metrics.get(primary, float('nan')):.4g}{judged}. "
             "Load: mlflow.pyfunc.load_model('models:/<name>@champion').predict(pd.DataFrame({'class_label': [3]})).")
 
 
@@ -103,7 +106,9 @@ def run(params: Params, models_dir: Path = MODELS_DIR, metrics_path: Path = EVAL
     if cfg.primary_metric not in numeric:
         raise KeyError(f"register.primary_metric {cfg.primary_metric!r} is not in {metrics_path}; choose one of {sorted(numeric)}")
     tags = {"git_commit": origin["git_commit"], "dataset_digest": origin["dataset_digest"], "dataset_source": manifest["source"],
-            "raw_data_md5": origin["raw_data"]["dvc_md5"] or "unknown", "params_sha256": origin["params_sha256"]}
+            "raw_data_md5": origin["raw_data"]["dvc_md5"] or "unknown", "params_sha256": origin["params_sha256"],
+            # who judged class_consistency: versions judged by different judges are not comparable on it
+            "class_consistency_judge": metrics.get("judge", "classifier")}
     diffusion_meta = _read_json(Path(models_dir) / "diffusion" / "config.json", "the diffusion checkpoint")
     histories = {prefix: json.loads(p.read_text()) for prefix, p in
                  (("autoencoder", METRICS_DIR / "autoencoder_loss.json"), ("diffusion", METRICS_DIR / "diffusion_loss.json")) if p.is_file()}
