@@ -173,6 +173,15 @@ def test_caption_generator_is_deterministic_true_to_the_pixels_and_never_uses_he
     assert held_words - vocab == {"sketch"}
 
 
+def test_captions_take_a_before_one_and_an_before_a_vowel_sound():
+    from components.data.captions import render
+
+    assert render("a {thick} {word}", 1) == "a one"  # not "an one": "one" starts with a consonant sound
+    assert render("a {word} {slant}", 1, slant_words="upright") == "a one upright"
+    assert render("a {thick} {word}", 8) == "an eight" and render("a {thick} {word}", 8, thick="thick") == "a thick eight"
+    assert render("a handwritten {word}", 1) == "a handwritten one"
+
+
 def test_captions_jsonl_errors_name_the_line(tmp_path):
     p = tmp_path / "captions.jsonl"
     p.write_text('{"image": "3/a.png", "captions": ["a three"]}\nnot json\n')

@@ -98,9 +98,9 @@ def measure_attributes(images: np.ndarray, thresholds: dict | None = None) -> At
 
 def render(template: str, label: int, thick: str = "", slant_words: str = "") -> str:
     """One caption: the template filled in for a digit ``label`` (0-9), empty attributes dropped, "a" before a vowel
-    made "an" ("an eight")."""
+    sound made "an" ("an eight", but "a one": its first sound is a consonant)."""
     text = template.format(digit=str(label), word=NUMBER_WORDS[label], thick=thick, slant=slant_words)
-    return re.sub(r"\ba (?=[aeiou])", "an ", " ".join(text.split()))
+    return re.sub(r"\ba (?=[aeiou])(?!one\b)", "an ", " ".join(text.split()))
 
 
 def generate_captions(labels: np.ndarray, attributes: Attributes, *, seed: int, per_image: int = 3,
