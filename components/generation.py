@@ -238,6 +238,8 @@ class LatentDiffusionGenerator:
         eta: float = 0.0,
         timestep_spacing: str = "leading",
         batch_size: int = 500,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> np.ndarray:
         """uint8 images ``[N, H, W, C]`` for ``class_labels`` (or, on a text-conditioned model, for ``prompts``; see
         :meth:`condition`); the same seed gives the same images.
@@ -250,6 +252,8 @@ class LatentDiffusionGenerator:
         depend on the batch it is in (the CPU's GEMM kernels for fewer than 12 rows round differently from the
         larger ones, which can move a pixel by one level; tests/test_device.py measures it). On CUDA the U-Net and
         the decoder run under bf16 autocast (:func:`components.device.autocast`), on the CPU in fp32.
+        ``guidance_rescale`` (Lin et al. 2024) and ``guidance_interval`` (Kynkäänniemi et al. 2024, in sigma):
+        see :func:`components.diffusion.samplers.guided`.
         """
         labels = self.condition(class_labels, prompts)
         guidance, timestep_spacing = self.sampling_settings(sampler, steps, guidance, timestep_spacing)
@@ -261,7 +265,8 @@ class LatentDiffusionGenerator:
             stop = min(start + batch_size, len(labels))
             with autocast(self.device):
                 z = self._sample_batch(noise[start:stop], labels[start:stop], seed=seed, first_index=start, sampler=sampler, steps=steps,
-                                       guidance=guidance, eta=eta, timestep_spacing=timestep_spacing)
+                                       guidance=guidance, eta=eta, timestep_spacing=timestep_spacing,
+                                       guidance_rescale=guidance_rescale, guidance_interval=guidance_interval)
                 # Undo the latent scale; ``decode`` is each kind's path: KL and plain decode z, VQ quantises z to
                 # its nearest codes first (the diffusion model generates pre-quantisation latents, as LDM's VQ-reg).
                 x = self.autoencoder.decode(z / self.autoencoder.scale_factor)
@@ -271,7 +276,8 @@ class LatentDiffusionGenerator:
         return np.concatenate(out)
 
     def _sample_batch(self, noise: torch.Tensor, labels: torch.Tensor, *, seed: int, first_index: int, sampler: str, steps: int,
-                      guidance: float, eta: float, timestep_spacing: str) -> torch.Tensor:
+                      guidance: float, eta: float, timestep_spacing: str, guidance_rescale: float = 0.0,
+                      guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
         """Latents of one batch: images ``first_index ..`` of the call, each with its own generator."""
         generators = image_generators(seed, first_index, len(labels))
         return sample(
@@ -286,6 +292,8 @@ class LatentDiffusionGenerator:
             generator=generators,
             class_labels=labels.to(self.device),
             guidance_scale=guidance,
+            guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval,
         )
 
 

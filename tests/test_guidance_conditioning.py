@@ -76,6 +76,62 @@ def test_guided_learned_variance_channels_come_from_the_conditional_pass():
     assert torch.equal(out[:, 1:], torch.full((2, 1, 1, 2), 10.0))
 
 
+@pytest.mark.parametrize("phi", [0.0, 0.7, 1.0])
+def test_guidance_rescale_matches_lin_et_al_eq_15_16_by_hand(phi: float):
+    """Lin et al. 2024, eq. 15-16, per image: out' = phi * out * std(cond) / std(out) + (1 - phi) * out. At s = 3 the
+    toy model gives cond = 2x + y and out = 8x + 3y - 1 on two pixels, so std(cond) / std(out) = |c0 - c1| / |o0 - o1|:
+    6 / 24 for image 0, 5 / 20 for image 1."""
+    out = guided(AffineToyModel(), LABELS, 3.0, guidance_rescale=phi)(X, T)
+    cfg = torch.tensor([[[[10.0, -14.0]]], [[[15.0, 35.0]]]])
+    cond = torch.tensor([[[[3.0, -3.0]]], [[[5.0, 10.0]]]])
+    ratio = cond.flatten(1).std(dim=1) / cfg.flatten(1).std(dim=1)
+    assert torch.allclose(ratio, torch.tensor([6.0 / 24.0, 5.0 / 20.0]), atol=1e-6)  # |c0 - c1| / |o0 - o1| per image
+    expected = phi * cfg * ratio[:, None, None, None] + (1 - phi) * cfg
+    assert torch.allclose(out, expected, atol=1e-5), out
+    if phi == 1.0:  # fully rescaled: the guided output has the conditional output's spread
+        assert torch.allclose(out.flatten(1).std(dim=1), cond.flatten(1).std(dim=1), atol=1e-5)
+
+
+def test_guidance_rescale_out_of_range_is_an_error():
+    with pytest.raises(ValueError, match="guidance_rescale must be in"):
+        guided(AffineToyModel(), LABELS, 3.0, guidance_rescale=1.5)
+
+
+def test_guidance_interval_guides_only_inside_sigma_range_and_skips_the_uncond_pass_outside():
+    """Kynkäänniemi et al. 2024: guidance where sigma_t = sqrt((1 - a_t) / a_t) is in (lo, hi], the conditional
+    prediction alone elsewhere (one forward of the batch, not two)."""
+    ac = torch.tensor([0.8, 0.5, 0.2, 0.05])  # sigma_t = 0.5, 1.0, 2.0, 4.36
+    cond = torch.tensor([[[[3.0, -3.0]]], [[[5.0, 10.0]]]])
+    cfg = torch.tensor([[[[10.0, -14.0]]], [[[15.0, 35.0]]]])
+    for t, inside in [(0, False), (1, True), (2, True), (3, False)]:
+        model = AffineToyModel()
+        denoise = guided(model, LABELS, 3.0, guidance_interval=(0.5, 2.0), alphas_cumprod=ac)
+        out = denoise(X, torch.tensor([t, t]))
+        assert torch.allclose(out, cfg if inside else cond, atol=1e-6), (t, out)
+        assert model.calls == 1
+    with pytest.raises(ValueError, match="needs alphas_cumprod"):
+        guided(AffineToyModel(), LABELS, 3.0, guidance_interval=(0.5, 2.0))
+    with pytest.raises(ValueError, match="sigma_lo < sigma_hi"):
+        guided(AffineToyModel(), LABELS, 3.0, guidance_interval=(2.0, 0.5), alphas_cumprod=ac)
+
+
+def test_guidance_interval_covering_every_step_changes_nothing_in_a_full_run():
+    """An interval that holds every noise level of the run is plain guidance: the same samples bit for bit; one that
+    holds none is guidance 1."""
+    betas = make_betas("scaled_linear", 100, 0.00085, 0.012)
+    ac = alphas_cumprod(betas)
+    model = ExactEpsModel(ac)
+    x = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    kw = dict(betas=betas, sampler="ddim", num_steps=10, class_labels=LABELS)
+    plain = sample(model, x, guidance_scale=3.0, **kw)
+    everywhere = sample(model, x, guidance_scale=3.0, guidance_interval=(0.0, 1e6), **kw)
+    nowhere = sample(model, x, guidance_scale=3.0, guidance_interval=(1e5, 1e6), **kw)
+    unguided = sample(model, x, guidance_scale=1.0, **kw)
+    assert torch.equal(plain, everywhere)
+    assert torch.equal(nowhere, unguided)
+    assert not torch.allclose(plain, unguided, atol=1e-3)
+
+
 class ExactEpsModel(torch.nn.Module):
     """The exact epsilon-predictor of a point-mass data distribution per label:
     x0 = 1 + label for a real class, x0 = -1 for the null class, so eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)."""

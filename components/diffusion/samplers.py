@@ -230,9 +230,27 @@ def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, timesteps: Sequence[int], alpha
 _SAMPLER_FNS = {"ddim": ddim, "ddpm": ddpm, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_karras": dpmpp_2m_karras}  # keyed by options.SAMPLERS (a test checks they agree)
 
 
-def guided(model, class_labels: torch.Tensor | None, guidance_scale: float) -> Denoise:
+def guided(model, class_labels: torch.Tensor | None, guidance_scale: float, *, guidance_rescale: float = 0.0,
+           guidance_interval: tuple[float, float] | None = None, alphas_cumprod: torch.Tensor | None = None) -> Denoise:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out = u + s (c - u), with the
-    conditional and unconditional (label -1, the null class) passes batched in one forward call."""
+    conditional and unconditional (label -1, the null class) passes batched in one forward call.
+
+    ``guidance_rescale`` phi (Lin et al. 2024, sec. 3.4, eq. 15-16): out is rescaled per image to the standard deviation
+    of the conditional prediction, out' = phi * out * std(c) / std(out) + (1 - phi) * out, which undoes the
+    over-exposure that large scales cause (0 = off; applied to the model output, whatever it predicts, as diffusers'
+    ``guidance_rescale``). ``guidance_interval`` (sigma_lo, sigma_hi) (Kynkäänniemi et al. 2024, sec. 3): guidance only
+    where the noise level sigma_t = sqrt((1 - a_t) / a_t) lies in (sigma_lo, sigma_hi]; elsewhere the conditional
+    prediction alone, in one forward pass of the batch instead of two. It needs ``alphas_cumprod``; ``None`` = every step.
+    """
+    if guidance_rescale < 0.0 or guidance_rescale > 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1] (0 = off), got {guidance_rescale}")
+    if guidance_interval is not None:
+        lo, hi = (float(v) for v in guidance_interval)
+        if not 0.0 <= lo < hi:
+            raise ValueError(f"guidance_interval must be (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi, got {guidance_interval}")
+        if alphas_cumprod is None:
+            raise ValueError("guidance_interval needs alphas_cumprod (the noise level of each timestep)")
+        sigmas = ((1 - alphas_cumprod.double()) / alphas_cumprod.double()).sqrt()
     if class_labels is None:
         return lambda x, t: model(x, t)
     if guidance_scale == 1.0:
@@ -241,9 +259,18 @@ def guided(model, class_labels: torch.Tensor | None, guidance_scale: float) -> D
     labels = torch.cat([class_labels, null])
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance_interval is not None:
+            sigma = float(sigmas[int(t[0])])
+            if not lo < sigma <= hi:
+                return model(x, t, class_labels)
         cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)
         c = x.shape[1]
         out = uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c])
+        if guidance_rescale > 0.0:
+            dims = tuple(range(1, out.ndim))
+            std_cond = cond[:, :c].std(dim=dims, keepdim=True)
+            std_out = out.std(dim=dims, keepdim=True).clamp(min=1e-12)
+            out = guidance_rescale * out * (std_cond / std_out) + (1 - guidance_rescale) * out
         # learned variance channels (if any) come from the conditional pass, as in GLIDE
         return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out
 
@@ -277,10 +304,14 @@ def sampling_grid(
     return timesteps, alphas, final_alpha
 
 
-def denoiser(model, sampler: str, channels: int, class_labels: torch.Tensor | None = None, guidance_scale: float = 1.0) -> Denoise:
-    """The ``denoise(x_t, t)`` that ``sampler`` runs on: :func:`guided` (classifier-free guidance), with the
-    learned-variance channels (if any) dropped for the deterministic samplers, which do not use them."""
-    denoise = guided(model, class_labels, guidance_scale)
+def denoiser(model, sampler: str, channels: int, class_labels: torch.Tensor | None = None, guidance_scale: float = 1.0, *,
+             guidance_rescale: float = 0.0, guidance_interval: tuple[float, float] | None = None,
+             alphas_cumprod: torch.Tensor | None = None) -> Denoise:
+    """The ``denoise(x_t, t)`` that ``sampler`` runs on: :func:`guided` (classifier-free guidance, with its rescale and
+    interval options), with the learned-variance channels (if any) dropped for the deterministic samplers, which do
+    not use them."""
+    denoise = guided(model, class_labels, guidance_scale, guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
+                     alphas_cumprod=alphas_cumprod)
     if sampler == "ddpm":
         return denoise
     return lambda x, t: denoise(x, t)[:, :channels]
@@ -330,6 +361,8 @@ def sample(
     generator: torch.Generator | None = None,
     class_labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
     clip_sample: float | None = None,
     start: int = 0,
     callback: StepCallback | None = None,
@@ -349,11 +382,13 @@ def sample(
     ``start=k`` runs only steps k .. N-1 of the same grid (:func:`sampling_grid`), ``x_T`` then being x at step k's
     noise level (SDEdit, Meng et al. 2022: diffusers' img2img runs the tail of the full list the same way);
     ``start=0`` is the full run. ``callback(i, x)`` is called after each step with the new x and returns the x to go
-    on with (known-region replacement for inpainting); ``None`` leaves the run untouched.
+    on with (known-region replacement for inpainting); ``None`` leaves the run untouched. ``guidance_rescale`` and
+    ``guidance_interval``: see :func:`guided` (the interval is judged at the timestep the model is evaluated at).
     """
     timesteps, _, final_alpha = sampling_grid(sampler, betas, num_steps, timestep_spacing=timestep_spacing,
                                               steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one)
-    denoise = denoiser(model, sampler, x_T.shape[1], class_labels, guidance_scale)
+    denoise = denoiser(model, sampler, x_T.shape[1], class_labels, guidance_scale, guidance_rescale=guidance_rescale,
+                       guidance_interval=guidance_interval, alphas_cumprod=_alphas_cumprod(betas))
     return _SAMPLER_FNS[sampler](
         denoise, x_T, timesteps, _alphas_cumprod(betas), final_alpha=final_alpha, eta=eta, generator=generator,
         prediction_type=prediction_type, clip_sample=clip_sample, start=start, callback=callback,

@@ -128,7 +128,8 @@ def set_metrics(feats: np.ndarray, ref: Mapping[str, np.ndarray], extractor: str
 def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str, Mapping], train_images: np.ndarray,
                    train_labels: np.ndarray, *, guidances: Sequence[float], num_per_class: int, sampler: str, steps: int, seed: int,
                    baseline_seed: int, eta: float, timestep_spacing: str, pr_k: int, batch_size: int = 500,
-                   feature_batch_sizes: Mapping[str, int] | None = None, judge=None, judge_batch_size: int = 16) -> list[dict]:
+                   feature_batch_sizes: Mapping[str, int] | None = None, judge=None, judge_batch_size: int = 16,
+                   generate_kwargs: Mapping | None = None) -> list[dict]:
     """One row per guidance scale (Ho & Salimans 2022, eq. 6): ``num_per_class`` images per class generated with
     ``sampler`` x ``steps`` from ``seed`` (the same seed for every guidance: same noise, same per-image generators),
     scored by the classifier (``class_consistency``) and, for every extractor in ``extractors`` (name -> extractor,
@@ -136,7 +137,7 @@ def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str
     and their ratios to the real-vs-real baseline at the same n (``fd_real_<e>`` ... also in every row, constant).
     The baseline is :func:`stratified_subset` of the train split drawn with ``baseline_seed``. ``judge`` (anything with
     ``predict(images, batch_size)``, ``protocol.load_judge``) gives ``class_consistency`` when set (the classifier's then in ``class_consistency_classifier``);
-    default the classifier."""
+    default the classifier. ``generate_kwargs`` go to every ``generator.generate`` call (e.g. ``guidance_rescale``)."""
     from components.evaluation import class_consistency
     from components.evaluation.classifier import classify
 
@@ -157,7 +158,7 @@ def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str
     for guidance in guidances:
         t0 = time.perf_counter()
         images = generator.generate(labels, seed=seed, sampler=sampler, steps=steps, guidance=float(guidance), eta=eta,
-                                    timestep_spacing=timestep_spacing, batch_size=batch_size)
+                                    timestep_spacing=timestep_spacing, batch_size=batch_size, **dict(generate_kwargs or {}))
         seconds = time.perf_counter() - t0
         row: dict = {"guidance": float(guidance), "num_generated": int(len(labels))}
         for name, extractor in extractors.items():

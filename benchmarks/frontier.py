@@ -1,0 +1,231 @@
+"""Where does a CPU-second buy the most? (issue 14, part 2: move the fidelity/diversity frontier.)
+
+Trains one U-Net per *training variant* (a set of ``train_diffusion`` overrides: prediction type, min-SNR weighting,
+learning rate, batch size, EMA decay, condition dropout, width, images seen) on the latents of one finished run's
+autoencoder, with the same data and seed, then samples each at several guidance scales and *sampling variants*
+(rescaled guidance, Lin et al. 2024; guidance limited to an interval of noise levels, Kynkäänniemi et al. 2024) and
+scores every set as the evaluate stage's guidance sweep does (``components.evaluation.tradeoff.guidance_sweep``):
+class consistency by the run's classifier, and per extractor the FD, precision and recall ratios against a
+real-vs-real baseline at the same n. Every set comes from the same seed (common random numbers), so rows differ by
+the variant only.
+
+    .venv/bin/python -m benchmarks.frontier --run /path/to/finished/run            # every variant, params.yaml's budget
+    .venv/bin/python -m benchmarks.frontier --run RUN --variants baseline v_prediction --max-images 55000 --num-threads 2
+
+``--run`` is a folder with ``data/dataset``, ``models/autoencoder``, ``models/classifier`` and ``reference_stats``
+(``dvc repro train_autoencoder reference_stats`` makes them); it is only read. Writes
+``reports/benchmarks/frontier.json`` after every variant (rows so far, with provenance) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.provenance import provenance
+from components.io import atomic_write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("latentflow")
+
+# name -> train_diffusion overrides (nested keys as in params.yaml); every variant starts from params.yaml
+TRAINING_VARIANTS: dict[str, dict] = {
+    "baseline": {},
+    "v_prediction": {"prediction_type": "v_prediction"},
+    "min_snr_5": {"min_snr_gamma": 5.0},
+    "v_prediction_min_snr_5": {"prediction_type": "v_prediction", "min_snr_gamma": 5.0},
+    "v_prediction_zero_snr": {"prediction_type": "v_prediction", "zero_terminal_snr": True},
+    "lr_2e-3": {"lr": 2.0e-3},
+    "lr_5e-4": {"lr": 5.0e-4},
+    "batch_64": {"batch_size": 64},
+    "batch_256": {"batch_size": 256},
+    "ema_0.9995": {"ema_decay": 0.9995},
+    "ema_0.998": {"ema_decay": 0.998},
+    "cond_dropout_0.2": {"cond_dropout": 0.2},
+    "cond_dropout_0.05": {"cond_dropout": 0.05},
+    "wide_96_128": {"unet": {"channels": [96, 128]}},
+    "narrow_48_64": {"unet": {"channels": [48, 64]}},
+    "res_res": {"unet": {"preset": "res-res-clsAtn-chnAtn"}},
+    "images_2x": {"max_images": 89600},  # twice the budget the table is run at (--max-images 44800): what images seen buy
+}
+
+# name -> generate() keyword arguments beyond the guidance scale
+SAMPLING_VARIANTS: dict[str, dict] = {
+    "plain": {},
+    "rescale_0.7": {"guidance_rescale": 0.7},
+    "interval_hi": {"guidance_interval": (0.0, 2.0)},     # no guidance at the noisiest steps (sigma > 2)
+    "interval_mid": {"guidance_interval": (0.3, 5.0)},    # neither at the noisiest nor at the last steps
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def variant_params(params, overrides: dict, *, max_images: int | None, num_threads: int | None):
+    """``params`` with ``train_diffusion`` overridden (validated as params.yaml would be)."""
+    from components.config import Params, params_dict
+
+    raw = params_dict(params)
+    if max_images:
+        raw["train_diffusion"]["max_images"] = int(max_images)
+    raw["train_diffusion"] = _merge(raw["train_diffusion"], overrides)  # a variant's own max_images wins
+    if num_threads is not None:
+        raw["base"]["num_threads"] = int(num_threads)
+    return Params.model_validate(raw)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="finished run: data/dataset, models/{autoencoder,classifier}, reference_stats")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--variants", nargs="+", default=list(TRAINING_VARIANTS), choices=list(TRAINING_VARIANTS))
+    ap.add_argument("--sampling", nargs="+", default=["plain"], choices=list(SAMPLING_VARIANTS),
+                    help="sampling variants scored on every trained variant")
+    ap.add_argument("--guidances", nargs="+", type=float, default=[1.5, 2.0, 3.0])
+    ap.add_argument("--sampler", default=None, help="default: sample.sampler")
+    ap.add_argument("--steps", type=int, default=None, help="default: sample.steps")
+    ap.add_argument("--num-per-class", type=int, default=50)
+    ap.add_argument("--extractors", nargs="+", default=["classifier"], choices=["classifier", "effnet_lite0", "inception"])
+    ap.add_argument("--max-images", type=int, default=None, help="U-Net training budget per variant (default: params.yaml)")
+    ap.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: base.num_threads)")
+    ap.add_argument("--work", type=Path, default=None, help="keep each variant's models here (default: a temporary folder)")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks/frontier.json")
+    ap.add_argument("--append", action="store_true", help="keep the rows already in --out (a (variant, sampling) pair run again "
+                    "replaces its rows)")
+    ap.add_argument("--reuse", action="store_true", help="a variant already trained in --work with the same params is not trained again")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                    help="only combine the rows of these frontier JSON files (e.g. runs on two cores) into --out")
+    args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from components.config import load_params, params_dict
+    from components.data.artifact import read_dataset
+    from components.evaluation.classifier import Classifier, ClassifierConfig
+    from components.evaluation.protocol import build_extractors, extractor_batch_size, load_reference
+    from components.evaluation.tradeoff import guidance_sweep
+    from components.generation import LatentDiffusionGenerator
+    from components.models.checkpoint import read_checkpoint
+    from pipelines.stages import train_diffusion
+    from pipelines.stages.runtime import setup
+
+    base_params = load_params(args.params)
+    run = args.run.resolve()
+    data, models, refs_dir = run / "data/dataset", run / "models", run / "reference_stats"
+    s = base_params.sample
+    sampler, steps = args.sampler or s.sampler, args.steps or s.steps
+    device = setup(variant_params(base_params, {}, max_images=None, num_threads=args.num_threads))
+    manifest = json.loads((data / "manifest.json").read_text())
+    _, refs = load_reference(refs_dir, manifest["dataset_digest"])
+    state, meta = read_checkpoint(models / "classifier")
+    clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
+    clf.load_state_dict(state)
+    clf.to(device).eval()
+    extractors, _ = build_extractors(args.extractors, clf, inception_weights=base_params.evaluate.inception_weights, device=device)
+    ds = read_dataset(data)
+
+    rows: list[dict] = []
+    if args.append and args.out.is_file():
+        rows = [r for r in json.loads(args.out.read_text())["rows"] if not (r["variant"] in args.variants and r["sampling"] in args.sampling)]
+    tmp = tempfile.mkdtemp(prefix="frontier_")
+    work = args.work or Path(tmp)
+    try:
+        for name in args.variants:
+            overrides = TRAINING_VARIANTS[name]
+            p = variant_params(base_params, overrides, max_images=args.max_images, num_threads=args.num_threads)
+            vdir = work / name
+            stamp = {"params": params_dict(p)["train_diffusion"], "autoencoder": str(models / "autoencoder"), "data": str(data)}
+            done = vdir / "trained.json"
+            if args.reuse and done.is_file() and json.loads(done.read_text())["stamp"] == stamp:
+                train, stage_seconds = json.loads(done.read_text())["train"], json.loads(done.read_text())["stage_seconds"]
+                log.info("frontier: %s already trained in %s (--reuse)", name, vdir)
+            else:
+                shutil.rmtree(vdir, ignore_errors=True)
+                (vdir / "models").mkdir(parents=True)
+                shutil.copytree(models / "autoencoder", vdir / "models" / "autoencoder")
+                t0 = time.perf_counter()
+                train = train_diffusion.run(p, data_dir=data, models_dir=vdir / "models", metrics_dir=vdir / "metrics")
+                stage_seconds = time.perf_counter() - t0
+                atomic_write_json(done, {"stamp": stamp, "train": train, "stage_seconds": stage_seconds})
+            generator = LatentDiffusionGenerator.from_dir(vdir / "models", device=device)
+            spacing = "trailing" if p.train_diffusion.zero_terminal_snr else s.timestep_spacing  # zero SNR: start at t = T-1
+            for sname in args.sampling:
+                t0 = time.perf_counter()
+                sweep = guidance_sweep(generator, clf, extractors, refs, ds.images["train"], ds.labels["train"], guidances=args.guidances,
+                                       num_per_class=args.num_per_class, sampler=sampler, steps=steps, seed=base_params.base.seed + 2,
+                                       baseline_seed=base_params.base.seed, eta=s.eta, timestep_spacing=spacing, pr_k=base_params.evaluate.pr_k,
+                                       batch_size=s.batch_size, generate_kwargs=SAMPLING_VARIANTS[sname],
+                                       feature_batch_sizes={e: extractor_batch_size(e, None) for e in args.extractors})
+                sweep_seconds = time.perf_counter() - t0
+                for r in sweep:
+                    rows.append({"variant": name, "overrides": overrides, "sampling": sname, "sampling_kwargs": SAMPLING_VARIANTS[sname],
+                                 "timestep_spacing": spacing, **r,
+                                 "images_seen": train["images_seen"], "train_seconds": train["train_seconds"],
+                                 "train_stage_seconds": round(stage_seconds, 1), "parameters": train["parameters"],
+                                 "macs_per_forward": train["macs_per_forward"], "final_loss": train["final_loss"],
+                                 "sweep_seconds": round(sweep_seconds, 1)})
+                print(markdown(rows), flush=True)
+                atomic_write_json(args.out, {
+                    "command": "python -m benchmarks.frontier " + shlex.join(argv if argv is not None else sys.argv[1:]),
+                    "run": str(run), "sampler": sampler, "steps": steps, "num_per_class": args.num_per_class,
+                    "extractors": args.extractors, "seed": base_params.base.seed, "rows": rows, "provenance": provenance()})
+    finally:
+        if args.work is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nwrote {args.out}")
+    return {"rows": rows}
+
+
+def merge(paths: list[Path], out: Path) -> dict:
+    """One frontier JSON from several (the same protocol run as separate processes, e.g. one per core): rows in file
+    order, a later file's (variant, sampling, guidance) replacing an earlier one's; the protocol fields must agree."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    keys = ("sampler", "steps", "num_per_class", "extractors", "seed")
+    for p, d in zip(paths[1:], docs[1:], strict=True):
+        if any(d[k] != docs[0][k] for k in keys):
+            raise SystemExit(f"{p}: protocol {[d[k] for k in keys]} differs from {paths[0]}'s {[docs[0][k] for k in keys]}; not merged")
+    rows: dict = {}
+    for d in docs:
+        for r in d["rows"]:
+            rows[(r["variant"], r["sampling"], r["guidance"])] = r
+    merged = {**{k: docs[0][k] for k in ("run", *keys)}, "commands": [d["command"] for d in docs],
+              "parts": [{"file": str(p), "provenance": d["provenance"]} for p, d in zip(paths, docs, strict=True)],
+              "rows": list(rows.values()), "provenance": docs[0]["provenance"]}
+    atomic_write_json(out, merged)
+    print(markdown(merged["rows"]))
+    print(f"\nwrote {out}")
+    return merged
+
+
+def markdown(rows: list[dict]) -> str:
+    extra = sorted({k.removeprefix("fd_ratio_") for r in rows for k in r if k.startswith("fd_ratio_") and k != "fd_ratio_classifier"})
+    head = ["variant", "sampling", "guidance", "train s", "images", "class consistency", "FD ratio (clf)", "precision ratio", "recall ratio"]
+    head += [f"FD ratio ({e})" for e in extra] + [f"recall ratio ({e})" for e in extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(v, d=2):
+        return "n/a" if v is None else f"{v:.{d}f}"
+
+    for r in rows:
+        cells = [r["variant"], r["sampling"], f"{r['guidance']:g}", f"{r['train_seconds']:.0f}", f"{r['images_seen']:,}",
+                 f(r["class_consistency"], 3), f(r["fd_ratio_classifier"]), f(r["precision_ratio_classifier"]),
+                 f(r["recall_ratio_classifier"])]
+        cells += [f(r.get(f"fd_ratio_{e}")) for e in extra] + [f(r.get(f"recall_ratio_{e}")) for e in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
