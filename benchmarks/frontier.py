@@ -56,6 +56,13 @@ TRAINING_VARIANTS: dict[str, dict] = {
     "images_2x": {"max_images": 89600},  # twice the budget the table is run at (--max-images 44800): what images seen buy
 }
 
+# name -> train_autoencoder overrides: these variants train their own autoencoder first (the others reuse the run's)
+AUTOENCODER_VARIANTS: dict[str, dict] = {
+    "v_prediction_ae_20k": {"max_images": 20000},     # half the autoencoder's images: its largest fixed cost after the U-Net
+    "v_prediction_ae_kl_1e-4": {"kl_weight": 1.0e-4},  # a smoother, more Gaussian latent (LDM's KL weight is 1e-6 .. 1e-5)
+}
+TRAINING_VARIANTS.update({name: {"prediction_type": "v_prediction"} for name in AUTOENCODER_VARIANTS})
+
 # name -> generate() keyword arguments beyond the guidance scale
 SAMPLING_VARIANTS: dict[str, dict] = {
     "plain": {},
@@ -72,11 +79,12 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def variant_params(params, overrides: dict, *, max_images: int | None, num_threads: int | None):
-    """``params`` with ``train_diffusion`` overridden (validated as params.yaml would be)."""
+def variant_params(params, overrides: dict, *, max_images: int | None, num_threads: int | None, autoencoder: dict | None = None):
+    """``params`` with ``train_diffusion`` (and ``train_autoencoder``) overridden, validated as params.yaml would be."""
     from components.config import Params, params_dict
 
     raw = params_dict(params)
+    raw["train_autoencoder"] = _merge(raw["train_autoencoder"], autoencoder or {})
     if max_images:
         raw["train_diffusion"]["max_images"] = int(max_images)
     raw["train_diffusion"] = _merge(raw["train_diffusion"], overrides)  # a variant's own max_images wins
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     from components.evaluation.tradeoff import guidance_sweep
     from components.generation import LatentDiffusionGenerator
     from components.models.checkpoint import read_checkpoint
-    from pipelines.stages import train_diffusion
+    from pipelines.stages import train_autoencoder, train_diffusion
     from pipelines.stages.runtime import setup
 
     base_params = load_params(args.params)
@@ -143,10 +151,11 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.work or Path(tmp)
     try:
         for name in args.variants:
-            overrides = TRAINING_VARIANTS[name]
-            p = variant_params(base_params, overrides, max_images=args.max_images, num_threads=args.num_threads)
+            overrides, ae_overrides = TRAINING_VARIANTS[name], AUTOENCODER_VARIANTS.get(name, {})
+            p = variant_params(base_params, overrides, max_images=args.max_images, num_threads=args.num_threads, autoencoder=ae_overrides)
             vdir = work / name
-            stamp = {"params": params_dict(p)["train_diffusion"], "autoencoder": str(models / "autoencoder"), "data": str(data)}
+            stamp = {"params": params_dict(p)["train_diffusion"], "autoencoder": str(models / "autoencoder"), "data": str(data),
+                     "autoencoder_overrides": ae_overrides}
             done = vdir / "trained.json"
             if args.reuse and done.is_file() and json.loads(done.read_text())["stamp"] == stamp:
                 train, stage_seconds = json.loads(done.read_text())["train"], json.loads(done.read_text())["stage_seconds"]
@@ -154,10 +163,18 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 shutil.rmtree(vdir, ignore_errors=True)
                 (vdir / "models").mkdir(parents=True)
-                shutil.copytree(models / "autoencoder", vdir / "models" / "autoencoder")
+                ae = None
+                if ae_overrides:
+                    t0 = time.perf_counter()
+                    ae = train_autoencoder.run(p, data_dir=data, out_dir=vdir / "models" / "autoencoder", metrics_dir=vdir / "metrics")
+                    ae = {k: ae[k] for k in ("val_psnr", "scale_factor", "train_seconds", "images_seen") if k in ae}
+                    ae["stage_seconds"] = round(time.perf_counter() - t0, 1)
+                else:
+                    shutil.copytree(models / "autoencoder", vdir / "models" / "autoencoder")
                 t0 = time.perf_counter()
                 train = train_diffusion.run(p, data_dir=data, models_dir=vdir / "models", metrics_dir=vdir / "metrics")
                 stage_seconds = time.perf_counter() - t0
+                train["autoencoder"] = ae
                 atomic_write_json(done, {"stamp": stamp, "train": train, "stage_seconds": stage_seconds})
             generator = LatentDiffusionGenerator.from_dir(vdir / "models", device=device)
             spacing = "trailing" if p.train_diffusion.zero_terminal_snr else s.timestep_spacing  # zero SNR: start at t = T-1
@@ -170,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
                                        feature_batch_sizes={e: extractor_batch_size(e, None) for e in args.extractors})
                 sweep_seconds = time.perf_counter() - t0
                 for r in sweep:
-                    rows.append({"variant": name, "overrides": overrides, "sampling": sname, "sampling_kwargs": SAMPLING_VARIANTS[sname],
+                    rows.append({"variant": name, "overrides": overrides, "autoencoder_overrides": ae_overrides,
+                                 "autoencoder": train.get("autoencoder"), "sampling": sname, "sampling_kwargs": SAMPLING_VARIANTS[sname],
                                  "timestep_spacing": spacing, **r,
                                  "images_seen": train["images_seen"], "train_seconds": train["train_seconds"],
                                  "train_stage_seconds": round(stage_seconds, 1), "parameters": train["parameters"],

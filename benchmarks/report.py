@@ -483,6 +483,24 @@ def rgb_judge_section(r: dict | None) -> list[str]:
     return lines
 
 
+def frontier_section(r: dict | None) -> list[str]:
+    """Issue 14's frontier table: every training and sampling variant at every guidance, with the commands that made it
+    (one per part when the run was split over cores and merged)."""
+    title = "## The fidelity/diversity frontier (training and sampling variants)"
+    if not r or not r.get("rows"):
+        return [title, "", "No frontier committed: `.venv/bin/python -m benchmarks.frontier --run RUN` writes "
+                "`reports/benchmarks/frontier.json`.", ""]
+    from benchmarks.frontier import markdown
+
+    commands = r.get("commands") or [r["command"]]
+    parts = r.get("parts") or [{"provenance": r.get("provenance")}]
+    lines = [title, "", f"From `reports/benchmarks/frontier.json`: {r['sampler']} {r['steps']} steps, {r['num_per_class']} images per "
+             f"class per row, seed {r['seed']}, extractors {', '.join(r['extractors'])}; ratios are against the real-vs-real "
+             "baseline at the same n. Made by " + "; ".join(f"`{c}`" for c in commands) + ". "
+             + " ".join(describe(part.get("provenance")) for part in parts[:1]), "", markdown(r["rows"]), ""]
+    return lines
+
+
 def gpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["## GPU check", "", "No GPU check committed (`reports/benchmarks/gpu_check.json` is absent): "
@@ -517,6 +535,7 @@ def render(root: Path) -> list[str]:
     lines += distill_section(_load(b / "distill.json"))
     lines += text_prompts_section(_load(b / "text_prompts.json"))
     lines += rgb_judge_section(_load(b / "rgb_judge.json"))
+    lines += frontier_section(_load(b / "frontier.json"))
     gpu = _load(b / "gpu_check.json")
     lines += gpu_section(gpu)
     if gpu is not None and not gpu.get("dry_run") and (b / "throughput_gpu.json").is_file():

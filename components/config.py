@@ -280,6 +280,16 @@ class SampleParams(_Section):
     num_per_class: int = Field(50, ge=1)
     batch_size: int = Field(250, ge=1)
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
+    guidance_rescale: float = Field(0.0, ge=0.0, le=1.0, description="rescaled guidance phi (Lin et al. 2024); 0 = off")
+    guidance_interval: tuple[float, float] | None = Field(
+        None, description="guide only where sigma_t = sqrt((1 - a_t) / a_t) is in (lo, hi] (Kynkäänniemi et al. 2024); null = every step")
+
+    @model_validator(mode="after")
+    def _check_interval(self) -> SampleParams:
+        if self.guidance_interval is not None and not 0.0 <= self.guidance_interval[0] < self.guidance_interval[1]:
+            raise ValueError(f"sample.guidance_interval must be [sigma_lo, sigma_hi] with 0 <= sigma_lo < sigma_hi, "
+                             f"got {list(self.guidance_interval)}")
+        return self
 
 
 class QualityGridParams(_Section):

@@ -209,6 +209,13 @@ def sample(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N; auto = CUDA when present (params: base.device)")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="images per sampler call (memory; the images do "
                                                    "not depend on it) (params: sample.batch_size)")] = None,
+    guidance_rescale: Annotated[float | None, typer.Option("--guidance-rescale", min=0.0, max=1.0,
+                                                           help="rescaled guidance phi in [0, 1] (Lin et al. 2024): pulls the guided "
+                                                                "prediction's spread back to the conditional one's; 0 = off "
+                                                                "(params: sample.guidance_rescale)")] = None,
+    guidance_interval: Annotated[str | None, typer.Option("--guidance-interval", metavar="LO,HI",
+                                                          help="guide only at noise levels sigma in (LO, HI] (Kynkäänniemi et al. "
+                                                               "2024), e.g. 0.3,5; 'none' = every step (params: sample.guidance_interval)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Generate images: OUT/<label>/<index>.png at the dataset's resolution, or, with --prompt (text-conditioned
@@ -257,6 +264,8 @@ def sample(
             timestep_spacing=s.timestep_spacing, grid_path=grid, tracking_uri=resolve_tracking_uri(cfg.register_.tracking_uri),
             device=cfg.base.device if device is None else device, device_key="base.device" if device is None else "--device",
             batch_size=s.batch_size if batch_size is None else batch_size, prompts=list(prompt) if prompt else None,
+            guidance_rescale=s.guidance_rescale if guidance_rescale is None else guidance_rescale,
+            guidance_interval=s.guidance_interval if guidance_interval is None else _interval(guidance_interval),
         )
         if prompt:
             for k, text in enumerate(prompt):
@@ -268,6 +277,21 @@ def sample(
         typer.secho(f"latentflow sample failed: {type(exc).__name__}: {exc}", fg="red", err=True)
         typer.secho(f"Nothing was written to {out}.", err=True)
         raise typer.Exit(1) from None
+
+
+def _interval(text: str) -> tuple[float, float] | None:
+    """``--guidance-interval LO,HI`` (or ``none``) as a sigma interval; an :class:`OptionError` for anything else."""
+    from components.errors import OptionError
+
+    if text.strip().lower() in ("none", "null", ""):
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(f"--guidance-interval {text!r}: give two numbers LO,HI (noise levels sigma), e.g. 0.3,5, or 'none'") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo < hi):
+        raise OptionError(f"--guidance-interval {text!r}: needs 0 <= LO < HI")
+    return lo, hi
 
 
 def _strength(value: float | None) -> float | None:

@@ -258,3 +258,52 @@ def test_report_renders_the_distilled_students_and_says_which_targets_are_met(tm
     assert "8→4 steps: 1,280 images, 12 s, loss 0.5000→0.2500" in text
     assert ("`python -m benchmarks.distill --num-per-class 50 --teacher-steps 50 --guidance 3 --seed 1 --batch-size 250 --threads 1`"
             in text)
+
+
+def test_frontier_variants_are_valid_params_and_override_only_their_keys():
+    """Every named variant of benchmarks.frontier validates as params.yaml would, changes the keys it names (a variant's
+    own max_images beats --max-images) and nothing else of train_diffusion; the autoencoder variants change train_autoencoder."""
+    from benchmarks.frontier import AUTOENCODER_VARIANTS, TRAINING_VARIANTS, variant_params
+    from components.config import load_params, params_dict
+
+    base = load_params(ROOT / "params.yaml")
+    before = params_dict(base)
+    for name, overrides in TRAINING_VARIANTS.items():
+        p = variant_params(base, overrides, max_images=44800, num_threads=1, autoencoder=AUTOENCODER_VARIANTS.get(name))
+        after = params_dict(p)
+        assert after["base"]["num_threads"] == 1
+        want = overrides.get("max_images", 44800)
+        assert after["train_diffusion"]["max_images"] == want, name
+        changed = {k for k in after["train_diffusion"] if after["train_diffusion"][k] != before["train_diffusion"][k]} - {"max_images"}
+        assert changed == set(overrides) - {"max_images"}, (name, changed)
+        ae_changed = {k for k in after["train_autoencoder"] if after["train_autoencoder"][k] != before["train_autoencoder"][k]}
+        assert ae_changed == set(AUTOENCODER_VARIANTS.get(name, {})), (name, ae_changed)
+    assert params_dict(variant_params(base, {"unet": {"channels": [96, 128]}}, max_images=None, num_threads=None))["train_diffusion"]["unet"][
+        "preset"] == before["train_diffusion"]["unet"]["preset"]  # nested overrides merge, they do not replace the section
+
+
+def test_frontier_merge_combines_parts_and_refuses_a_different_protocol(tmp_path):
+    from benchmarks import frontier
+    from benchmarks.report import frontier_section
+
+    def part(name: str, rows: list[dict], steps: int = 25) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"command": f"python -m benchmarks.frontier --out {name}", "run": "/r", "sampler": "ddim", "steps": steps,
+                                    "num_per_class": 50, "extractors": ["classifier"], "seed": 0, "rows": rows,
+                                    "provenance": prov.provenance(threads=1)}))
+        return path
+
+    def row(variant: str, guidance: float, cc: float) -> dict:
+        return {"variant": variant, "sampling": "plain", "guidance": guidance, "train_seconds": 300.0, "images_seen": 44800,
+                "class_consistency": cc, "fd_ratio_classifier": 9.0, "precision_ratio_classifier": 0.9, "recall_ratio_classifier": 0.8}
+
+    a = part("a.json", [row("baseline", 2.0, 0.8), row("v_prediction", 2.0, 0.9)])
+    b = part("b.json", [row("wide", 2.0, 0.85), row("v_prediction", 2.0, 0.97)])
+    merged = frontier.merge([a, b], tmp_path / "frontier.json")
+    assert [(r["variant"], r["class_consistency"]) for r in merged["rows"]] == [("baseline", 0.8), ("v_prediction", 0.97), ("wide", 0.85)]
+    assert len(merged["commands"]) == 2
+    text = "\n".join(frontier_section(merged))
+    assert "| v_prediction | plain | 2 | 300 | 44,800 | 0.970 | 9.00 | 0.90 | 0.80 |" in text
+    assert "`python -m benchmarks.frontier --out a.json`; `python -m benchmarks.frontier --out b.json`" in text
+    with pytest.raises(SystemExit, match="protocol"):
+        frontier.merge([a, part("c.json", [], steps=50)], tmp_path / "x.json")

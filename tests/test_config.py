@@ -38,6 +38,11 @@ def test_bad_value_is_named(tmp_path: Path):
         load_params(_write(tmp_path, {"sample": {"sampler": "euler"}}))
     with pytest.raises(ConfigError, match=r"register\.min_improvement"):
         load_params(_write(tmp_path, {"register": {"min_improvement": -1}}))
+    with pytest.raises(ConfigError, match=r"sample\.guidance_rescale"):
+        load_params(_write(tmp_path, {"sample": {"guidance_rescale": 1.5}}))
+    with pytest.raises(ConfigError, match=r"sample\.guidance_interval.*sigma_lo < sigma_hi"):
+        load_params(_write(tmp_path, {"sample": {"guidance_interval": [5.0, 1.0]}}))
+    assert load_params(_write(tmp_path, {"sample": {"guidance_interval": [0.3, 5]}})).sample.guidance_interval == (0.3, 5.0)
 
 
 def test_cross_field_rules(tmp_path: Path):

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,10 +112,12 @@ def load_judge(ref_dir: Path, record: dict, classifier, extractors: dict, *, dev
 
 def quality_vs_steps(generator, classifier, ref: dict, *, samplers: Sequence[str], steps: Sequence[int], num_per_class: int,
                      seed: int, guidance: float, eta: float, timestep_spacing: str, batch_size: int = 500,
-                     feature_batch_size: int = 500, judge=None, judge_batch_size: int = 16) -> list[dict]:
+                     feature_batch_size: int = 500, judge=None, judge_batch_size: int = 16,
+                     generate_kwargs: Mapping | None = None) -> list[dict]:
     """Class consistency and classifier-feature FD for each sampler x number of steps, sampled on the generator's
     device ``batch_size`` images per sampler call and classified ``feature_batch_size`` at a time. ``judge`` (anything
-    with ``predict(images, batch_size)``, :func:`load_judge`) gives the class consistency when set; default the classifier."""
+    with ``predict(images, batch_size)``, :func:`load_judge`) gives the class consistency when set; default the classifier.
+    ``generate_kwargs`` go to every ``generate`` call (``sample.guidance_rescale`` / ``guidance_interval``)."""
     from components.evaluation import class_consistency, feature_statistics, frechet_distance
     from components.evaluation.classifier import classify
 
@@ -125,7 +127,7 @@ def quality_vs_steps(generator, classifier, ref: dict, *, samplers: Sequence[str
         for n in steps:
             t0 = time.perf_counter()
             images = generator.generate(labels, seed=seed, sampler=sampler, steps=n, guidance=guidance, eta=eta,
-                                        timestep_spacing=timestep_spacing, batch_size=batch_size)
+                                        timestep_spacing=timestep_spacing, batch_size=batch_size, **dict(generate_kwargs or {}))
             seconds = time.perf_counter() - t0
             feats, pred = classify(classifier, images, feature_batch_size)
             extra = {}

@@ -93,10 +93,12 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         metrics.update(ratio_metrics(metrics, name))
     grid, s = cfg.quality_grid, params.sample
     generator = LatentDiffusionGenerator.from_dir(models_dir, device=device)
+    # the sample stage's guidance options apply to every set generated here, so the grid and the sweep measure its sampler
+    guidance_options = {"guidance_rescale": s.guidance_rescale, "guidance_interval": s.guidance_interval}
     rows = quality_vs_steps(generator, clf, refs["classifier"], samplers=grid.samplers,
                             steps=grid.steps, num_per_class=grid.num_per_class, seed=params.base.seed + 1, guidance=s.guidance, eta=s.eta,
                             timestep_spacing=s.timestep_spacing, batch_size=s.batch_size, feature_batch_size=clf_batch,
-                            judge=other_judge, judge_batch_size=judge_batch)
+                            judge=other_judge, judge_batch_size=judge_batch, generate_kwargs=guidance_options)
     sweep_rows: list[dict] = []
     swept = [e for e in sweep.extractors if e in extractors]  # an Inception skipped for want of weights is skipped here too
     if sweep.guidances:
@@ -105,7 +107,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
             guidances=sweep.guidances, num_per_class=sweep.num_per_class, sampler=sweep.sampler, steps=sweep.steps,
             seed=params.base.seed + 2, baseline_seed=params.base.seed, eta=s.eta, timestep_spacing=s.timestep_spacing, pr_k=cfg.pr_k,
             batch_size=s.batch_size, feature_batch_sizes={e: extractor_batch_size(e, cfg.feature_batch_size) for e in sweep.extractors},
-            judge=other_judge, judge_batch_size=judge_batch)
+            judge=other_judge, judge_batch_size=judge_batch, generate_kwargs=guidance_options)
     metrics["recommended_guidance"] = recommend_guidance(sweep_rows, max_fd_ratio=sweep.max_fd_ratio, min_recall_ratio=sweep.min_recall_ratio,
                                                          extractors=swept)
     metrics["protocol"] = {

@@ -42,6 +42,8 @@ def run(
     device_key: str = "base.device",
     prompts: list[str] | None = None,
     default_steps: int = 50,
+    guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> dict:
     """Generate ``num_per_class`` images of every class into ``out_dir/<label>/<index>.png`` on ``device``
     (``base.device``: ``auto`` | ``cpu`` | ``cuda``), ``batch_size`` images per sampler call (``sample.batch_size``;
@@ -62,7 +64,8 @@ def run(
     if not 1 <= steps <= len(gen.betas):
         raise OptionError(f"--steps {steps}: the model was trained with {len(gen.betas)} timesteps; choose --steps from 1 to {len(gen.betas)}")
     kwargs = {"seed": seed, "sampler": sampler, "steps": steps, "guidance": guidance, "eta": eta, "timestep_spacing": timestep_spacing,
-              "batch_size": batch_size}
+              "batch_size": batch_size, "guidance_rescale": guidance_rescale,
+              "guidance_interval": None if guidance_interval is None else tuple(guidance_interval)}
     if prompts:
         check_prompts(gen, prompts, model)
         labels = np.repeat(np.arange(len(prompts)), num_per_class)
@@ -78,6 +81,8 @@ def run(
         write_grid(images, labels, grid_path)
     info = {"images": int(len(labels)), "seconds": round(seconds, 2), "images_per_second": round(len(labels) / max(seconds, 1e-9), 2),
             "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed, "device": str(dev), "batch_size": batch_size}
+    if guidance_rescale or guidance_interval is not None:
+        info.update(guidance_rescale=guidance_rescale, guidance_interval=None if guidance_interval is None else list(guidance_interval))
     if prompts:
         info["prompts"] = {str(k): p for k, p in enumerate(prompts)}
     log.info("sample: %s", info)
