@@ -103,7 +103,7 @@ def variant_params(params, overrides: dict, *, max_images: int | None, num_threa
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="finished run: data/dataset, models/{autoencoder,classifier}, reference_stats")
+    ap.add_argument("--run", type=Path, default=None, help="(required unless --merge) finished run: data/dataset, models/{autoencoder,classifier}, reference_stats")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--variants", nargs="+", default=list(TRAINING_VARIANTS), choices=list(TRAINING_VARIANTS))
     ap.add_argument("--sampling", nargs="+", default=["plain"], choices=list(SAMPLING_VARIANTS),
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
+    if args.run is None:
+        ap.error("--run is required (a finished run's folder), unless --merge")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from components.config import load_params, params_dict

@@ -497,7 +497,8 @@ def frontier_section(r: dict | None) -> list[str]:
     lines = [title, "", f"From `reports/benchmarks/frontier.json`: {r['sampler']} {r['steps']} steps, {r['num_per_class']} images per "
              f"class per row, seed {r['seed']}, extractors {', '.join(r['extractors'])}; ratios are against the real-vs-real "
              "baseline at the same n. Made by " + "; ".join(f"`{c}`" for c in commands) + ". "
-             + " ".join(describe(part.get("provenance")) for part in parts[:1]), "", markdown(r["rows"]), ""]
+             + " ".join(describe(part.get("provenance")) for part in parts[:1]) + (f" {r['notes']}" if r.get("notes") else ""),
+             "", markdown(r["rows"]), ""]
     return lines
 
 
