@@ -48,7 +48,9 @@ def test_exp_show_lists_both_experiments_with_params_and_metrics(project: Path):
     exps = _experiments(project)
     assert set(exps) == set(EXPERIMENTS)
     params = {name: d["params"]["params.yaml"]["data"] for name, d in exps.items()}
-    assert params["exp-a"]["sample"]["guidance"] == 1.5 and params["exp-a"]["train_diffusion"]["lr"] == 1e-3
+    default_lr = tiny_params()["train_diffusion"]["lr"]  # params.yaml's: exp-a leaves it alone
+    assert default_lr != 5e-4
+    assert params["exp-a"]["sample"]["guidance"] == 1.5 and params["exp-a"]["train_diffusion"]["lr"] == default_lr
     assert params["exp-b"]["sample"]["guidance"] == 3.0 and params["exp-b"]["train_diffusion"]["lr"] == 5e-4
     for name, data in exps.items():
         metrics = {path: m.get("data") for path, m in data["metrics"].items()}

@@ -116,7 +116,11 @@ def test_registered_champion_with_lineage(project: Path):
     assert "class-conditional latent diffusion" in client.get_registered_model("latentflow").description
     assert "10 classes" in mv.description and manifest["dataset_digest"][:12] in mv.description and "champion" in mv.description
     run = client.get_run(reg["run_id"])
-    assert run.data.params["train_diffusion.prediction_type"] == "epsilon"
+    import yaml
+
+    logged = yaml.safe_load((project / "params.yaml").read_text())["train_diffusion"]
+    assert run.data.params["train_diffusion.prediction_type"] == logged["prediction_type"] == "v_prediction"
+    assert float(run.data.params["train_diffusion.min_snr_gamma"]) == logged["min_snr_gamma"]
     assert "class_consistency" in run.data.metrics
 
 
