@@ -102,7 +102,8 @@ def run_dataset(dataset: str, downstream: bool, num_threads: int, only: list[str
                         ds = read_dataset(work / "data")
                         e = p.evaluate
                         classifier = train_classifier(ds.images["train"], ds.labels["train"], ds.num_classes, epochs=e.classifier_epochs,
-                                                      batch_size=e.classifier_batch_size, lr=e.classifier_lr, seed=p.base.seed, progress=False)
+                                                      batch_size=e.classifier_batch_size, lr=e.classifier_lr, seed=p.base.seed, progress=False,
+                                                      max_side=e.classifier_max_side)
                     t1 = time.perf_counter()
                     train_diffusion.run(p, data_dir=work / "data", models_dir=models, metrics_dir=models / "metrics")
                     row.update(class_consistency(p, work, models, classifier, p.sample.num_per_class),

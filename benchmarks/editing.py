@@ -88,7 +88,8 @@ def main() -> None:
     ds = read_dataset(Path(args.data))
     t0 = time.perf_counter()
     clf = train_classifier(ds.images["train"], ds.labels["train"], ds.num_classes, epochs=ep.classifier_epochs,
-                           batch_size=ep.classifier_batch_size, lr=ep.classifier_lr, seed=args.seed)
+                           batch_size=ep.classifier_batch_size, lr=ep.classifier_lr, seed=args.seed,
+                           max_side=ep.classifier_max_side)
     clf_acc = share(clf, ds.images["val"], ds.labels["val"])
     clf_seconds = time.perf_counter() - t0
     print(f"classifier: val accuracy {clf_acc:.4f} ({clf_seconds:.0f} s)", flush=True)

@@ -139,11 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from components.config import load_params, params_dict
     from components.data.artifact import read_dataset
-    from components.evaluation.classifier import Classifier, ClassifierConfig
+    from components.evaluation.classifier import load_classifier
     from components.evaluation.protocol import build_extractors, extractor_batch_size, load_reference
     from components.evaluation.tradeoff import guidance_sweep
     from components.generation import LatentDiffusionGenerator
-    from components.models.checkpoint import read_checkpoint
     from pipelines.stages import train_autoencoder, train_diffusion
     from pipelines.stages.runtime import setup
 
@@ -155,10 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = setup(variant_params(base_params, {}, max_images=None, num_threads=args.num_threads))
     manifest = json.loads((data / "manifest.json").read_text())
     _, refs = load_reference(refs_dir, manifest["dataset_digest"])
-    state, meta = read_checkpoint(models / "classifier")
-    clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
-    clf.load_state_dict(state)
-    clf.to(device).eval()
+    clf = load_classifier(models / "classifier", device)
     extractors, _ = build_extractors(args.extractors, clf, inception_weights=base_params.evaluate.inception_weights, device=device)
     ds = read_dataset(data)
 

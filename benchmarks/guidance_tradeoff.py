@@ -45,11 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from components.data.artifact import read_dataset
     from components.data.samples import read_samples
-    from components.evaluation.classifier import Classifier, ClassifierConfig
+    from components.evaluation.classifier import load_classifier
     from components.evaluation.protocol import build_extractors, distribution_metrics, extractor_batch_size, load_reference
     from components.evaluation.tradeoff import guidance_sweep, recommend_guidance, stratified_subset
     from components.generation import LatentDiffusionGenerator
-    from components.models.checkpoint import read_checkpoint
     from pipelines.stages import evaluate
     from pipelines.stages.runtime import setup
 
@@ -70,10 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, s, sweep = params.evaluate, params.sample, params.evaluate.guidance_sweep
     manifest = json.loads((data / "manifest.json").read_text())
     ref_manifest, refs = load_reference(refs_dir, manifest["dataset_digest"])
-    state, meta = read_checkpoint(models / "classifier")
-    clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
-    clf.load_state_dict(state)
-    clf.to(device).eval()
+    clf = load_classifier(models / "classifier", device)
     extractors, _ = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception,
                                      device=device)
     ds = read_dataset(data)

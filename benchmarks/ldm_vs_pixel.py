@@ -212,8 +212,7 @@ def peak_rss_mb() -> float:
 
 def measure(args) -> None:
     """(subprocess) sample with one model and print a JSON line: seconds, class predictions, peak memory."""
-    from components.evaluation.classifier import Classifier, ClassifierConfig, classify
-    from components.models.checkpoint import read_checkpoint
+    from components.evaluation.classifier import classify, load_classifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -225,10 +224,7 @@ def measure(args) -> None:
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         images, seconds = _generate(args, args.measure, labels)
-        state, meta = read_checkpoint(Path(args.models) / "classifier")
-        clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
-        clf.load_state_dict(state)
-        _, pred = classify(clf.eval(), images)
+        _, pred = classify(load_classifier(Path(args.models) / "classifier"), images)
         out = {"seconds": seconds, "images": len(labels), "class_consistency": float((pred == labels).mean()),
                "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None}
     out["peak_rss_mb"] = peak_rss_mb()

@@ -25,17 +25,9 @@ import numpy as np
 from benchmarks.provenance import provenance
 from components.data.artifact import read_dataset
 from components.evaluation import class_consistency, feature_statistics, frechet_distance
-from components.evaluation.classifier import Classifier, ClassifierConfig, classify
+from components.evaluation.classifier import classify, load_classifier
 from components.generation import LatentDiffusionGenerator
 from components.io import atomic_write_bytes, atomic_write_json
-from components.models.checkpoint import read_checkpoint
-
-
-def load_classifier(path: Path) -> Classifier:
-    state, meta = read_checkpoint(path)
-    model = Classifier(ClassifierConfig.from_dict(meta["model"]))
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def plot(rows: list[dict], out: Path) -> None:

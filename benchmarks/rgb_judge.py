@@ -67,7 +67,7 @@ def measure(preset: str, probe_sizes: list[int], work: Path, max_per_class: int 
 
     t0 = time.perf_counter()
     clf = train_classifier(ds.images["train"], y_train, ds.num_classes, epochs=cfg.classifier_epochs, batch_size=cfg.classifier_batch_size,
-                           lr=cfg.classifier_lr, seed=seed, device="cpu", progress=False)
+                           lr=cfg.classifier_lr, seed=seed, device="cpu", progress=False, max_side=cfg.classifier_max_side)
     clf_pred = classify(clf, ds.images["val"], extractor_batch_size("classifier", cfg.feature_batch_size))[1]
     clf_s = time.perf_counter() - t0
     clf_acc = float((clf_pred == y_val).mean())

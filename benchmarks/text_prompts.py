@@ -32,11 +32,11 @@ from benchmarks.provenance import provenance
 from components.config import load_params, params_dict
 from components.data.artifact import read_dataset
 from components.data.captions import HELD_OUT_TEMPLATES, NUMBER_WORDS, SEEN_TEMPLATES, generate_captions, measure_attributes, render
-from components.evaluation.classifier import Classifier, ClassifierConfig, classify
+from components.evaluation.classifier import classify, load_classifier
 from components.generation import LatentDiffusionGenerator
 from components.images import to_model_range
 from components.io import atomic_write_bytes, atomic_write_json
-from components.models.checkpoint import load_autoencoder, read_checkpoint, save_checkpoint
+from components.models.checkpoint import load_autoencoder, save_checkpoint
 from components.models.text import count_parameters, text_encoder_macs
 
 
@@ -181,10 +181,7 @@ def main() -> None:
     })
     cost = step_cost(unet, mean, logvar, caption_ids, cfg)
 
-    state, meta = read_checkpoint(run / "models" / "classifier")
-    clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
-    clf.load_state_dict(state)
-    clf.eval()
+    clf = load_classifier(run / "models" / "classifier")
     generator = LatentDiffusionGenerator.from_dir(out, device="cpu")
     s = params.sample
     sample_kw = {"sampler": s.sampler, "steps": s.steps, "guidance": s.guidance, "eta": s.eta, "timestep_spacing": s.timestep_spacing}

@@ -47,8 +47,7 @@ def run_layout(params, preset: str, *, data_dir: Path, autoencoder: Path, classi
                max_images: int | None) -> dict:
     """Train, sample and score one layout; returns its table row."""
     from components.evaluation import class_consistency
-    from components.evaluation.classifier import Classifier, ClassifierConfig, ClassifierExtractor
-    from components.models.checkpoint import read_checkpoint
+    from components.evaluation.classifier import ClassifierExtractor, load_classifier
 
     p = _with_layout(params, preset, max_images)
     models = work / preset / "models"
@@ -63,10 +62,7 @@ def run_layout(params, preset: str, *, data_dir: Path, autoencoder: Path, classi
     images, labels = read_samples(work / preset / "samples")
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
     _, refs = load_reference(reference, manifest["dataset_digest"])
-    state, meta = read_checkpoint(classifier)
-    clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
-    clf.load_state_dict(state)
-    clf.eval()
+    clf = load_classifier(classifier)
     extractor = ClassifierExtractor(clf)
     consistency = class_consistency(extractor.predict(images), labels, len(manifest["class_names"]))
     dist = distribution_metrics(extractor(images, batch_size=500), refs["classifier"], "classifier", kid_subsets=p.evaluate.kid_subsets,

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.data.limits import DEFAULT_MAX_IMAGE_PIXELS
-from components.diffusion.options import DEFAULT_GUIDANCE, SAMPLERS
+from components.diffusion.options import DEFAULT_GUIDANCE, SAMPLERS, guidance_interval_ok
 from components.errors import ConfigError
 from components.models.unet_presets import AUTO, BLOCK_NAMES, PRESET_NAMES, check_block_list, resolve_auto, resolve_layout
 
@@ -286,7 +286,7 @@ class SampleParams(_Section):
 
     @model_validator(mode="after")
     def _check_interval(self) -> SampleParams:
-        if self.guidance_interval is not None and not 0.0 <= self.guidance_interval[0] < self.guidance_interval[1]:
+        if self.guidance_interval is not None and not guidance_interval_ok(*self.guidance_interval):
             raise ValueError(f"sample.guidance_interval must be [sigma_lo, sigma_hi] with 0 <= sigma_lo < sigma_hi, "
                              f"got {list(self.guidance_interval)}")
         return self
@@ -344,6 +344,8 @@ class EvaluateParams(_Section):
     classifier_epochs: int = Field(6, ge=1)
     classifier_batch_size: int = Field(128, ge=1)
     classifier_lr: float = Field(2e-3, gt=0.0)
+    classifier_max_side: int = Field(32, ge=8, description="the classifier average-pools larger images to at most this side "
+                                     "first (64x64 -> 32x32: about 4x cheaper); 28/32-pixel data is read at native resolution")
     data_workers: int = Field(0, ge=0, description="DataLoader worker processes reading the real images (classifier training, "
                               "reference features); 0 = the stage's process reads them; results do not depend on it")
     feature_batch_size: int | None = Field(None, ge=1, description="images per forward pass of every feature extractor "

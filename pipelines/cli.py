@@ -281,6 +281,7 @@ def sample(
 
 def _interval(text: str) -> tuple[float, float] | None:
     """``--guidance-interval LO,HI`` (or ``none``) as a sigma interval; an :class:`OptionError` for anything else."""
+    from components.diffusion.options import guidance_interval_ok
     from components.errors import OptionError
 
     if text.strip().lower() in ("none", "null", ""):
@@ -289,8 +290,8 @@ def _interval(text: str) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise OptionError(f"--guidance-interval {text!r}: give two numbers LO,HI (noise levels sigma), e.g. 0.3,5, or 'none'") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo < hi):
-        raise OptionError(f"--guidance-interval {text!r}: needs 0 <= LO < HI")
+    if not guidance_interval_ok(lo, hi):
+        raise OptionError(f"--guidance-interval {text!r}: needs finite 0 <= LO < HI")
     return lo, hi
 
 

@@ -5,6 +5,8 @@ Pure Python (no torch), so ``components.config`` and the CLI can validate agains
 
 from __future__ import annotations
 
+import math
+
 SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras")
 DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale (Ho & Salimans 2022); 1 = no guidance
 # image editing (``latentflow edit``, the pyfunc's ``image`` rows): SDEdit strength without a mask (Meng et al. 2022 use
@@ -13,3 +15,9 @@ DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale (Ho & Salimans 2022); 1
 DEFAULT_STRENGTH = 0.6
 DEFAULT_INPAINT_STRENGTH = 1.0
 DEFAULT_RESAMPLE_STEPS = 0
+
+
+def guidance_interval_ok(lo: float, hi: float) -> bool:
+    """The rule for a guidance interval (sigma_lo, sigma_hi] (Kynkäänniemi et al. 2024): finite, 0 <= lo < hi.
+    Each caller (the sampler, ``sample.guidance_interval``, ``--guidance-interval``) words its own error."""
+    return math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo < hi

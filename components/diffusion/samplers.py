@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from components.diffusion.forward import to_x0_eps
-from components.diffusion.options import SAMPLERS
+from components.diffusion.options import SAMPLERS, guidance_interval_ok
 from components.diffusion.schedules import alphas_cumprod as _alphas_cumprod
 from components.diffusion.schedules import dpm_solver_timesteps, karras_timesteps, sampling_timesteps
 
@@ -246,7 +246,7 @@ def guided(model, class_labels: torch.Tensor | None, guidance_scale: float, *, g
         raise ValueError(f"guidance_rescale must be in [0, 1] (0 = off), got {guidance_rescale}")
     if guidance_interval is not None:
         lo, hi = (float(v) for v in guidance_interval)
-        if not 0.0 <= lo < hi:
+        if not guidance_interval_ok(lo, hi):
             raise ValueError(f"guidance_interval must be (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi, got {guidance_interval}")
         if alphas_cumprod is None:
             raise ValueError("guidance_interval needs alphas_cumprod (the noise level of each timestep)")
@@ -387,9 +387,10 @@ def sample(
     """
     timesteps, _, final_alpha = sampling_grid(sampler, betas, num_steps, timestep_spacing=timestep_spacing,
                                               steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one)
+    alphas_cumprod = _alphas_cumprod(betas)
     denoise = denoiser(model, sampler, x_T.shape[1], class_labels, guidance_scale, guidance_rescale=guidance_rescale,
-                       guidance_interval=guidance_interval, alphas_cumprod=_alphas_cumprod(betas))
+                       guidance_interval=guidance_interval, alphas_cumprod=alphas_cumprod)
     return _SAMPLER_FNS[sampler](
-        denoise, x_T, timesteps, _alphas_cumprod(betas), final_alpha=final_alpha, eta=eta, generator=generator,
+        denoise, x_T, timesteps, alphas_cumprod, final_alpha=final_alpha, eta=eta, generator=generator,
         prediction_type=prediction_type, clip_sample=clip_sample, start=start, callback=callback,
     )

@@ -35,7 +35,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     from components.data.artifact import read_dataset
     from components.data.samples import read_samples
     from components.evaluation import class_consistency
-    from components.evaluation.classifier import Classifier, ClassifierConfig, ClassifierExtractor
+    from components.evaluation.classifier import ClassifierExtractor, load_classifier
     from components.evaluation.protocol import (
         build_extractors,
         distribution_metrics,
@@ -49,7 +49,6 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     )
     from components.evaluation.tradeoff import REAL_SUFFIX, RULE, guidance_sweep, ratio_metrics, recommend_guidance, stratified_subset
     from components.generation import LatentDiffusionGenerator
-    from components.models.checkpoint import read_checkpoint
 
     device = setup(params)
     cfg = params.evaluate
@@ -63,10 +62,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     sweep = cfg.guidance_sweep
     if sweep.guidances:  # the sweep's baseline too, before any work
         stratified_subset(ds.labels["train"], np.repeat(np.arange(ds.num_classes), sweep.num_per_class), params.base.seed)
-    state, meta = read_checkpoint(Path(models_dir) / "classifier")
-    clf = Classifier(ClassifierConfig.from_dict(meta["model"]))
-    clf.load_state_dict(state)
-    clf.to(device).eval()
+    clf = load_classifier(Path(models_dir) / "classifier", device)
     extractors, _ = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception,
                                      device=device)
     clf_batch = extractor_batch_size("classifier", cfg.feature_batch_size)

@@ -69,7 +69,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     ds = read_dataset(data_dir, stream=True)  # images read from the shards batch by batch
     clf = train_classifier(ds.images["train"], ds.labels["train"], ds.num_classes, epochs=cfg.classifier_epochs,
                            batch_size=cfg.classifier_batch_size, lr=cfg.classifier_lr, seed=params.base.seed, device=device,
-                           workers=cfg.data_workers)
+                           workers=cfg.data_workers, max_side=cfg.classifier_max_side)
     val_pred = classify(clf, ds.images["val"], extractor_batch_size("classifier", cfg.feature_batch_size), workers=cfg.data_workers)[1]
     val_accuracy = float((val_pred == ds.labels["val"]).mean())
     extractors, skipped = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception,
