@@ -36,7 +36,7 @@ flow: $(STAMP)  ## the same pipeline as a Prefect flow (local ephemeral mode)
 	$(BIN)/latentflow flow
 
 test: $(STAMP)  ## every test (what CI runs): unit tests, then the end-to-end dvc repro, real servers, serving from a fresh venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(STAMP)  ## the unit tests only (tests not marked slow), one pytest-xdist worker per core with one torch thread each: about 2 minutes
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -q -n auto

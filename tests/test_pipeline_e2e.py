@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from pipelines.flow import stage_order
@@ -77,6 +78,22 @@ def test_repro_writes_every_output(project: Path):
     sweep = json.loads((project / "metrics/guidance_sweep.json").read_text())
     assert [(r["guidance"], r["num_generated"]) for r in sweep] == [(1.0, 20), (3.0, 20)]
     assert metrics["recommended_guidance"] in (1.0, 3.0)
+    # the autoencoder's ceiling: the classifier on val images (as many per class as the samples) decoded from their
+    # latent mean, recomputed here from the saved models
+    from components.data.artifact import read_dataset
+    from components.evaluation.tradeoff import stratified_subset
+    from components.models.checkpoint import load_autoencoder
+    ds = read_dataset(project / "data/dataset")
+    seed = yaml.safe_load((project / "params.yaml").read_text())["base"]["seed"]
+    val_idx = stratified_subset(ds.labels["val"], requested, seed, at_most=True)
+    assert metrics["protocol"]["reconstruction"]["num"] == len(val_idx) == 40
+    ae, _ = load_autoencoder(project / "models/autoencoder")
+    with torch.no_grad():
+        x = torch.from_numpy(ds.images["val"][val_idx]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        rec = ((ae.decode(ae.encode(x).mean).clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1.0
+        rec_pred = clf(rec).argmax(1).numpy()
+    assert metrics["reconstruction_consistency"] == pytest.approx(float((rec_pred == ds.labels["val"][val_idx]).mean()), abs=1e-12)
+    assert metrics["reconstruction_real_accuracy"] == pytest.approx(float((clf(x).argmax(1).numpy() == ds.labels["val"][val_idx]).mean()))
     ref = json.loads((project / "reference_stats/manifest.json").read_text())
     assert ref["dataset_digest"] == manifest["dataset_digest"] and ref["num_reference"] == 60
     if "inception" not in ref["extractors"]:  # no FID weights on this machine: skipped with instructions

@@ -32,18 +32,19 @@ RULE = ("among guidances whose FD ratio is <= max_fd_ratio and recall ratio >= m
         "qualifies, the one with the lowest classifier FD ratio (ties: the lower guidance)")
 
 
-def stratified_subset(labels: np.ndarray, like: np.ndarray, seed: int) -> np.ndarray:
+def stratified_subset(labels: np.ndarray, like: np.ndarray, seed: int, at_most: bool = False) -> np.ndarray:
     """Indices into ``labels`` of a random subset with exactly the per-class counts of ``like`` (sorted by class, then
     by draw). Class by class in increasing order, ``torch.randperm(n_c, generator=g)`` with one ``torch.Generator``
     seeded with ``seed`` picks the first ``count_c`` of that class's images, so a smaller request with the same seed is
-    a subset of a larger one. A ``ValueError`` names the class that has fewer images than requested."""
+    a subset of a larger one. A ``ValueError`` names the class that has fewer images than requested, unless ``at_most``
+    (then such a class gives all it has)."""
     labels, like = np.asarray(labels), np.asarray(like)
     classes, counts = np.unique(like, return_counts=True)
     g = torch.Generator().manual_seed(int(seed))
     picked = []
     for c, count in zip(classes.tolist(), counts.tolist(), strict=True):
         pool = np.flatnonzero(labels == c)
-        if len(pool) < count:
+        if len(pool) < count and not at_most:
             raise ValueError(f"the real-vs-real baseline needs {count} real images of class {c} (as many as the generated set has) but "
                              f"the train split has {len(pool)}: lower the number of images per class (sample.num_per_class or "
                              f"evaluate.guidance_sweep.num_per_class) to at most {len(pool)}")

@@ -35,6 +35,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     from components.data.artifact import read_dataset
     from components.data.samples import read_samples
     from components.evaluation import class_consistency
+    from components.evaluation.ceiling import reconstruction_consistency
     from components.evaluation.classifier import ClassifierExtractor, load_classifier
     from components.evaluation.protocol import (
         build_extractors,
@@ -89,6 +90,12 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         metrics.update(ratio_metrics(metrics, name))
     grid, s = cfg.quality_grid, params.sample
     generator = LatentDiffusionGenerator.from_dir(models_dir, device=device)
+    # the autoencoder's ceiling: the judge on real val images passed through it (as many per class as the samples)
+    val_idx = stratified_subset(ds.labels["val"], gen_labels, params.base.seed, at_most=True)
+    ceiling = reconstruction_consistency(lambda images: judge.predict(images, judge_batch), generator.autoencoder, ds.images["val"][val_idx],
+                                         np.asarray(ds.labels["val"])[val_idx], num_classes, batch_size=s.batch_size)
+    metrics.update({"reconstruction_consistency": ceiling["reconstructed"], "reconstruction_real_accuracy": ceiling["real"],
+                    "reconstruction_consistency_per_class": ceiling["reconstructed_per_class"]})
     # the sample stage's guidance options apply to every set generated here, so the grid and the sweep measure its sampler
     guidance_options = {"guidance_rescale": s.guidance_rescale, "guidance_interval": s.guidance_interval}
     rows = quality_vs_steps(generator, clf, refs["classifier"], samplers=grid.samplers,
@@ -117,6 +124,9 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         "kid": {"kernel": "(x.y/d + 1)^3", "subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size},
         "precision_recall": {"k": cfg.pr_k},
         "dataset_digest": manifest["dataset_digest"],
+        "reconstruction": {"split": "val", "num": ceiling["num"], "what": "the judge's accuracy on real val images decoded from their "
+                           "latent mean (reconstruction_consistency: the autoencoder's ceiling on class_consistency) and on the "
+                           "images themselves (reconstruction_real_accuracy)"},
         "real_vs_real": {"split": "train", "num": int(len(real_images)),
                          "subset": f"per class the samples' count, torch.randperm with torch.Generator seeded {params.base.seed}",
                          "keys": "<metric>_real_<extractor>; fd_ratio / precision_ratio / recall_ratio_<extractor> = samples / real"},

@@ -1,0 +1,40 @@
+"""The autoencoder's ceiling on class consistency: how often the judge still reads real images right after they
+pass through the autoencoder. A latent diffusion model can at best produce what the decoder renders, so class
+consistency of samples well below this figure points at the U-Net, near it at the autoencoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from components.device import autocast
+from components.images import to_model_range, to_uint8
+
+
+@torch.no_grad()
+def reconstruct(autoencoder: torch.nn.Module, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
+    """uint8 ``[N, H, W, C]`` -> uint8 reconstructions ``D(mean of q(z|x))`` (Rombach et al. 2022, sec. 3.1: the
+    decoder of the encoder's latent; the mean, so the result is deterministic), computed on the autoencoder's device
+    ``batch_size`` images at a time under the inference precision rule (bf16 autocast on CUDA, fp32 on the CPU)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(autoencoder.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_model_range(np.asarray(images[start : start + batch_size])).to(device)
+        with autocast(device):
+            y = autoencoder.decode(autoencoder.encode(x).mean)
+        out.append(to_uint8(y.float()))
+    return np.concatenate(out) if out else np.zeros((0, *np.asarray(images).shape[1:]), dtype=np.uint8)
+
+
+def reconstruction_consistency(predict, autoencoder: torch.nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                               batch_size: int = 100) -> dict:
+    """The judge's accuracy (``predict``: uint8 images -> labels) on ``images`` and on their reconstructions, overall
+    and per class: ``{"real": .., "reconstructed": .., "reconstructed_per_class": {class: ..}, "num": N}``."""
+    from components.evaluation.metrics import class_consistency
+
+    labels = np.asarray(labels)
+    real = class_consistency(predict(images), labels, num_classes)
+    rec = class_consistency(predict(reconstruct(autoencoder, images, batch_size)), labels, num_classes)
+    return {"real": real["overall"], "reconstructed": rec["overall"], "reconstructed_per_class": rec["per_class"], "num": int(len(labels))}

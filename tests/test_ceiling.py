@@ -1,0 +1,80 @@
+"""The autoencoder's ceiling on class consistency (evaluate's ``reconstruction_consistency``): the judge's accuracy
+on real images after they pass through the autoencoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from components.evaluation.ceiling import reconstruct, reconstruction_consistency
+from components.evaluation.tradeoff import stratified_subset
+from components.images import to_model_range, to_uint8
+from components.models.autoencoder import AutoencoderConfig, DiagonalGaussian, build_autoencoder
+
+
+class _Identity(nn.Module):
+    """An 'autoencoder' that gives back what it is given (the latent is the image)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))  # a parameter, so the device can be read
+
+    def encode(self, x):
+        return DiagonalGaussian.point(x)
+
+    def decode(self, z):
+        return z
+
+
+class _Blank(_Identity):
+    """Renders every latent as a black image: it has lost the class."""
+
+    def decode(self, z):
+        return torch.full_like(z, -1.0)
+
+
+def _brightness_judge(images: np.ndarray) -> np.ndarray:
+    """Class 0 = dark, 1 = bright: a judge simple enough to check by hand."""
+    return (np.asarray(images, dtype=np.float64).mean(axis=(1, 2, 3)) > 127).astype(np.int64)
+
+
+def _two_classes(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.arange(n) % 2
+    images = np.where(labels[:, None, None, None] == 1, 200, 30).astype(np.uint8) * np.ones((1, 8, 8, 1), dtype=np.uint8)
+    return images, labels
+
+
+def test_reconstruct_is_decode_of_the_latent_mean_and_independent_of_the_batch_size():
+    torch.manual_seed(0)
+    ae = build_autoencoder(AutoencoderConfig(in_channels=3, image_size=16, channels=(8, 16), latent_channels=2)).eval()
+    images = np.random.default_rng(0).integers(0, 256, size=(7, 16, 16, 3), dtype=np.uint8)
+    with torch.no_grad():
+        by_hand = to_uint8(ae.decode(ae.encode(to_model_range(images)).mean))
+    out = reconstruct(ae, images, batch_size=3)
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    assert np.abs(out.astype(int) - by_hand.astype(int)).max() <= 1  # CPU GEMM rounding by batch shape: at most one level
+    assert np.array_equal(reconstruct(ae, images, batch_size=3), out)  # deterministic: the mean, not a draw
+    assert not np.array_equal(out, images)
+    with pytest.raises(ValueError, match="batch_size"):
+        reconstruct(ae, images, batch_size=0)
+
+
+def test_a_lossless_autoencoder_reaches_the_judges_accuracy_and_a_blank_one_the_chance_of_its_class():
+    images, labels = _two_classes()
+    exact = reconstruction_consistency(_brightness_judge, _Identity(), images, labels, num_classes=2, batch_size=5)
+    assert exact == {"real": 1.0, "reconstructed": 1.0, "reconstructed_per_class": {"0": 1.0, "1": 1.0}, "num": 12}
+    blank = reconstruction_consistency(_brightness_judge, _Blank(), images, labels, num_classes=2, batch_size=5)
+    assert blank["real"] == 1.0 and blank["reconstructed"] == 0.5
+    assert blank["reconstructed_per_class"] == {"0": 1.0, "1": 0.0}  # every image now reads as dark
+
+
+def test_stratified_subset_at_most_takes_what_a_short_class_has():
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    like = np.repeat([0, 1, 2], 2)
+    with pytest.raises(ValueError, match="class 1"):
+        stratified_subset(labels, like, seed=0)
+    picked = stratified_subset(labels, like, seed=0, at_most=True)
+    assert np.bincount(labels[picked]).tolist() == [2, 1, 2]
+    assert len(set(picked.tolist())) == len(picked)
