@@ -84,8 +84,8 @@ def test_ingest_writes_the_shapes_data_set(tmp_path: Path):
 @pytest.mark.parametrize(
     ("preset", "size", "ae_channels", "latent", "unet_levels"),
     [
-        ("shapes64", 64, [8, 16, 16, 16], 8, 2),  # the preset's f = 8: 8x8 latents, U-Net levels 8, 4
-        ("shapes64", 64, [8, 16, 16], 16, 3),  # f = 4 at 64x64: 16x16 latents, U-Net levels 16, 8, 4
+        ("shapes64", 64, [8, 16, 16, 16], 8, 2),  # f = 8 at 64x64: 8x8 latents, U-Net levels 8, 4
+        ("shapes64", 64, [8, 16, 16], 16, 3),  # the preset's f = 4: 16x16 latents, U-Net levels 16, 8, 4
         ("shapes128", 128, [8, 16, 16, 16], 16, 3),  # the 128x128 preset's f = 8: 16x16 latents
     ],
     ids=["64-f8", "64-f4", "128-f8"],
@@ -104,7 +104,7 @@ def test_shapes_presets_run_end_to_end_with_unet_levels_that_follow_the_latent(
     threads = torch.get_num_threads()
     p = preset_params(preset)
     assert p["ingest"]["source"] == "shapes" and p["ingest"]["image_size"] == size
-    assert p["train_autoencoder"]["channels"] == [16, 32, 64, 64]  # the presets' f = 8
+    assert p["train_autoencoder"]["channels"] == {"shapes64": [16, 32, 64], "shapes128": [16, 32, 64, 64]}[preset]  # f = 4 / f = 8
     assert p["train_diffusion"]["unet"]["channels"] == "auto" and p["train_diffusion"]["unet"]["attention_levels"] == "auto"
     p["base"].update(device="cpu", num_threads=1)
     p["ingest"]["shapes_per_class"] = 40
