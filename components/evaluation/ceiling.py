@@ -1,6 +1,8 @@
 """The autoencoder's ceiling on class consistency: how often the judge still reads real images right after they
-pass through the autoencoder. A latent diffusion model can at best produce what the decoder renders, so class
-consistency of samples well below this figure points at the U-Net, near it at the autoencoder."""
+pass through the autoencoder. A latent diffusion model can only produce what the decoder renders, so class
+consistency of samples well below this figure points at the U-Net, near it at the autoencoder. It is not a hard
+bound: guided samples are more prototypical than real images and can be read right more often (MNIST default run:
+samples 0.988, reconstructions 0.968, the real images themselves 0.978)."""
 
 from __future__ import annotations
 

@@ -125,8 +125,8 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         "precision_recall": {"k": cfg.pr_k},
         "dataset_digest": manifest["dataset_digest"],
         "reconstruction": {"split": "val", "num": ceiling["num"], "what": "the judge's accuracy on real val images decoded from their "
-                           "latent mean (reconstruction_consistency: the autoencoder's ceiling on class_consistency) and on the "
-                           "images themselves (reconstruction_real_accuracy)"},
+                           "latent mean (reconstruction_consistency: what the autoencoder lets through; guided samples can exceed it, "
+                           "guidance drawing prototypical images) and on the images themselves (reconstruction_real_accuracy)"},
         "real_vs_real": {"split": "train", "num": int(len(real_images)),
                          "subset": f"per class the samples' count, torch.randperm with torch.Generator seeded {params.base.seed}",
                          "keys": "<metric>_real_<extractor>; fd_ratio / precision_ratio / recall_ratio_<extractor> = samples / real"},
