@@ -9,25 +9,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from components.data.loader import iter_batches, to_model
 from components.device import autocast
-from components.images import to_model_range, to_uint8
+from components.images import to_uint8
 
 
 @torch.no_grad()
 def reconstruct(autoencoder: torch.nn.Module, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
-    """uint8 ``[N, H, W, C]`` -> uint8 reconstructions ``D(mean of q(z|x))`` (Rombach et al. 2022, sec. 3.1: the
-    decoder of the encoder's latent; the mean, so the result is deterministic), computed on the autoencoder's device
-    ``batch_size`` images at a time under the inference precision rule (bf16 autocast on CUDA, fp32 on the CPU)."""
+    """uint8 ``[N, H, W, C]`` (an array or ShardedImages, read through a DataLoader) -> uint8 reconstructions
+    ``D(mean of q(z|x))`` (Rombach et al. 2022, sec. 3.1: the decoder of the encoder's latent; the mean, so the result
+    is deterministic), computed on the autoencoder's device ``batch_size`` images at a time under the inference
+    precision rule (bf16 autocast on CUDA, fp32 on the CPU)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(autoencoder.parameters()).device
     out = []
-    for start in range(0, len(images), batch_size):
-        x = to_model_range(np.asarray(images[start : start + batch_size])).to(device)
+    for batch in iter_batches(images, batch_size, device=device):
         with autocast(device):
-            y = autoencoder.decode(autoencoder.encode(x).mean)
+            y = autoencoder.decode(autoencoder.encode(to_model(batch, device)).mean)
         out.append(to_uint8(y.float()))
-    return np.concatenate(out) if out else np.zeros((0, *np.asarray(images).shape[1:]), dtype=np.uint8)
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), dtype=np.uint8)
 
 
 def reconstruction_consistency(predict, autoencoder: torch.nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int,
