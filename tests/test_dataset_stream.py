@@ -113,6 +113,47 @@ def test_parallel_decoding_writes_the_same_artifact(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(read_dataset(tmp_path / "ds2", stream=True).images["train"]), raw.images[tr])
 
 
+def test_decode_images_in_batches_keeps_the_order_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers decode batches of DECODE_BATCH images; the chunks that come out hold the images at ``indices`` in that
+    order whatever the worker count, also where a batch straddles two chunks, and a corrupt image in a later batch
+    stops decoding with the file named."""
+    from components.data import sources
+
+    root = write_digit_folder(tmp_path / "raw", per_class=15)
+    listing = sources.list_image_folder(root)
+    idx = np.random.default_rng(0).permutation(len(listing))[:137]
+    want = np.stack([sources._read_image(listing.items[i], 32, 1) for i in idx])
+    monkeypatch.setattr(sources, "DECODE_BATCH", 7)  # 20 batches, none aligned with the chunks of 40
+    for workers in (1, 2):
+        chunks = list(sources.decode_images(listing, idx, 32, 1, workers=workers, chunk=40, progress=False))
+        assert [len(c) for c in chunks] == [40, 40, 40, 17], workers
+        np.testing.assert_array_equal(np.concatenate(chunks), want, err_msg=f"workers={workers}")
+    bad = Path(listing.items[idx[100]])
+    bad.write_bytes(b"not a png")
+    with pytest.raises(sources.SourceError, match=f"cannot read image .*{bad.name}"):
+        list(sources.decode_images(listing, idx, 32, 1, workers=2, chunk=40, progress=False))
+
+
+def test_in_order_bounds_the_tasks_in_flight() -> None:
+    """_in_order hands the pool at most ``ahead`` tasks before the first result is taken (Pool.imap would queue them
+    all, and every decoded image with them, when the writer is slower than the workers)."""
+    from multiprocessing.pool import ThreadPool
+
+    from components.data.sources import _in_order
+
+    drawn = []
+
+    def items():
+        for i in range(50):
+            drawn.append(i)
+            yield i
+
+    with ThreadPool(2) as pool:
+        results = _in_order(pool, abs, items(), ahead=3)
+        assert next(results) == 0 and len(drawn) == 3
+        assert list(results) == list(range(1, 50))
+
+
 def _trainer(n: int, *, images, batch_size: int = 8, steps: int = 9, grad_accum: int = 1, workers: int = 0, augment_cfg=None,
              ctx: DistContext | None = None) -> Trainer:
     cfg = LoopConfig(batch_size=batch_size, max_images=batch_size * steps, lr=1e-3, grad_accum=grad_accum, data_workers=workers,

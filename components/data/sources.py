@@ -5,6 +5,7 @@ Every source returns ``(images, labels, class_names)`` with ``images`` uint8 ``[
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from components.data.limits import DEFAULT_MAX_IMAGE_PIXELS
 
+DECODE_BATCH = 64  # images per task sent to a decode worker
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
@@ -305,11 +307,41 @@ def _tar_error(path: Path, exc: BaseException) -> SourceError:
 
 
 def _decode_one(task: tuple) -> tuple[np.ndarray, str]:
-    """Worker body: read (unless the bytes are given) and decode one image; its pixels and the sha256 of its file."""
+    """Read (unless the bytes are given) and decode one image; its pixels and the sha256 of its file."""
     display, path, data, image_size, channels, max_pixels = task
     if data is None:
         data = Path(path).read_bytes()
     return _read_image(display, image_size, channels, data=data, max_pixels=max_pixels), hashlib.sha256(data).hexdigest()
+
+
+def _decode_batch(tasks: list[tuple]) -> tuple[np.ndarray, list[str]]:
+    """Worker body: decode a batch of images into one uint8 ``[n, H, W, C]`` array (one pickle to send back, not n)
+    and their files' sha256 digests."""
+    decoded = [_decode_one(t) for t in tasks]
+    return np.stack([arr for arr, _ in decoded]), [digest for _, digest in decoded]
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _in_order(pool, fn, items: Iterator, ahead: int) -> Iterator:
+    """``map(fn, items)`` in ``pool``, results in order, at most ``ahead`` tasks in flight (memory stays bounded when the
+    consumer is slower than the workers; ``Pool.imap`` would read every task at once and queue every result)."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _tasks(listing: ImageListing, indices, image_size: int, channels: int, max_pixels: int) -> Iterator[tuple]:
@@ -350,20 +382,29 @@ def decode_images(listing: ImageListing, indices, image_size: int, channels: int
     own = None
     if pool is None and workers > 1:
         pool = own = decode_pool(workers)
-    results = pool.imap(_decode_one, tasks, chunksize=32) if pool is not None else map(_decode_one, tasks)
+    batches = _batched(tasks, DECODE_BATCH)
+    results = _in_order(pool, _decode_batch, batches, ahead=4 * workers) if pool is not None else map(_decode_batch, batches)
     out = np.empty((min(chunk, len(indices)), image_size, image_size, channels), dtype=np.uint8)
-    n = 0
+    n = done = 0
     try:
         with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress, mininterval=2.0) as bar:
-            for i, (arr, digest) in zip(indices, results, strict=True):
-                duplicates.add_digest(digest, listing.class_names[listing.labels[i]], listing.items[i] if listing.tar is None
-                                      else f"{listing.tar}:{listing.items[i]}")
-                out[n] = arr
-                n += 1
-                bar.update()
-                if n == len(out):
-                    yield out.copy()
-                    n = 0
+            for arrays, digests in results:
+                for k, digest in enumerate(digests):
+                    i = indices[done + k]
+                    duplicates.add_digest(digest, listing.class_names[listing.labels[i]], listing.items[i] if listing.tar is None
+                                          else f"{listing.tar}:{listing.items[i]}")
+                done += len(digests)
+                bar.update(len(digests))
+                start = 0
+                while start < len(arrays):  # a batch may straddle two chunks
+                    take = min(len(out) - n, len(arrays) - start)
+                    out[n : n + take] = arrays[start : start + take]
+                    n, start = n + take, start + take
+                    if n == len(out):
+                        yield out.copy()
+                        n = 0
+        if done != len(indices):
+            raise RuntimeError(f"decode_images: decoded {done} of {len(indices)} images")
         if n:
             yield out[:n].copy()
     finally:
