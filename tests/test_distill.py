@@ -3,6 +3,7 @@ its loss, exact resume after SIGKILL, the student's config round trip, sampling 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -29,6 +30,7 @@ from components.training.distill import (
     ddim_to,
     distill_round,
     plan_rounds,
+    round_fingerprint,
     student_loss,
     teacher_denoiser,
     teacher_substeps,
@@ -130,6 +132,30 @@ def test_the_folded_guidance_target_is_the_teachers_cfg_output() -> None:
     torch.testing.assert_close(target, x0, rtol=0, atol=1e-10)
     unguided = teacher_target(teacher_denoiser(model, 1.0), z_t, y, path, AC, "epsilon")
     assert (unguided - target).abs().max() > 1e-3
+
+
+def test_the_teacher_guides_only_inside_the_samplers_interval_per_example() -> None:
+    """sample.guidance_interval reaches the round-1 teacher: in one batch of examples at different timesteps, those
+    whose sigma_t lies in the interval get u + w (c - u), the rest the conditional prediction alone (what the sampler
+    does at that step); later rounds have guidance folded in and take neither. The interval enters the fingerprint."""
+    z_t, y = _batch()
+    model = ToyEps()
+    t = torch.tensor([999, 749, 499, 249, 124, 749])
+    sigma = ((1 - AC[t]) / AC[t]).sqrt()
+    interval = (0.5, 3.0)
+    inside = (sigma > interval[0]) & (sigma <= interval[1])
+    assert 0 < int(inside.sum()) < len(t), sigma  # a mixed batch, or the test proves nothing
+    out = teacher_denoiser(model, 3.0, guidance_interval=interval, alphas_cumprod=AC)(z_t, t, y)
+    cond, uncond = model(z_t, t, y), model(z_t, t, torch.full_like(y, -1))
+    want = torch.where(inside.reshape(-1, 1, 1, 1), uncond + 3.0 * (cond - uncond), cond)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+    rounds = plan_rounds([8, 4], 16, 3.0, T, guidance_rescale=0.5, guidance_interval=[0.5, 3.0])
+    assert rounds == [DistillRound(8, 16, 3.0, 0.5, (0.5, 3.0)), DistillRound(4, 8, 1.0)]
+    plain = plan_rounds([8], 16, 3.0, T)[0]
+    assert round_fingerprint("b", rounds[0], "d", "v_prediction") != round_fingerprint("b", plain, "d", "v_prediction")
+    # a round without rescale or interval keeps the fingerprint it had before they existed (its checkpoints resume)
+    old_text = "b|8|16|3.0|v_prediction|d"
+    assert round_fingerprint("b", plain, "d", "v_prediction") == hashlib.sha256(old_text.encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ a tiny round

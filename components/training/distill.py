@@ -5,7 +5,8 @@ A round trains a student that samples with DDIM (eta 0) in ``N`` steps on the *t
 in one step, where its teacher lands in ``K`` DDIM steps (Salimans & Ho 2022, alg. 2; K = 2 is their halving).
 
 * Round 1, the teacher is the trained EMA U-Net under classifier-free guidance with the fixed weight ``w``
-  (``sample.guidance``): each teacher evaluation is the CFG combination ``u + w (c - u)`` of two passes
+  (``sample.guidance``, with ``sample.guidance_rescale`` and ``sample.guidance_interval`` as the sampler applies
+  them, so the student learns the trajectory ``latentflow sample`` draws): each teacher evaluation is the CFG combination ``u + w (c - u)`` of two passes
   (Ho & Salimans 2022, eq. 6), so the student, conditioned on the class alone, learns the *guided* trajectory in one
   pass per step: guidance is folded into it (Meng et al. 2023, sec. 3, stage one with a fixed ``w``; their stage two is
   this halving with the guided model as the teacher). The teacher takes ``teacher_steps`` DDIM steps in all.
@@ -65,17 +66,22 @@ Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # 
 @dataclass(frozen=True)
 class DistillRound:
     """One round: a ``student_steps``-step student matching ``teacher_steps`` DDIM steps of its teacher, which is
-    evaluated under guidance ``teacher_guidance`` (1.0: one conditional pass)."""
+    evaluated under guidance ``teacher_guidance`` (1.0: one conditional pass) with the sampler's rescale and interval
+    (``sample.guidance_rescale``, ``sample.guidance_interval``; see :func:`~components.diffusion.samplers.guided`)."""
 
     student_steps: int
     teacher_steps: int
     teacher_guidance: float
+    teacher_guidance_rescale: float = 0.0
+    teacher_guidance_interval: tuple[float, float] | None = None
 
 
-def plan_rounds(steps: Sequence[int], teacher_steps: int, guidance: float, num_timesteps: int) -> list[DistillRound]:
+def plan_rounds(steps: Sequence[int], teacher_steps: int, guidance: float, num_timesteps: int, *, guidance_rescale: float = 0.0,
+                guidance_interval: tuple[float, float] | None = None) -> list[DistillRound]:
     """The rounds that reach ``steps`` (descending student step counts, e.g. ``[8, 4]``) from a ``teacher_steps``-step
-    guided teacher. Each student grid must be nested in its teacher's (every student interval holding the same number of
-    teacher steps); a ``ValueError`` names the pair that is not."""
+    guided teacher (guidance, its rescale and its interval in round 1 only: later teachers have it folded in). Each
+    student grid must be nested in its teacher's (every student interval holding the same number of teacher steps); a
+    ``ValueError`` names the pair that is not."""
     steps = list(steps)
     if not steps:
         raise ValueError("distill.steps is empty: give the student step counts, e.g. [8, 4]")
@@ -85,7 +91,8 @@ def plan_rounds(steps: Sequence[int], teacher_steps: int, guidance: float, num_t
             raise ValueError(f"distill.steps must fall below the teacher's steps: {n} after {teacher} "
                              f"(distill.teacher_steps {teacher_steps}, steps {steps})")
         teacher_substeps(num_timesteps, n, teacher)  # raises when the grids do not nest
-        rounds.append(DistillRound(n, teacher, guidance if i == 0 else 1.0))
+        rounds.append(DistillRound(n, teacher, guidance, guidance_rescale, None if guidance_interval is None else tuple(guidance_interval))
+                      if i == 0 else DistillRound(n, teacher, 1.0))
         teacher = n
     return rounds
 
@@ -130,12 +137,30 @@ def x_target(z_t: torch.Tensor, z_next: torch.Tensor, a_t: torch.Tensor, a_next:
     return (z_next.double() - ratio * z_t.double()) / (an.sqrt() - ratio * a.sqrt())
 
 
-def teacher_denoiser(model: torch.nn.Module, guidance: float) -> Denoise:
+def teacher_denoiser(model: torch.nn.Module, guidance: float, *, guidance_rescale: float = 0.0,
+                     guidance_interval: tuple[float, float] | None = None, alphas_cumprod: torch.Tensor | None = None) -> Denoise:
     """``denoise(z, t, labels)``: the teacher's prediction under classifier-free guidance with weight ``guidance``
-    (Ho & Salimans 2022, eq. 6; 1.0 = one conditional pass), first C channels."""
+    (Ho & Salimans 2022, eq. 6; 1.0 = one conditional pass), rescaled (Lin et al. 2024, eq. 15-16) and limited to the
+    noise levels of ``guidance_interval`` (Kynkäänniemi et al. 2024) as the sampler does, judged per example (each
+    sits at its own timestep); first C channels."""
+
+    if guidance_interval is not None and alphas_cumprod is None:
+        raise ValueError("teacher_denoiser: guidance_interval needs alphas_cumprod (the noise level of each timestep)")
 
     def denoise(z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return guided(model, labels, guidance)(z, t)[:, : z.shape[1]]
+        c = z.shape[1]
+        if guidance_interval is None:
+            return guided(model, labels, guidance, guidance_rescale=guidance_rescale)(z, t)[:, :c]
+        # the sampler's guided() judges the interval by a batch's one timestep; here each example has its own
+        ac = alphas_cumprod.double().to(t.device)
+        sigma = ((1 - ac[t]) / ac[t]).sqrt()
+        inside = (sigma > guidance_interval[0]) & (sigma <= guidance_interval[1])
+        out = torch.empty_like(z)
+        if bool(inside.any()):
+            out[inside] = guided(model, labels[inside], guidance, guidance_rescale=guidance_rescale)(z[inside], t[inside])[:, :c]
+        if not bool(inside.all()):
+            out[~inside] = model(z[~inside], t[~inside], labels[~inside])[:, :c]
+        return out
 
     return denoise
 
@@ -203,7 +228,8 @@ def distill_round(
     teacher = teacher.to(device).eval().requires_grad_(False)
     ac = _alphas_cumprod(betas).to(device)
     paths = teacher_substeps(len(betas), rnd.student_steps, rnd.teacher_steps).to(device)
-    denoise = teacher_denoiser(teacher, rnd.teacher_guidance)
+    denoise = teacher_denoiser(teacher, rnd.teacher_guidance, guidance_rescale=rnd.teacher_guidance_rescale,
+                               guidance_interval=rnd.teacher_guidance_interval, alphas_cumprod=ac)
     std = torch.exp(0.5 * latent_logvar)
     shape = tuple(latent_mean.shape[1:])
     trainer = Trainer(student, loop, dataset_size=len(labels), seed=seed, ctx=ctx, checkpoint_dir=checkpoint_dir,
@@ -231,4 +257,6 @@ def distill_round(
 def round_fingerprint(base: str, rnd: DistillRound, teacher_digest: str, student_prediction_type: str) -> str:
     """A round resumes only checkpoints of the same params and data (``base``), round and teacher weights."""
     text = f"{base}|{rnd.student_steps}|{rnd.teacher_steps}|{rnd.teacher_guidance}|{student_prediction_type}|{teacher_digest}"
+    if rnd.teacher_guidance_rescale or rnd.teacher_guidance_interval is not None:  # (absent: the fingerprints of older rounds)
+        text += f"|rescale={rnd.teacher_guidance_rescale}|interval={rnd.teacher_guidance_interval}"
     return hashlib.sha256(text.encode()).hexdigest()

@@ -22,7 +22,7 @@ log = logging.getLogger("latentflow")
 def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR, metrics_dir: Path = METRICS_DIR,
         out_dir: Path = DISTILLED_DIR, progress: bool = True, on_checkpoint=None) -> dict:
     """Distil ``models_dir/diffusion`` (the teacher) into students of ``distill.steps`` steps with ``sample.guidance``
-    folded in (components/training/distill.py); write them under ``out_dir`` and ``metrics_dir/distill.json``."""
+    (and its ``guidance_rescale`` and ``guidance_interval``) folded in (components/training/distill.py); write them under ``out_dir`` and ``metrics_dir/distill.json``."""
     cfg = params.distill
     out_dir, metrics_path = Path(out_dir), Path(metrics_dir) / "distill.json"
     if not cfg.enabled:
@@ -59,7 +59,8 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     betas = make_betas(sched["schedule"], sched["num_timesteps"], sched["beta_start"], sched["beta_end"],
                        zero_terminal_snr=sched.get("zero_terminal_snr", False))
     guidance = float(params.sample.guidance)
-    rounds = plan_rounds(cfg.steps, cfg.teacher_steps, guidance, len(betas))
+    rescale, interval = float(params.sample.guidance_rescale), params.sample.guidance_interval
+    rounds = plan_rounds(cfg.steps, cfg.teacher_steps, guidance, len(betas), guidance_rescale=rescale, guidance_interval=interval)
     ds = read_dataset(data_dir, stream=True)
     autoencoder, _ = load_autoencoder(models_dir / "autoencoder", device)
     mean, logvar = encode_dataset(autoencoder, ds.images["train"], device, workers=cfg.runtime.data_workers)
@@ -77,7 +78,8 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     ckroot = models_dir.resolve().parent / CHECKPOINTS_DIR / "distill"
     current, current_type = teacher, sched["prediction_type"]
     teacher_record = {"weights_sha256": file_sha256(teacher_file), "prediction_type": sched["prediction_type"],
-                      "dataset_digest": meta.get("dataset_digest"), "guidance": guidance, "sampler": "ddim",
+                      "dataset_digest": meta.get("dataset_digest"), "guidance": guidance, "guidance_rescale": rescale,
+                      "guidance_interval": None if interval is None else list(interval), "sampler": "ddim",
                       "teacher_steps": cfg.teacher_steps}
     done, records = [], []
     for r, rnd in enumerate(rounds):
@@ -88,6 +90,8 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
             progress=progress, on_checkpoint=on_checkpoint,
         )
         record = {"student_steps": rnd.student_steps, "teacher_steps": rnd.teacher_steps, "teacher_guidance": rnd.teacher_guidance,
+                  "teacher_guidance_rescale": rnd.teacher_guidance_rescale,
+                  "teacher_guidance_interval": None if rnd.teacher_guidance_interval is None else list(rnd.teacher_guidance_interval),
                   "images_seen": result.images_seen, "train_seconds": result.train_seconds,
                   "final_loss": result.history[-1]["loss"] if result.history else None,
                   "first_loss": result.history[0]["loss"] if result.history else None,
