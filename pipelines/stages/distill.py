@@ -22,7 +22,8 @@ log = logging.getLogger("latentflow")
 def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR, metrics_dir: Path = METRICS_DIR,
         out_dir: Path = DISTILLED_DIR, progress: bool = True, on_checkpoint=None) -> dict:
     """Distil ``models_dir/diffusion`` (the teacher) into students of ``distill.steps`` steps with ``sample.guidance``
-    (and its ``guidance_rescale`` and ``guidance_interval``) folded in (components/training/distill.py); write them under ``out_dir`` and ``metrics_dir/distill.json``."""
+    (and its ``guidance_rescale`` and ``guidance_interval``) folded in (components/training/distill.py); write them
+    under ``out_dir`` and ``metrics_dir/distill.json``."""
     cfg = params.distill
     out_dir, metrics_path = Path(out_dir), Path(metrics_dir) / "distill.json"
     if not cfg.enabled:
