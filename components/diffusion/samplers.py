@@ -240,7 +240,9 @@ def guided(model, class_labels: torch.Tensor | None, guidance_scale: float, *, g
     over-exposure that large scales cause (0 = off; applied to the model output, whatever it predicts, as diffusers'
     ``guidance_rescale``). ``guidance_interval`` (sigma_lo, sigma_hi) (Kynkäänniemi et al. 2024, sec. 3): guidance only
     where the noise level sigma_t = sqrt((1 - a_t) / a_t) lies in (sigma_lo, sigma_hi]; elsewhere the conditional
-    prediction alone, in one forward pass of the batch instead of two. It needs ``alphas_cumprod``; ``None`` = every step.
+    prediction alone, in one forward pass instead of two. It is judged per example, so a batch whose examples sit at
+    different timesteps (distillation's teacher) is split; a sampler's batch shares one timestep and is never split.
+    It needs ``alphas_cumprod``; ``None`` = every step.
     """
     if guidance_rescale < 0.0 or guidance_rescale > 1.0:
         raise ValueError(f"guidance_rescale must be in [0, 1] (0 = off), got {guidance_rescale}")
@@ -255,14 +257,9 @@ def guided(model, class_labels: torch.Tensor | None, guidance_scale: float, *, g
         return lambda x, t: model(x, t)
     if guidance_scale == 1.0:
         return lambda x, t: model(x, t, class_labels)
-    null = torch.full_like(class_labels, -1)
-    labels = torch.cat([class_labels, null])
 
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guidance_interval is not None:
-            sigma = float(sigmas[int(t[0])])
-            if not lo < sigma <= hi:
-                return model(x, t, class_labels)
+    def both_passes(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        labels = torch.cat([class_labels, torch.full_like(class_labels, -1)])  # -1: the null class
         cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)
         c = x.shape[1]
         out = uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c])
@@ -273,6 +270,21 @@ def guided(model, class_labels: torch.Tensor | None, guidance_scale: float, *, g
             out = guidance_rescale * out * (std_cond / std_out) + (1 - guidance_rescale) * out
         # learned variance channels (if any) come from the conditional pass, as in GLIDE
         return torch.cat([out, cond[:, c:]], dim=1) if cond.shape[1] > c else out
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance_interval is None:
+            return both_passes(x, t, class_labels)
+        sigma = sigmas.to(t.device)[t.long()]
+        inside = (sigma > lo) & (sigma <= hi)
+        if bool(inside.all()):
+            return both_passes(x, t, class_labels)
+        if not bool(inside.any()):
+            return model(x, t, class_labels)
+        guided_part = both_passes(x[inside], t[inside], class_labels[inside])
+        plain_part = model(x[~inside], t[~inside], class_labels[~inside])
+        out = guided_part.new_empty((x.shape[0], *guided_part.shape[1:]))
+        out[inside], out[~inside] = guided_part, plain_part
+        return out
 
     return denoise
 

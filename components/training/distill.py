@@ -144,23 +144,12 @@ def teacher_denoiser(model: torch.nn.Module, guidance: float, *, guidance_rescal
     noise levels of ``guidance_interval`` (Kynkäänniemi et al. 2024) as the sampler does, judged per example (each
     sits at its own timestep); first C channels."""
 
-    if guidance_interval is not None and alphas_cumprod is None:
-        raise ValueError("teacher_denoiser: guidance_interval needs alphas_cumprod (the noise level of each timestep)")
+    # bad arguments raise here, not at the first training step
+    guided(model, None, guidance, guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, alphas_cumprod=alphas_cumprod)
 
     def denoise(z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        c = z.shape[1]
-        if guidance_interval is None:
-            return guided(model, labels, guidance, guidance_rescale=guidance_rescale)(z, t)[:, :c]
-        # the sampler's guided() judges the interval by a batch's one timestep; here each example has its own
-        ac = alphas_cumprod.double().to(t.device)
-        sigma = ((1 - ac[t]) / ac[t]).sqrt()
-        inside = (sigma > guidance_interval[0]) & (sigma <= guidance_interval[1])
-        out = torch.empty_like(z)
-        if bool(inside.any()):
-            out[inside] = guided(model, labels[inside], guidance, guidance_rescale=guidance_rescale)(z[inside], t[inside])[:, :c]
-        if not bool(inside.all()):
-            out[~inside] = model(z[~inside], t[~inside], labels[~inside])[:, :c]
-        return out
+        return guided(model, labels, guidance, guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
+                      alphas_cumprod=alphas_cumprod)(z, t)[:, : z.shape[1]]
 
     return denoise
 
