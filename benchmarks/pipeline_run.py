@@ -26,7 +26,9 @@ STAGE_KEYS = ("train_seconds", "images_seen", "val_psnr", "parameters", "macs_pe
               "stopped_by_max_time")
 EVAL_KEYS = ("class_consistency", "classifier_val_accuracy", "fd_classifier", "fd_effnet_lite0", "fd_inception", "kid_classifier",
              "precision_classifier", "recall_classifier", "judge", "judge_val_accuracy", "effnet_probe_val_accuracy",
-             "class_consistency_classifier")
+             "class_consistency_classifier", "fd_ratio_classifier", "fd_ratio_effnet_lite0", "recall_ratio_classifier",
+             "recall_ratio_effnet_lite0", "fd_ratio_reconstruction_classifier", "fd_ratio_reconstruction_effnet_lite0",
+             "recall_ratio_reconstruction_classifier", "recall_ratio_reconstruction_effnet_lite0", "reconstruction_consistency")
 
 
 def collect(root: Path, wall_minutes: float | None = None) -> dict:

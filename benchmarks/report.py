@@ -329,12 +329,24 @@ def pipeline_section(r: dict | None, name: str = "pipeline_run.json") -> list[st
     ae, dm, ev = r["autoencoder"], r["diffusion"], r["evaluate"]
     s = ev.get("sampler") or {}
     wall = f" The whole `make run` took {r['make_run_wall_minutes']:.1f} min." if r.get("make_run_wall_minutes") else ""
-    fds = ", ".join(f"{k.removeprefix('fd_')} {v:.1f}" for k, v in ev.items() if k.startswith("fd_"))
+    fds = ", ".join(f"{k.removeprefix('fd_')} {v:.1f}" for k, v in ev.items() if k.startswith("fd_") and not k.startswith("fd_ratio_"))
     return [title, "", _source(name, r), "",
             f"Autoencoder {ae['train_seconds'] / 60:.1f} min ({ae['images_seen']:,} images, val PSNR {ae['val_psnr']:.1f} dB), latent U-Net "
             f"{dm['train_seconds'] / 60:.1f} min ({dm['images_seen']:,} images).{wall} {ev['class_consistency']:.1%} of "
             f"{ev['num_generated']:,} generated images ({s.get('name')} {s.get('steps')} steps, guidance {s.get('guidance')}) are classified "
-            f"as the requested class by {_judge(ev)}; Fréchet distance {fds}.", ""]
+            f"as the requested class by {_judge(ev)}; Fréchet distance {fds}.{_ratios(ev)}", ""]
+
+
+def _ratios(ev: dict) -> str:
+    """The samples' FD and recall over the real-vs-real baseline's, per extractor, and the autoencoder's ceiling on them
+    (the baseline's images passed through the autoencoder), where the run recorded them."""
+    parts = []
+    for e in sorted(k.removeprefix("fd_ratio_") for k in ev if k.startswith("fd_ratio_") and not k.startswith("fd_ratio_reconstruction_")):
+        ceiling = ev.get(f"fd_ratio_reconstruction_{e}"), ev.get(f"recall_ratio_reconstruction_{e}")
+        of = f" (the autoencoder's reconstructions: {ceiling[0]:.2f} and {ceiling[1]:.2f})" if None not in ceiling else ""
+        recall = ev.get(f"recall_ratio_{e}")
+        parts.append(f"{e}: FD ratio {ev[f'fd_ratio_{e}']:.2f}" + (f", recall ratio {recall:.2f}" if recall is not None else "") + of)
+    return (" Over the real-vs-real baseline, " + "; ".join(parts) + ".") if parts else ""
 
 
 def _judge(ev: dict) -> str:

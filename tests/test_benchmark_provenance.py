@@ -170,6 +170,9 @@ def test_pipeline_run_collects_the_run_figures(tmp_path):
     (tmp_path / "metrics" / "autoencoder.json").write_text(json.dumps({"train_seconds": 258.0, "images_seen": 40000, "val_psnr": 29.9}))
     (tmp_path / "metrics" / "diffusion.json").write_text(json.dumps({"train_seconds": 384.0, "images_seen": 110080}))
     (tmp_path / "metrics.json").write_text(json.dumps({"class_consistency": 0.974, "fd_classifier": 5.2, "classifier_val_accuracy": 0.99,
+                                                       "fd_ratio_classifier": 8.4, "recall_ratio_classifier": 0.82,
+                                                       "fd_ratio_reconstruction_classifier": 3.88, "recall_ratio_reconstruction_classifier": 0.936,
+                                                       "fd_ratio_effnet_lite0": 3.8,
                                                        "protocol": {"num_generated": 500, "sampler": {"name": "ddim", "steps": 50, "guidance": 3.0}}}))
     r = collect(tmp_path, wall_minutes=13.5)
     assert r["provenance"]["torch_threads"] == 1 and r["dataset_digest"] == "abc"
@@ -177,6 +180,8 @@ def test_pipeline_run_collects_the_run_figures(tmp_path):
     text = "\n".join(report.render(tmp_path / "reports"))
     assert ("Autoencoder 4.3 min (40,000 images, val PSNR 29.9 dB), latent U-Net 6.4 min (110,080 images). The whole `make run` took "
             "13.5 min. 97.4% of 500 generated images (ddim 50 steps, guidance 3.0)") in text
+    assert ("Fréchet distance classifier 5.2. Over the real-vs-real baseline, classifier: FD ratio 8.40, recall ratio 0.82 (the autoencoder's "
+            "reconstructions: 3.88 and 0.94); effnet_lite0: FD ratio 3.80.") in text
 
 
 def test_samples_png_command_writes_the_pixel_model_grid(tmp_path):

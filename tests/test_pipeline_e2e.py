@@ -94,6 +94,27 @@ def test_repro_writes_every_output(project: Path):
         rec_pred = clf(rec).argmax(1).numpy()
     assert metrics["reconstruction_consistency"] == pytest.approx(float((rec_pred == ds.labels["val"][val_idx]).mean()), abs=1e-12)
     assert metrics["reconstruction_real_accuracy"] == pytest.approx(float((clf(x).argmax(1).numpy() == ds.labels["val"][val_idx]).mean()))
+    # the autoencoder's ceiling on the FD: the real-vs-real baseline's train images decoded from their latent mean,
+    # in the classifier's features against the val reference, recomputed here from the saved models
+    from components.evaluation import feature_statistics, frechet_distance
+    from components.evaluation.classifier import ClassifierExtractor
+    from components.evaluation.protocol import load_reference
+    from components.evaluation.tradeoff import stratified_subset
+    assert metrics["protocol"]["reconstruction_baseline"]["num"] == 40
+    train = ds.images["train"][stratified_subset(ds.labels["train"], requested, seed)]
+    with torch.no_grad():
+        x = torch.from_numpy(train).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        rec = (((ae.decode(ae.encode(x).mean).clamp(-1, 1) + 1) * 127.5).round()).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    _, refs = load_reference(project / "reference_stats", manifest["dataset_digest"])
+    ref = refs["classifier"]
+    fd_rec = frechet_distance(*feature_statistics(ClassifierExtractor(clf)(rec)), ref["mu"], ref["sigma"])
+    fd_train = frechet_distance(*feature_statistics(ClassifierExtractor(clf)(train)), ref["mu"], ref["sigma"])
+    assert metrics["fd_real_classifier"] == pytest.approx(fd_train, rel=1e-6)
+    assert metrics["fd_reconstruction_classifier"] == pytest.approx(fd_rec, rel=1e-3) and fd_rec != pytest.approx(fd_train, rel=1e-3)
+    for extractor in ("classifier", "effnet_lite0"):
+        for m in ("fd", "precision", "recall"):
+            assert metrics[f"{m}_ratio_reconstruction_{extractor}"] == pytest.approx(
+                metrics[f"{m}_reconstruction_{extractor}"] / metrics[f"{m}_real_{extractor}"], rel=1e-12), (m, extractor)
     ref = json.loads((project / "reference_stats/manifest.json").read_text())
     assert ref["dataset_digest"] == manifest["dataset_digest"] and ref["num_reference"] == 60
     if "inception" not in ref["extractors"]:  # no FID weights on this machine: skipped with instructions

@@ -69,6 +69,10 @@ def test_ratio_of_a_zero_baseline_is_undefined_not_infinite():
     with pytest.raises(ValueError, match="non-finite"):
         ratio_metrics({**m, "fd_x": float("nan")}, "x")
     assert real_key("recall", "effnet_lite0") == "recall_real_effnet_lite0"
+    # another set measured the same way (the autoencoder's reconstructions) over the same real baseline
+    rec = {**m, "fd_real_x": 0.5, "fd_reconstruction_x": 1.5, "precision_reconstruction_x": 0.25, "recall_reconstruction_x": 0.6}
+    assert ratio_metrics(rec, "x", of="reconstruction") == pytest.approx({"fd_ratio_reconstruction_x": 3.0, "precision_ratio_reconstruction_x": 0.5,
+                                                                          "recall_ratio_reconstruction_x": 0.75}, rel=1e-12)
 
 
 def test_stratified_subset_matches_the_label_histogram_is_seeded_and_nested():

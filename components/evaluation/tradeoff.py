@@ -26,6 +26,7 @@ import torch
 log = logging.getLogger("latentflow")
 
 REAL_SUFFIX = "real"  # fd_real_<extractor>: the real-vs-real baseline of fd_<extractor>
+RECONSTRUCTION = "reconstruction"  # fd_reconstruction_<extractor>: the baseline's images passed through the autoencoder
 
 RULE = ("among guidances whose FD ratio is <= max_fd_ratio and recall ratio >= min_recall_ratio in every swept extractor, "
         "the one with the highest class consistency (ties: the lower classifier FD ratio, then the lower guidance); if none "
@@ -66,12 +67,15 @@ def _ratio(value: float, baseline: float, what: str) -> float | None:
     return float(value / baseline)
 
 
-def ratio_metrics(metrics: Mapping[str, float], extractor: str) -> dict:
+def ratio_metrics(metrics: Mapping[str, float], extractor: str, of: str | None = None) -> dict:
     """``fd_ratio_<e>``, ``precision_ratio_<e>``, ``recall_ratio_<e>``: a sample set's Fréchet distance (Heusel et al.
     2017, eq. 6) and improved precision/recall (Kynkäänniemi et al. 2019, sec. 2) over those of the real-vs-real
     baseline at the same n. ``metrics`` holds both, ``fd_<e>`` ... and ``fd_real_<e>`` ... (:func:`real_key`).
-    A ratio whose baseline is 0 is ``None`` (undefined) rather than infinite."""
-    return {f"{m}_ratio_{extractor}": _ratio(metrics[f"{m}_{extractor}"], metrics[real_key(m, extractor)], f"{m}_ratio_{extractor}")
+    ``of`` names another image set measured the same way (``fd_<of>_<e>`` ...): its ratios are ``fd_ratio_<of>_<e>``
+    ... (``of=RECONSTRUCTION``: the autoencoder's ceiling). A ratio whose baseline is 0 is ``None`` (undefined) rather
+    than infinite."""
+    name = f"{of}_{extractor}" if of else extractor
+    return {f"{m}_ratio_{name}": _ratio(metrics[f"{m}_{name}"], metrics[real_key(m, extractor)], f"{m}_ratio_{name}")
             for m in ("fd", "precision", "recall")}
 
 

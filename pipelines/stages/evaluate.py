@@ -35,7 +35,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     from components.data.artifact import read_dataset
     from components.data.samples import read_samples
     from components.evaluation import class_consistency
-    from components.evaluation.ceiling import reconstruction_consistency
+    from components.evaluation.ceiling import reconstruct, reconstruction_consistency
     from components.evaluation.classifier import ClassifierExtractor, load_classifier
     from components.evaluation.protocol import (
         build_extractors,
@@ -48,7 +48,15 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         quality_by_steps,
         quality_vs_steps,
     )
-    from components.evaluation.tradeoff import REAL_SUFFIX, RULE, guidance_sweep, ratio_metrics, recommend_guidance, stratified_subset
+    from components.evaluation.tradeoff import (
+        REAL_SUFFIX,
+        RECONSTRUCTION,
+        RULE,
+        guidance_sweep,
+        ratio_metrics,
+        recommend_guidance,
+        stratified_subset,
+    )
     from components.generation import LatentDiffusionGenerator
 
     device = setup(params)
@@ -80,16 +88,20 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     other_judge = None if record["used"] == "classifier" else judge  # the grid and the sweep classify with the classifier anyway
     if "effnet_probe" in record["val_accuracy"]:
         metrics["effnet_probe_val_accuracy"] = record["val_accuracy"]["effnet_probe"]
+    grid, s = cfg.quality_grid, params.sample
+    generator = LatentDiffusionGenerator.from_dir(models_dir, device=device)
+    # the autoencoder's ceiling on the distribution figures: the baseline's own images decoded from their latent mean;
+    # a U-Net that matched the latent distribution exactly would score about these
+    reconstructed = reconstruct(generator.autoencoder, real_images, s.batch_size)
     for name in ref_manifest["extractors"]:
         if name not in extractors:
             raise ValueError(f"reference stats have extractor {name!r} but it is not available now; re-run reference_stats")
-        for images, prefix in ((gen_images, name), (real_images, f"{REAL_SUFFIX}_{name}")):
+        for images, prefix in ((gen_images, name), (real_images, f"{REAL_SUFFIX}_{name}"), (reconstructed, f"{RECONSTRUCTION}_{name}")):
             feats = extractors[name](images, batch_size=extractor_batch_size(name, cfg.feature_batch_size))
             metrics.update(distribution_metrics(feats, refs[name], prefix, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
                                                 pr_k=cfg.pr_k, seed=params.base.seed))
         metrics.update(ratio_metrics(metrics, name))
-    grid, s = cfg.quality_grid, params.sample
-    generator = LatentDiffusionGenerator.from_dir(models_dir, device=device)
+        metrics.update(ratio_metrics(metrics, name, of=RECONSTRUCTION))
     # the autoencoder's ceiling: the judge on real val images passed through it (as many per class as the samples)
     val_idx = stratified_subset(ds.labels["val"], gen_labels, params.base.seed, at_most=True)
     ceiling = reconstruction_consistency(lambda images: judge.predict(images, judge_batch), generator.autoencoder, ds.images["val"][val_idx],
@@ -127,6 +139,10 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
         "reconstruction": {"split": "val", "num": ceiling["num"], "what": "the judge's accuracy on real val images decoded from their "
                            "latent mean (reconstruction_consistency: what the autoencoder lets through; guided samples can exceed it, "
                            "guidance drawing prototypical images) and on the images themselves (reconstruction_real_accuracy)"},
+        "reconstruction_baseline": {"split": "train", "num": int(len(reconstructed)),
+                                    "what": "the real-vs-real baseline's images decoded from their latent mean: <metric>_reconstruction_<extractor> "
+                                            "and <metric>_ratio_reconstruction_<extractor> (over the real baseline) are the autoencoder's "
+                                            "ceiling on the samples' distribution figures"},
         "real_vs_real": {"split": "train", "num": int(len(real_images)),
                          "subset": f"per class the samples' count, torch.randperm with torch.Generator seeded {params.base.seed}",
                          "keys": "<metric>_real_<extractor>; fd_ratio / precision_ratio / recall_ratio_<extractor> = samples / real"},
