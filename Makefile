@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -11,14 +12,21 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast test-all flow lint install clean-outputs servers deploy ui-check run-cifar10 run-shapes64 run-shapes128
+.PHONY: run test test-fast test-all flow lint install install-test clean-outputs servers deploy ui-check run-cifar10 run-shapes64 run-shapes128
 
+# `make run` installs what the pipeline needs; `make test` (and the servers, lint) add the test extras on top
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e .
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 run: $(STAMP)  ## the default pipeline: ingest -> ... -> register (dvc repro)
 	$(BIN)/dvc repro
@@ -35,15 +43,15 @@ run-shapes128: $(STAMP)  ## the shapes128 preset (128x128 RGB shapes, f=8 autoen
 flow: $(STAMP)  ## the same pipeline as a Prefect flow (local ephemeral mode)
 	$(BIN)/latentflow flow
 
-test: $(STAMP)  ## every test (what CI runs): unit tests, then the end-to-end dvc repro, real servers, serving from a fresh venv
+test: $(TEST_STAMP)  ## every test (what CI runs): unit tests, then the end-to-end dvc repro, real servers, serving from a fresh venv
 	$(BIN)/python -m pytest -q --durations=25
 
-test-fast: $(STAMP)  ## the unit tests only (tests not marked slow), one pytest-xdist worker per core with one torch thread each: about 2 minutes
+test-fast: $(TEST_STAMP)  ## the unit tests only (tests not marked slow), one pytest-xdist worker per core with one torch thread each: about 2 minutes
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -q -n auto
 
 test-all: test  ## same as `make test`
 
-servers: $(STAMP)  ## local S3 (moto) + MLflow (proxied S3 artifacts) + Prefect servers on 127.0.0.1, as in the tests; Ctrl-C stops them
+servers: $(TEST_STAMP)  ## local S3 (moto) + MLflow (proxied S3 artifacts) + Prefect servers on 127.0.0.1, as in the tests; Ctrl-C stops them
 	$(BIN)/python -m infra.local_servers $(SERVERS_DIR)
 
 deploy: $(STAMP)  ## create the process pool and the deployments of prefect.yaml on $$PREFECT_API_URL (team setup: README)
@@ -53,5 +61,5 @@ deploy: $(STAMP)  ## create the process pool and the deployments of prefect.yaml
 ui-check: $(STAMP)  ## screenshot of the MLflow model page -> reports/mlflow_ui_champion.png (MLFLOW_TRACKING_URI=http://...)
 	$(BIN)/python -m components.registry.browser --tracking-uri "$${MLFLOW_TRACKING_URI:?set MLFLOW_TRACKING_URI}" --model latentflow
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
