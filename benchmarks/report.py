@@ -12,6 +12,7 @@ file (built from the settings the JSON records, see ``command``) and the provena
   ``stage_profile.json`` (where a pipeline run's time goes, per stage),
 - ``quality_vs_steps.json`` (quality vs sampler steps of the default model),
 - ``distill.json`` (distilled few-step students vs their teacher),
+- ``autoencoder_ceiling.json`` (the autoencoder's ceiling on FD and recall, per autoencoder variant),
 - ``gpu_check.json`` and ``throughput_gpu.json`` (a GPU session).
 
 A section whose JSON is absent says so and names the command that writes it.
@@ -39,6 +40,7 @@ COMMANDS = {  # when a file is absent
     "text_prompts.json": "make run && .venv/bin/python -m benchmarks.text_prompts",
     "distill.json": "latentflow distill (distill.enabled: true) && .venv/bin/python -m benchmarks.distill --threads 1",
     "rgb_judge.json": "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.rgb_judge --preset cifar10",
+    "autoencoder_ceiling.json": "python -m benchmarks.autoencoder_ceiling --num-threads 1",
 }
 
 
@@ -93,6 +95,10 @@ def command(name: str, r: dict | list | None) -> str:
         threads = r.get("num_threads", 1) if isinstance(r, dict) else 1
         return (f"python -m benchmarks.autoencoders --datasets {datasets} --variants {variants}"
                 + (f" --downstream --diffusion-images {down[0]}" if down else "") + f" --num-threads {threads}{out}")
+    if name == "autoencoder_ceiling.json" and isinstance(r, dict) and r.get("rows"):
+        variants = " ".join(x["variant"] for x in r["rows"])
+        ae_images = f" --ae-images {r['ae_images']}" if r.get("ae_images") else ""
+        return f"python -m benchmarks.autoencoder_ceiling --variants {variants}{ae_images} --num-threads {r.get('num_threads', 1)}"
     return COMMANDS[name]
 
 
@@ -517,6 +523,35 @@ def frontier_section(r: dict | None) -> list[str]:
     return lines
 
 
+def ceiling_section(r: dict | None) -> list[str]:
+    """Issue 14: the autoencoder's ceiling on the distribution figures (its reconstructions of the real-vs-real baseline,
+    scored like samples) per autoencoder variant, with each variant's training time relative to the default's."""
+    title = "## The autoencoder's ceiling per variant"
+    name = "autoencoder_ceiling.json"
+    if not r or not r.get("rows"):
+        return [title, "", f"Not measured yet: `{COMMANDS[name]}`.", ""]
+    rows = r["rows"]
+    base = next((x for x in rows if x["variant"] == "default"), rows[0])
+    lines = [title, "", _source(name, r), "",
+             "Each variant is params.yaml's autoencoder with one change, trained on the same MNIST artifact with the same seed; its "
+             "reconstructions of the real-vs-real baseline (500 train images) are scored like samples against the val reference. "
+             f"Ratios are over the real-vs-real baseline; time is relative to `{base['variant']}`.", "",
+             "| variant | change | val PSNR dB | parameters | train s (x) | FD ratio classifier | FD ratio EfficientNet | recall ratio classifier | "
+             "recall ratio EfficientNet |", "|---|---|---|---|---|---|---|---|---|"]
+    for x in rows:
+        change = ", ".join(f"{k} {v}" for k, v in x["override"].items()) or "-"
+        lines.append(f"| {x['variant']} | {change} | {x['val_psnr']:.2f} | {x['parameters']:,} | {x['train_seconds']:.0f} "
+                     f"({x['train_seconds'] / base['train_seconds']:.2f}) | {x['fd_ratio_reconstruction_classifier']:.2f} | "
+                     f"{x['fd_ratio_reconstruction_effnet_lite0']:.2f} | {x['recall_ratio_reconstruction_classifier']:.2f} | "
+                     f"{x['recall_ratio_reconstruction_effnet_lite0']:.2f} |")
+    best = min(rows, key=lambda x: x["fd_ratio_reconstruction_effnet_lite0"])
+    lines += ["", f"Lowest EfficientNet-Lite0 FD ratio: `{best['variant']}`, {best['fd_ratio_reconstruction_effnet_lite0']:.2f} against "
+              f"{base['fd_ratio_reconstruction_effnet_lite0']:.2f} for `{base['variant']}` "
+              f"({best['fd_ratio_reconstruction_effnet_lite0'] / base['fd_ratio_reconstruction_effnet_lite0']:.2f}x) at "
+              f"{best['train_seconds'] / base['train_seconds']:.2f}x its training time.", ""]
+    return lines
+
+
 def gpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["## GPU check", "", "No GPU check committed (`reports/benchmarks/gpu_check.json` is absent): "
@@ -552,6 +587,7 @@ def render(root: Path) -> list[str]:
     lines += text_prompts_section(_load(b / "text_prompts.json"))
     lines += rgb_judge_section(_load(b / "rgb_judge.json"))
     lines += frontier_section(_load(b / "frontier.json"))
+    lines += ceiling_section(_load(b / "autoencoder_ceiling.json"))
     gpu = _load(b / "gpu_check.json")
     lines += gpu_section(gpu)
     if gpu is not None and not gpu.get("dry_run") and (b / "throughput_gpu.json").is_file():

@@ -337,3 +337,23 @@ def test_frontier_merge_combines_parts_and_refuses_a_different_protocol(tmp_path
     assert "`python -m benchmarks.frontier --out a.json`; `python -m benchmarks.frontier --out b.json`" in text
     with pytest.raises(SystemExit, match="protocol"):
         frontier.merge([a, part("c.json", [], steps=50)], tmp_path / "x.json")
+
+
+def _ceiling_row(variant: str, override: dict, seconds: float, fd_eff: float) -> dict:
+    return {"variant": variant, "override": override, "val_psnr": 29.9, "parameters": 402041, "train_seconds": seconds,
+            "fd_ratio_reconstruction_classifier": 3.4, "fd_ratio_reconstruction_effnet_lite0": fd_eff,
+            "recall_ratio_reconstruction_classifier": 0.96, "recall_ratio_reconstruction_effnet_lite0": 0.77}
+
+
+def test_report_renders_the_autoencoder_ceiling_per_variant_from_its_json(tmp_path):
+    assert "Not measured yet: `python -m benchmarks.autoencoder_ceiling" in "\n".join(report.render(tmp_path))
+    _write(tmp_path, "autoencoder_ceiling.json", {
+        "num_threads": 1, "ae_images": None, "real": {}, "provenance": prov.provenance(threads=1),
+        "rows": [_ceiling_row("default", {}, 300.0, 2.5), _ceiling_row("latent8", {"latent_channels": 8}, 330.0, 2.0),
+                 _ceiling_row("wide", {"channels": [32, 64, 128]}, 900.0, 2.2)]})
+    text = "\n".join(report.render(tmp_path))
+    assert "--variants default latent8 wide --num-threads 1" in text
+    assert "| latent8 | latent_channels 8 | 29.90 | 402,041 | 330 (1.10) | 3.40 | 2.00 | 0.96 | 0.77 |" in text
+    assert "| wide | channels [32, 64, 128] |" in text and "900 (3.00)" in text
+    # the sentence is derived: the lowest EfficientNet FD ratio, its ratio to the default's and its relative cost
+    assert "Lowest EfficientNet-Lite0 FD ratio: `latent8`, 2.00 against 2.50 for `default` (0.80x) at 1.10x its training time." in text

@@ -1,0 +1,146 @@
+"""The autoencoder's ceiling on the distribution figures, per autoencoder variant and per CPU-second (issue 14).
+
+``evaluate`` scores the real-vs-real baseline's own train images decoded from their latent mean exactly like the
+samples (``fd_ratio_reconstruction_<extractor>``, ``recall_ratio_reconstruction_<extractor>``): no U-Net can beat the
+decoder it renders through, so these ratios bound the samples' from below. On the default run the bound alone is an FD
+ratio of 3.9 (classifier features) / 2.5 (EfficientNet-Lite0) against issue 14's target of 1.3. This script trains
+each autoencoder variant (params.yaml's defaults plus one change) on the same MNIST artifact with the same seed, and
+measures its ceiling with the protocol of ``evaluate``: the same extractors (the pipeline's classifier, trained once by
+``reference_stats``, and EfficientNet-Lite0), the same val reference, the same seeded, class-stratified 500-image
+baseline subset (``sample.num_per_class`` per class), the same KID / precision-recall settings.
+
+    python -m benchmarks.autoencoder_ceiling --num-threads 1                      # every variant (~1 h on one core)
+    python -m benchmarks.autoencoder_ceiling --variants default latent8 --ae-images 4000   # a smoke run
+
+Results go to ``reports/benchmarks/autoencoder_ceiling.json`` (``rows``: one per variant, with the real-vs-real
+baseline once in ``real``; ``provenance``) and are printed as a table. Train seconds are one run each on whatever the
+machine was doing (``provenance`` records the load): compare them within one file only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from benchmarks.provenance import provenance
+from components.config import Params
+from components.io import atomic_write_json
+from pipelines.presets import ROOT, deep_merge
+from pipelines.stages import ingest, reference_stats, train_autoencoder
+
+EXTRACTORS = ["classifier", "effnet_lite0"]
+
+
+def variants(base: dict) -> dict[str, dict]:
+    """``train_autoencoder`` overrides of each variant, one change from the default each (Rombach et al. 2022, sec. 3.1
+    and app. G: capacity, latent channels, images seen, KL weight, the perceptual term)."""
+    ch = list(base["channels"])
+    return {  # cheapest first, so a run cut short still has the cheap ones
+        "default": {},
+        "latent8": {"latent_channels": 2 * base["latent_channels"]},
+        "kl_1e-6": {"kl_weight": base["kl_weight"] / 10},
+        "res2": {"num_res_blocks": 2 * base["num_res_blocks"]},
+        "images2x": {"max_images": 2 * base["max_images"]},
+        "perceptual": {"perceptual_weight": 0.01},
+        "wide": {"channels": [2 * c for c in ch]},
+    }
+
+
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def ceiling(params: Params, work: Path, ae_dir: Path) -> dict:
+    """The ceiling of the autoencoder saved in ``ae_dir``: ``fd/kid/precision/recall_reconstruction_<e>`` and their
+    ratios over the real-vs-real baseline, plus the baseline's own figures (``*_real_<e>``), as ``evaluate`` computes them."""
+    from components.data.artifact import read_dataset
+    from components.evaluation.ceiling import reconstruct
+    from components.evaluation.classifier import load_classifier
+    from components.evaluation.protocol import build_extractors, distribution_metrics, extractor_batch_size, load_reference
+    from components.evaluation.tradeoff import REAL_SUFFIX, RECONSTRUCTION, ratio_metrics, stratified_subset
+    from components.models.checkpoint import load_autoencoder
+
+    cfg = params.evaluate
+    ds = read_dataset(work / "data", stream=True)
+    _, refs = load_reference(work / "reference_stats", ds.manifest["dataset_digest"])
+    like = np.repeat(np.arange(ds.num_classes), params.sample.num_per_class)  # the samples' labels in the default run
+    real = ds.images["train"][stratified_subset(ds.labels["train"], like, params.base.seed)]
+    autoencoder, _ = load_autoencoder(ae_dir)
+    autoencoder.eval()
+    rec = reconstruct(autoencoder, real, params.sample.batch_size)
+    extractors, _ = build_extractors(EXTRACTORS, load_classifier(work / "models" / "classifier"))
+    out: dict = {}
+    for name in EXTRACTORS:
+        for images, prefix in ((real, f"{REAL_SUFFIX}_{name}"), (rec, f"{RECONSTRUCTION}_{name}")):
+            feats = extractors[name](images, batch_size=extractor_batch_size(name, cfg.feature_batch_size))
+            out.update(distribution_metrics(feats, refs[name], prefix, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
+                                            pr_k=cfg.pr_k, seed=params.base.seed))
+        out.update(ratio_metrics(out, name, of=RECONSTRUCTION))
+    return out
+
+
+def run(num_threads: int, only: list[str] | None, overrides: dict, out: Path, ae_images: int | None = None) -> tuple[dict, list[dict]]:
+    """Every variant in turn; ``out`` is rewritten (atomically) after each, so an interrupted run keeps what it measured."""
+    raw = deep_merge(default_params(), overrides)
+    raw["base"]["num_threads"] = num_threads
+    raw["evaluate"]["extractors"] = EXTRACTORS  # Inception is not part of issue 14's targets
+    rows, real = [], {}
+    with tempfile.TemporaryDirectory(prefix="ae_ceiling_") as tmp:
+        work = Path(tmp)
+        cwd = os.getcwd()
+        os.chdir(work)  # stages write resumable checkpoints relative to the working directory
+        try:
+            params = Params.model_validate(raw)
+            ingest.run(params, out_dir=work / "data")
+            reference_stats.run(params, data_dir=work / "data", models_dir=work / "models", out_dir=work / "reference_stats")
+            for name, override in variants(raw["train_autoencoder"]).items():
+                if only and name not in only:
+                    continue
+                p = Params.model_validate(deep_merge(raw, {"train_autoencoder": override}))
+                models = work / name
+                t0 = time.perf_counter()
+                m = train_autoencoder.run(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
+                seconds = time.perf_counter() - t0
+                figures = ceiling(p, work, models / "autoencoder")
+                real = {k: v for k, v in figures.items() if "_real_" in k}
+                row = {"variant": name, "override": override, "val_psnr": round(m["val_psnr"], 2), "parameters": m["parameters"],
+                       "macs_per_forward": m["macs_per_forward"], "train_seconds": round(seconds, 1),
+                       "images": p.train_autoencoder.max_images, **{k: v for k, v in figures.items() if "_real_" not in k}}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                atomic_write_json(out, {"num_threads": num_threads, "ae_images": ae_images, "real": real, "rows": rows,
+                                        "provenance": provenance(threads=num_threads)})
+        finally:
+            os.chdir(cwd)
+    return real, rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="*", help=f"only these variants (default: all of {', '.join(variants(default_params()['train_autoencoder']))})")
+    ap.add_argument("--num-threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)")
+    ap.add_argument("--ae-images", type=int, help="override train_autoencoder.max_images of the default (smoke runs)")
+    ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/autoencoder_ceiling.json"))
+    args = ap.parse_args()
+    overrides: dict = {}
+    if args.ae_images:
+        overrides["train_autoencoder"] = {"max_images": args.ae_images, "warmup_images": min(2000, args.ae_images // 4)}
+    out = args.out.resolve()
+    _, rows = run(args.num_threads, args.variants, overrides, out, args.ae_images)
+    print(f"\n{'variant':12} {'PSNR dB':>8} {'params':>8} {'train s':>8} {'FD ratio clf':>12} {'FD ratio eff':>12} {'recall r. clf':>13} {'recall r. eff':>13}")
+    for r in rows:
+        print(f"{r['variant']:12} {r['val_psnr']:8.2f} {r['parameters']:8,} {r['train_seconds']:8.1f} "
+              f"{r['fd_ratio_reconstruction_classifier']:12.2f} {r['fd_ratio_reconstruction_effnet_lite0']:12.2f} "
+              f"{r['recall_ratio_reconstruction_classifier']:13.2f} {r['recall_ratio_reconstruction_effnet_lite0']:13.2f}")
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
