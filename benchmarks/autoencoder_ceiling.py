@@ -11,6 +11,10 @@ baseline subset (``sample.num_per_class`` per class), the same KID / precision-r
 
     python -m benchmarks.autoencoder_ceiling --num-threads 1                      # every variant (~1 h on one core)
     python -m benchmarks.autoencoder_ceiling --variants default latent8 --ae-images 4000   # a smoke run
+    python -m benchmarks.autoencoder_ceiling --merge a.json b.json     # runs split over cores, as one file
+
+``--merge`` refuses parts whose real-vs-real baselines differ (other data, seed or classifier) and keeps each part's
+provenance in ``parts``.
 
 Results go to ``reports/benchmarks/autoencoder_ceiling.json`` (``rows``: one per variant, with the real-vs-real
 baseline once in ``real``; ``provenance``) and are printed as a table. Train seconds are one run each on whatever the
@@ -122,24 +126,46 @@ def run(num_threads: int, only: list[str] | None, overrides: dict, out: Path, ae
     return real, rows
 
 
+def merge(paths: list[Path]) -> dict:
+    """One result from the parts of a run split over processes: their rows in variant order (the first part's row of a
+    variant measured twice), each part's provenance; the parts must share the real-vs-real baseline to the last digit."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    for p, part in zip(paths[1:], parts[1:], strict=True):
+        if part["real"] != parts[0]["real"] or part.get("ae_images") != parts[0].get("ae_images"):
+            raise SystemExit(f"{p}: its real-vs-real baseline or --ae-images differs from {paths[0]}'s; these runs are not comparable")
+    rows: dict[str, dict] = {}
+    for part in parts:
+        for row in part["rows"]:
+            rows.setdefault(row["variant"], row)
+    order = list(variants(default_params()["train_autoencoder"]))
+    return {"num_threads": parts[0]["num_threads"], "ae_images": parts[0].get("ae_images"), "real": parts[0]["real"],
+            "rows": sorted(rows.values(), key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order)),
+            "provenance": parts[0]["provenance"], "parts": [{"file": str(p), "provenance": part["provenance"]} for p, part in zip(paths, parts, strict=True)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="*", help=f"only these variants (default: all of {', '.join(variants(default_params()['train_autoencoder']))})")
     ap.add_argument("--num-threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)")
     ap.add_argument("--ae-images", type=int, help="override train_autoencoder.max_images of the default (smoke runs)")
+    ap.add_argument("--merge", nargs="+", type=Path, help="merge these result files into --out instead of running")
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/autoencoder_ceiling.json"))
     args = ap.parse_args()
-    overrides: dict = {}
-    if args.ae_images:
-        overrides["train_autoencoder"] = {"max_images": args.ae_images, "warmup_images": min(2000, args.ae_images // 4)}
-    out = args.out.resolve()
-    _, rows = run(args.num_threads, args.variants, overrides, out, args.ae_images)
+    if args.merge:
+        merged = merge(args.merge)
+        atomic_write_json(args.out.resolve(), merged)
+        rows = merged["rows"]
+    else:
+        overrides: dict = {}
+        if args.ae_images:
+            overrides["train_autoencoder"] = {"max_images": args.ae_images, "warmup_images": min(2000, args.ae_images // 4)}
+        _, rows = run(args.num_threads, args.variants, overrides, args.out.resolve(), args.ae_images)
     print(f"\n{'variant':12} {'PSNR dB':>8} {'params':>8} {'train s':>8} {'FD ratio clf':>12} {'FD ratio eff':>12} {'recall r. clf':>13} {'recall r. eff':>13}")
     for r in rows:
         print(f"{r['variant']:12} {r['val_psnr']:8.2f} {r['parameters']:8,} {r['train_seconds']:8.1f} "
               f"{r['fd_ratio_reconstruction_classifier']:12.2f} {r['fd_ratio_reconstruction_effnet_lite0']:12.2f} "
               f"{r['recall_ratio_reconstruction_classifier']:13.2f} {r['recall_ratio_reconstruction_effnet_lite0']:13.2f}")
-    print(f"\nwritten to {out}")
+    print(f"\nwritten to {args.out.resolve()}")
 
 
 if __name__ == "__main__":

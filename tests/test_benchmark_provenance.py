@@ -341,6 +341,7 @@ def test_frontier_merge_combines_parts_and_refuses_a_different_protocol(tmp_path
 
 def _ceiling_row(variant: str, override: dict, seconds: float, fd_eff: float) -> dict:
     return {"variant": variant, "override": override, "val_psnr": 29.9, "parameters": 402041, "train_seconds": seconds,
+            "macs_per_forward": 1000 + int(seconds), "images": 40000,
             "fd_ratio_reconstruction_classifier": 3.4, "fd_ratio_reconstruction_effnet_lite0": fd_eff,
             "recall_ratio_reconstruction_classifier": 0.96, "recall_ratio_reconstruction_effnet_lite0": 0.77}
 
@@ -350,10 +351,32 @@ def test_report_renders_the_autoencoder_ceiling_per_variant_from_its_json(tmp_pa
     _write(tmp_path, "autoencoder_ceiling.json", {
         "num_threads": 1, "ae_images": None, "real": {}, "provenance": prov.provenance(threads=1),
         "rows": [_ceiling_row("default", {}, 300.0, 2.5), _ceiling_row("latent8", {"latent_channels": 8}, 330.0, 2.0),
-                 _ceiling_row("wide", {"channels": [32, 64, 128]}, 900.0, 2.2)]})
+                 _ceiling_row("wide", {"channels": [32, 64, 128]}, 900.0, 2.2),
+                 _ceiling_row("kl", {"kl_weight": 1.0e-5 / 10}, 300.0, 2.4)]})
     text = "\n".join(report.render(tmp_path))
-    assert "--variants default latent8 wide --num-threads 1" in text
-    assert "| latent8 | latent_channels 8 | 29.90 | 402,041 | 330 (1.10) | 3.40 | 2.00 | 0.96 | 0.77 |" in text
+    assert "--variants default latent8 wide kl --num-threads 1" in text
+    assert "| latent8 | latent_channels 8 | 29.90 | 402,041 | 1.02 | 330 (1.10) | 3.40 | 2.00 | 0.96 | 0.77 |" in text
     assert "| wide | channels [32, 64, 128] |" in text and "900 (3.00)" in text
+    assert "| kl | kl_weight 1e-06 |" in text  # 1.0000000000000002e-06 as written
     # the sentence is derived: the lowest EfficientNet FD ratio, its ratio to the default's and its relative cost
-    assert "Lowest EfficientNet-Lite0 FD ratio: `latent8`, 2.00 against 2.50 for `default` (0.80x) at 1.10x its training time." in text
+    assert "Lowest EfficientNet-Lite0 FD ratio: `latent8`, 2.00 against 2.50 for `default` (0.80x) at 1.02x its compute." in text
+
+
+def test_autoencoder_ceiling_merge_orders_variants_and_refuses_other_baselines(tmp_path):
+    from benchmarks.autoencoder_ceiling import merge
+
+    real = {"fd_real_classifier": 0.316, "recall_real_effnet_lite0": 0.87}
+    a = {"num_threads": 1, "ae_images": None, "real": real, "provenance": {"git_commit": "a"},
+         "rows": [_ceiling_row("wide", {"channels": [32, 64, 128]}, 900.0, 2.2)]}
+    b = {"num_threads": 1, "ae_images": None, "real": real, "provenance": {"git_commit": "b"},
+         "rows": [_ceiling_row("latent8", {"latent_channels": 8}, 330.0, 2.0), _ceiling_row("default", {}, 300.0, 2.5),
+                  _ceiling_row("wide", {}, 1.0, 9.9)]}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    m = merge([tmp_path / "a.json", tmp_path / "b.json"])
+    assert [r["variant"] for r in m["rows"]] == ["default", "latent8", "wide"]  # the variants' own order
+    assert m["rows"][2]["train_seconds"] == 900.0  # a variant measured twice: the first part's row
+    assert [p["provenance"]["git_commit"] for p in m["parts"]] == ["a", "b"]
+    (tmp_path / "c.json").write_text(json.dumps({**b, "real": {**real, "fd_real_classifier": 0.352}}))
+    with pytest.raises(SystemExit, match="not comparable"):
+        merge([tmp_path / "a.json", tmp_path / "c.json"])
