@@ -9,7 +9,7 @@ measures its ceiling with the protocol of ``evaluate``: the same extractors (the
 ``reference_stats``, and EfficientNet-Lite0), the same val reference, the same seeded, class-stratified 500-image
 baseline subset (``sample.num_per_class`` per class), the same KID / precision-recall settings.
 
-    python -m benchmarks.autoencoder_ceiling --num-threads 1                      # every variant (~1 h on one core)
+    python -m benchmarks.autoencoder_ceiling --num-threads 1                      # every variant (~1.5-2 h of one core)
     python -m benchmarks.autoencoder_ceiling --variants default latent8 --ae-images 4000   # a smoke run
     python -m benchmarks.autoencoder_ceiling --merge a.json b.json     # runs split over cores, as one file
 
@@ -18,7 +18,7 @@ provenance in ``parts``.
 
 Results go to ``reports/benchmarks/autoencoder_ceiling.json`` (``rows``: one per variant, with the real-vs-real
 baseline once in ``real``; ``provenance``) and are printed as a table. Train seconds are one run each on whatever the
-machine was doing (``provenance`` records the load): compare them within one file only.
+machine was doing (the load is not recorded): the rows' ``macs_per_forward`` x ``images`` is the comparable cost.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,10 @@ def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def ceiling(params: Params, work: Path, ae_dir: Path) -> dict:
-    """The ceiling of the autoencoder saved in ``ae_dir``: ``fd/kid/precision/recall_reconstruction_<e>`` and their
-    ratios over the real-vs-real baseline, plus the baseline's own figures (``*_real_<e>``), as ``evaluate`` computes them."""
+def ceiling_scorer(params: Params, work: Path) -> tuple[Callable[[Path], dict], dict]:
+    """``(score, real)``: ``real`` holds the real-vs-real baseline's figures (``*_real_<e>``), computed once; ``score(ae_dir)``
+    returns the ceiling of the autoencoder saved in ``ae_dir``, ``fd/kid/precision/recall_reconstruction_<e>`` and their
+    ratios over that baseline, as ``evaluate`` computes them (same extractors, reference, subset and settings)."""
     from components.data.artifact import read_dataset
     from components.evaluation.ceiling import reconstruct
     from components.evaluation.classifier import load_classifier
@@ -75,19 +77,26 @@ def ceiling(params: Params, work: Path, ae_dir: Path) -> dict:
     ds = read_dataset(work / "data", stream=True)
     _, refs = load_reference(work / "reference_stats", ds.manifest["dataset_digest"])
     like = np.repeat(np.arange(ds.num_classes), params.sample.num_per_class)  # the samples' labels in the default run
-    real = ds.images["train"][stratified_subset(ds.labels["train"], like, params.base.seed)]
-    autoencoder, _ = load_autoencoder(ae_dir)
-    autoencoder.eval()
-    rec = reconstruct(autoencoder, real, params.sample.batch_size)
+    real_images = ds.images["train"][stratified_subset(ds.labels["train"], like, params.base.seed)]
     extractors, _ = build_extractors(EXTRACTORS, load_classifier(work / "models" / "classifier"))
-    out: dict = {}
-    for name in EXTRACTORS:
-        for images, prefix in ((real, f"{REAL_SUFFIX}_{name}"), (rec, f"{RECONSTRUCTION}_{name}")):
-            feats = extractors[name](images, batch_size=extractor_batch_size(name, cfg.feature_batch_size))
-            out.update(distribution_metrics(feats, refs[name], prefix, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
-                                            pr_k=cfg.pr_k, seed=params.base.seed))
-        out.update(ratio_metrics(out, name, of=RECONSTRUCTION))
-    return out
+
+    def metrics(images: np.ndarray, prefix: str, name: str) -> dict:
+        feats = extractors[name](images, batch_size=extractor_batch_size(name, cfg.feature_batch_size))
+        return distribution_metrics(feats, refs[name], f"{prefix}_{name}", kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
+                                    pr_k=cfg.pr_k, seed=params.base.seed)
+
+    real = {k: v for name in EXTRACTORS for k, v in metrics(real_images, REAL_SUFFIX, name).items()}
+
+    def score(ae_dir: Path) -> dict:
+        autoencoder, _ = load_autoencoder(ae_dir)
+        rec = reconstruct(autoencoder.eval(), real_images, params.sample.batch_size)
+        out: dict = {}
+        for name in EXTRACTORS:
+            out.update(metrics(rec, RECONSTRUCTION, name))
+            out.update(ratio_metrics({**real, **out}, name, of=RECONSTRUCTION))
+        return out
+
+    return score, real
 
 
 def run(num_threads: int, only: list[str] | None, overrides: dict, out: Path, ae_images: int | None = None) -> tuple[dict, list[dict]]:
@@ -95,7 +104,7 @@ def run(num_threads: int, only: list[str] | None, overrides: dict, out: Path, ae
     raw = deep_merge(default_params(), overrides)
     raw["base"]["num_threads"] = num_threads
     raw["evaluate"]["extractors"] = EXTRACTORS  # Inception is not part of issue 14's targets
-    rows, real = [], {}
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ae_ceiling_") as tmp:
         work = Path(tmp)
         cwd = os.getcwd()
@@ -104,6 +113,7 @@ def run(num_threads: int, only: list[str] | None, overrides: dict, out: Path, ae
             params = Params.model_validate(raw)
             ingest.run(params, out_dir=work / "data")
             reference_stats.run(params, data_dir=work / "data", models_dir=work / "models", out_dir=work / "reference_stats")
+            score, real = ceiling_scorer(params, work)
             for name, override in variants(raw["train_autoencoder"]).items():
                 if only and name not in only:
                     continue
@@ -112,11 +122,10 @@ def run(num_threads: int, only: list[str] | None, overrides: dict, out: Path, ae
                 t0 = time.perf_counter()
                 m = train_autoencoder.run(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
                 seconds = time.perf_counter() - t0
-                figures = ceiling(p, work, models / "autoencoder")
-                real = {k: v for k, v in figures.items() if "_real_" in k}
+                figures = score(models / "autoencoder")
                 row = {"variant": name, "override": override, "val_psnr": round(m["val_psnr"], 2), "parameters": m["parameters"],
                        "macs_per_forward": m["macs_per_forward"], "train_seconds": round(seconds, 1),
-                       "images": p.train_autoencoder.max_images, **{k: v for k, v in figures.items() if "_real_" not in k}}
+                       "images": p.train_autoencoder.max_images, **figures}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 atomic_write_json(out, {"num_threads": num_threads, "ae_images": ae_images, "real": real, "rows": rows,
