@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 import yaml
 
 from benchmarks.provenance import provenance
+from benchmarks.scratch import scratch_workdir
 from components.config import Params
 from components.io import atomic_write_json
 from pipelines.presets import ROOT, deep_merge
@@ -105,33 +104,27 @@ def run(num_threads: int, only: list[str] | None, overrides: dict, out: Path, ae
     raw["base"]["num_threads"] = num_threads
     raw["evaluate"]["extractors"] = EXTRACTORS  # Inception is not part of issue 14's targets
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="ae_ceiling_") as tmp:
-        work = Path(tmp)
-        cwd = os.getcwd()
-        os.chdir(work)  # stages write resumable checkpoints relative to the working directory
-        try:
-            params = Params.model_validate(raw)
-            ingest.run(params, out_dir=work / "data")
-            reference_stats.run(params, data_dir=work / "data", models_dir=work / "models", out_dir=work / "reference_stats")
-            score, real = ceiling_scorer(params, work)
-            for name, override in variants(raw["train_autoencoder"]).items():
-                if only and name not in only:
-                    continue
-                p = Params.model_validate(deep_merge(raw, {"train_autoencoder": override}))
-                models = work / name
-                t0 = time.perf_counter()
-                m = train_autoencoder.run(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
-                seconds = time.perf_counter() - t0
-                figures = score(models / "autoencoder")
-                row = {"variant": name, "override": override, "val_psnr": round(m["val_psnr"], 2), "parameters": m["parameters"],
-                       "macs_per_forward": m["macs_per_forward"], "train_seconds": round(seconds, 1),
-                       "images": p.train_autoencoder.max_images, **figures}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                atomic_write_json(out, {"num_threads": num_threads, "ae_images": ae_images, "real": real, "rows": rows,
-                                        "provenance": provenance(threads=num_threads)})
-        finally:
-            os.chdir(cwd)
+    with scratch_workdir("ae_ceiling_") as work:
+        params = Params.model_validate(raw)
+        ingest.run(params, out_dir=work / "data")
+        reference_stats.run(params, data_dir=work / "data", models_dir=work / "models", out_dir=work / "reference_stats")
+        score, real = ceiling_scorer(params, work)
+        for name, override in variants(raw["train_autoencoder"]).items():
+            if only and name not in only:
+                continue
+            p = Params.model_validate(deep_merge(raw, {"train_autoencoder": override}))
+            models = work / name
+            t0 = time.perf_counter()
+            m = train_autoencoder.run(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
+            seconds = time.perf_counter() - t0
+            figures = score(models / "autoencoder")
+            row = {"variant": name, "override": override, "val_psnr": round(m["val_psnr"], 2), "parameters": m["parameters"],
+                   "macs_per_forward": m["macs_per_forward"], "train_seconds": round(seconds, 1),
+                   "images": p.train_autoencoder.max_images, **figures}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            atomic_write_json(out, {"num_threads": num_threads, "ae_images": ae_images, "real": real, "rows": rows,
+                                    "provenance": provenance(threads=num_threads)})
     return real, rows
 
 

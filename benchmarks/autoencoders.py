@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 import yaml
 
 from benchmarks.provenance import provenance
+from benchmarks.scratch import scratch_workdir
 from components.config import Params
 from components.io import atomic_write_json
 from pipelines.presets import ROOT, deep_merge, preset_params
@@ -76,42 +75,36 @@ def run_dataset(dataset: str, downstream: bool, num_threads: int, only: list[str
     raw = deep_merge(base_params(dataset), overrides)
     raw["base"]["num_threads"] = num_threads
     rows = []
-    with tempfile.TemporaryDirectory(prefix=f"ae_bench_{dataset}_") as tmp:
-        work = Path(tmp)
-        cwd = os.getcwd()
-        os.chdir(work)  # stages write resumable checkpoints relative to the working directory
-        try:
-            params = Params.model_validate(raw)
-            ingest.run(params, out_dir=work / "data")
-            classifier = None
-            for name, override in variants(raw["train_autoencoder"], dataset).items():
-                if only and name not in only:
-                    continue
-                p = Params.model_validate(deep_merge(raw, {"train_autoencoder": override}))
-                models = work / name
-                t0 = time.perf_counter()
-                m = train_autoencoder.run(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
-                row = {"dataset": dataset, "variant": name, "val_psnr": round(m["val_psnr"], 2), "val_mse": round(m["val_mse"], 5),
-                       "parameters": m["parameters"], "macs_per_forward": m["macs_per_forward"], "scale_factor": round(m["scale_factor"], 4),
-                       "train_seconds": round(time.perf_counter() - t0, 1), "images": p.train_autoencoder.max_images, **override}
-                if downstream and dataset == "mnist" and name in ("kl_f4", "none_f4"):
-                    from components.data.artifact import read_dataset
-                    from components.evaluation.classifier import train_classifier
+    with scratch_workdir(f"ae_bench_{dataset}_") as work:
+        params = Params.model_validate(raw)
+        ingest.run(params, out_dir=work / "data")
+        classifier = None
+        for name, override in variants(raw["train_autoencoder"], dataset).items():
+            if only and name not in only:
+                continue
+            p = Params.model_validate(deep_merge(raw, {"train_autoencoder": override}))
+            models = work / name
+            t0 = time.perf_counter()
+            m = train_autoencoder.run(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
+            row = {"dataset": dataset, "variant": name, "val_psnr": round(m["val_psnr"], 2), "val_mse": round(m["val_mse"], 5),
+                   "parameters": m["parameters"], "macs_per_forward": m["macs_per_forward"], "scale_factor": round(m["scale_factor"], 4),
+                   "train_seconds": round(time.perf_counter() - t0, 1), "images": p.train_autoencoder.max_images, **override}
+            if downstream and dataset == "mnist" and name in ("kl_f4", "none_f4"):
+                from components.data.artifact import read_dataset
+                from components.evaluation.classifier import train_classifier
 
-                    if classifier is None:
-                        ds = read_dataset(work / "data")
-                        e = p.evaluate
-                        classifier = train_classifier(ds.images["train"], ds.labels["train"], ds.num_classes, epochs=e.classifier_epochs,
-                                                      batch_size=e.classifier_batch_size, lr=e.classifier_lr, seed=p.base.seed, progress=False,
-                                                      max_side=e.classifier_max_side)
-                    t1 = time.perf_counter()
-                    train_diffusion.run(p, data_dir=work / "data", models_dir=models, metrics_dir=models / "metrics")
-                    row.update(class_consistency(p, work, models, classifier, p.sample.num_per_class),
-                               diffusion_seconds=round(time.perf_counter() - t1, 1), diffusion_images=p.train_diffusion.max_images)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-        finally:
-            os.chdir(cwd)
+                if classifier is None:
+                    ds = read_dataset(work / "data")
+                    e = p.evaluate
+                    classifier = train_classifier(ds.images["train"], ds.labels["train"], ds.num_classes, epochs=e.classifier_epochs,
+                                                  batch_size=e.classifier_batch_size, lr=e.classifier_lr, seed=p.base.seed, progress=False,
+                                                  max_side=e.classifier_max_side)
+                t1 = time.perf_counter()
+                train_diffusion.run(p, data_dir=work / "data", models_dir=models, metrics_dir=models / "metrics")
+                row.update(class_consistency(p, work, models, classifier, p.sample.num_per_class),
+                           diffusion_seconds=round(time.perf_counter() - t1, 1), diffusion_images=p.train_diffusion.max_images)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 

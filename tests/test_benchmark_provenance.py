@@ -380,3 +380,14 @@ def test_autoencoder_ceiling_merge_orders_variants_and_refuses_other_baselines(t
     (tmp_path / "c.json").write_text(json.dumps({**b, "real": {**real, "fd_real_classifier": 0.352}}))
     with pytest.raises(SystemExit, match="not comparable"):
         merge([tmp_path / "a.json", tmp_path / "c.json"])
+
+
+def test_scratch_workdir_restores_the_working_directory_and_deletes_itself_even_on_error():
+    from benchmarks.scratch import scratch_workdir
+
+    before = Path.cwd()
+    with pytest.raises(RuntimeError, match="boom"), scratch_workdir("lf_scratch_") as work:
+        assert Path.cwd().resolve() == work.resolve() and work.name.startswith("lf_scratch_")
+        (work / "checkpoint").write_text("x")
+        raise RuntimeError("boom")
+    assert Path.cwd() == before and not work.exists()
