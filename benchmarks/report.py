@@ -504,10 +504,13 @@ def rgb_judge_section(r: dict | None) -> list[str]:
     return lines
 
 
-def frontier_section(r: dict | None) -> list[str]:
+def frontier_section(r: dict | None, name: str = "frontier.json") -> list[str]:
     """Issue 14's frontier table: every training and sampling variant at every guidance, with the commands that made it
-    (one per part when the run was split over cores and merged)."""
+    (one per part when the run was split over cores and merged). ``frontier_<preset>.json`` is the same table on a
+    preset's run (its title names the file)."""
     title = "## The fidelity/diversity frontier (training and sampling variants)"
+    if name != "frontier.json":
+        title += f": {name.removeprefix('frontier_').removesuffix('.json')}"
     if not r or not r.get("rows"):
         return [title, "", "No frontier committed: `.venv/bin/python -m benchmarks.frontier --run RUN` writes "
                 "`reports/benchmarks/frontier.json`.", ""]
@@ -515,7 +518,7 @@ def frontier_section(r: dict | None) -> list[str]:
 
     commands = r.get("commands") or [r["command"]]
     parts = r.get("parts") or [{"provenance": r.get("provenance")}]
-    lines = [title, "", f"From `reports/benchmarks/frontier.json`: {r['sampler']} {r['steps']} steps, {r['num_per_class']} images per "
+    lines = [title, "", f"From `reports/benchmarks/{name}` (run `{r['run']}`): {r['sampler']} {r['steps']} steps, {r['num_per_class']} images per "
              f"class per row, seed {r['seed']}, extractors {', '.join(r['extractors'])}; ratios are against the real-vs-real "
              "baseline at the same n. Made by " + "; ".join(f"`{c}`" for c in commands) + ". "
              + " ".join(describe(part.get("provenance")) for part in parts[:1]) + (f" {r['notes']}" if r.get("notes") else ""),
@@ -594,6 +597,8 @@ def render(root: Path) -> list[str]:
     lines += text_prompts_section(_load(b / "text_prompts.json"))
     lines += rgb_judge_section(_load(b / "rgb_judge.json"))
     lines += frontier_section(_load(b / "frontier.json"))
+    for path in sorted(b.glob("frontier_*.json")):
+        lines += frontier_section(_load(path), path.name)
     lines += ceiling_section(_load(b / "autoencoder_ceiling.json"))
     gpu = _load(b / "gpu_check.json")
     lines += gpu_section(gpu)

@@ -339,6 +339,30 @@ def test_frontier_merge_combines_parts_and_refuses_a_different_protocol(tmp_path
         frontier.merge([a, part("c.json", [], steps=50)], tmp_path / "x.json")
 
 
+def test_report_renders_a_frontier_per_preset_under_its_own_title(tmp_path):
+    """reports/benchmarks/frontier_<preset>.json (the frontier on a preset's run) gets its own section, named by the file
+    and the run, next to the MNIST one; without it only frontier.json's section is written."""
+    from benchmarks.report import render
+
+    def write(name: str, run: str, cc: float) -> None:
+        row = {"variant": "v_prediction", "sampling": "interval_mid", "guidance": 3.0, "train_seconds": 900.0, "images_seen": 60000,
+               "class_consistency": cc, "fd_ratio_classifier": 200.0, "precision_ratio_classifier": 0.6, "recall_ratio_classifier": 0.5}
+        (tmp_path / "benchmarks" / name).write_text(json.dumps({
+            "command": f"python -m benchmarks.frontier --run {run}", "run": run, "sampler": "ddim", "steps": 25, "num_per_class": 50,
+            "extractors": ["classifier"], "seed": 0, "rows": [row], "provenance": prov.provenance(threads=1)}))
+
+    (tmp_path / "benchmarks").mkdir()
+    write("frontier.json", "/runs/mnist", 0.988)
+    text = "\n".join(render(tmp_path))
+    assert "(training and sampling variants)\n" in text and "(training and sampling variants): " not in text
+    write("frontier_shapes64.json", "/runs/s64", 0.53)
+    text = "\n".join(render(tmp_path))
+    mnist, shapes = text.split("## The fidelity/diversity frontier (training and sampling variants)")[1:]
+    assert "`reports/benchmarks/frontier.json` (run `/runs/mnist`)" in mnist and "| 0.988 |" in mnist
+    assert shapes.startswith(": shapes64\n")
+    assert "`reports/benchmarks/frontier_shapes64.json` (run `/runs/s64`)" in shapes and "| 0.530 |" in shapes and "0.988" not in shapes
+
+
 def _ceiling_row(variant: str, override: dict, seconds: float, fd_eff: float) -> dict:
     return {"variant": variant, "override": override, "val_psnr": 29.9, "parameters": 402041, "train_seconds": seconds,
             "macs_per_forward": 1000 + int(seconds), "images": 40000,
