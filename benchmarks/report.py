@@ -506,8 +506,8 @@ def rgb_judge_section(r: dict | None) -> list[str]:
 
 def frontier_section(r: dict | None, name: str = "frontier.json") -> list[str]:
     """Issue 14's frontier table: every training and sampling variant at every guidance, with the commands that made it
-    (one per part when the run was split over cores and merged). ``frontier_<preset>.json`` is the same table on a
-    preset's run (its title names the file)."""
+    (one per part when the run was split over cores and merged). ``frontier_<name>.json`` is the same table from another
+    run (a preset's, or a later question on MNIST's); its title carries ``<name>``."""
     title = "## The fidelity/diversity frontier (training and sampling variants)"
     if name != "frontier.json":
         title += f": {name.removeprefix('frontier_').removesuffix('.json')}"
