@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,11 +32,11 @@ import numpy as np
 import yaml
 
 from benchmarks.provenance import provenance
-from benchmarks.scratch import scratch_workdir
+from benchmarks.scratch import scratch_workdir, trained_autoencoder_variants
 from components.config import Params
 from components.io import atomic_write_json
 from pipelines.presets import ROOT, deep_merge
-from pipelines.stages import ingest, reference_stats, train_autoencoder
+from pipelines.stages import ingest, reference_stats
 
 EXTRACTORS = ["classifier", "effnet_lite0"]
 
@@ -109,14 +108,7 @@ def run(num_threads: int, only: list[str] | None, overrides: dict, out: Path, ae
         ingest.run(params, out_dir=work / "data")
         reference_stats.run(params, data_dir=work / "data", models_dir=work / "models", out_dir=work / "reference_stats")
         score, real = ceiling_scorer(params, work)
-        for name, override in variants(raw["train_autoencoder"]).items():
-            if only and name not in only:
-                continue
-            p = Params.model_validate(deep_merge(raw, {"train_autoencoder": override}))
-            models = work / name
-            t0 = time.perf_counter()
-            m = train_autoencoder.run(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
-            seconds = time.perf_counter() - t0
+        for name, override, p, models, m, seconds in trained_autoencoder_variants(raw, variants(raw["train_autoencoder"]), only, work):
             figures = score(models / "autoencoder")
             row = {"variant": name, "override": override, "val_psnr": round(m["val_psnr"], 2), "parameters": m["parameters"],
                    "macs_per_forward": m["macs_per_forward"], "train_seconds": round(seconds, 1),

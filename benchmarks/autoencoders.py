@@ -22,11 +22,11 @@ import numpy as np
 import yaml
 
 from benchmarks.provenance import provenance
-from benchmarks.scratch import scratch_workdir
+from benchmarks.scratch import scratch_workdir, trained_autoencoder_variants
 from components.config import Params
 from components.io import atomic_write_json
 from pipelines.presets import ROOT, deep_merge, preset_params
-from pipelines.stages import ingest, train_autoencoder, train_diffusion
+from pipelines.stages import ingest, train_diffusion
 
 
 def variants(base: dict, dataset: str) -> dict[str, dict]:
@@ -79,16 +79,10 @@ def run_dataset(dataset: str, downstream: bool, num_threads: int, only: list[str
         params = Params.model_validate(raw)
         ingest.run(params, out_dir=work / "data")
         classifier = None
-        for name, override in variants(raw["train_autoencoder"], dataset).items():
-            if only and name not in only:
-                continue
-            p = Params.model_validate(deep_merge(raw, {"train_autoencoder": override}))
-            models = work / name
-            t0 = time.perf_counter()
-            m = train_autoencoder.run(p, data_dir=work / "data", out_dir=models / "autoencoder", metrics_dir=models / "metrics")
+        for name, override, p, models, m, seconds in trained_autoencoder_variants(raw, variants(raw["train_autoencoder"], dataset), only, work):
             row = {"dataset": dataset, "variant": name, "val_psnr": round(m["val_psnr"], 2), "val_mse": round(m["val_mse"], 5),
                    "parameters": m["parameters"], "macs_per_forward": m["macs_per_forward"], "scale_factor": round(m["scale_factor"], 4),
-                   "train_seconds": round(time.perf_counter() - t0, 1), "images": p.train_autoencoder.max_images, **override}
+                   "train_seconds": round(seconds, 1), "images": p.train_autoencoder.max_images, **override}
             if downstream and dataset == "mnist" and name in ("kl_f4", "none_f4"):
                 from components.data.artifact import read_dataset
                 from components.evaluation.classifier import train_classifier
