@@ -15,13 +15,20 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: run test test-fast test-all flow lint install install-test clean-outputs servers deploy ui-check run-cifar10 run-shapes64 run-shapes128
 
 # `make run` installs what the pipeline needs; `make test` (and the servers, lint) add the test extras on top
+# pip byte-compiles the ~20,000 modules it installs one at a time; compileall -j 0 does it on every core afterwards
+# (a fresh `make install` on the 2-core machine: 274 s with pip's compile, 186 s + 55 s this way). Its exit status is
+# not checked: a few packages ship files for newer Pythons that cannot compile here (pip skips them silently too).
+COMPILE := $(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e .
+	$(BIN)/pip install --disable-pip-version-check --no-compile -q -c constraints.txt -e .
+	$(COMPILE)
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --disable-pip-version-check --no-compile -q -c constraints.txt -e '.[test]'
+	$(COMPILE)
 	touch $(TEST_STAMP)
 
 install: $(STAMP)
