@@ -43,12 +43,13 @@ EXTRACTORS = ["classifier", "effnet_lite0"]
 
 def variants(base: dict) -> dict[str, dict]:
     """``train_autoencoder`` overrides of each variant, one change from the default each (Rombach et al. 2022, sec. 3.1
-    and app. G: capacity, latent channels, images seen, KL weight, the perceptual term)."""
+    and app. G: capacity, latent channels, images seen, KL weight, the perceptual term; and the normalisation)."""
     ch = list(base["channels"])
     return {  # cheapest first, so a run cut short still has the cheap ones
         "default": {},
         "latent8": {"latent_channels": 2 * base["latent_channels"]},
         "kl_1e-6": {"kl_weight": base["kl_weight"] / 10},
+        "norm_layer": {"norm": "layer"},  # per-position LayerNorm: no GroupNorm statistic for a decoder spot to steer
         "res2": {"num_res_blocks": 2 * base["num_res_blocks"]},
         "images2x": {"max_images": 2 * base["max_images"]},
         "perceptual": {"perceptual_weight": 0.01},
@@ -122,7 +123,7 @@ def run(num_threads: int, only: list[str] | None, overrides: dict, out: Path, ae
 
 def merge(paths: list[Path]) -> dict:
     """One result from the parts of a run split over processes: their rows in variant order (the first part's row of a
-    variant measured twice), each part's provenance; the parts must share the real-vs-real baseline to the last digit."""
+    variant measured twice), each part's provenance (a merged file's own parts); the parts must share the real-vs-real baseline to the last digit."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     for p, part in zip(paths[1:], parts[1:], strict=True):
         if part["real"] != parts[0]["real"] or part.get("ae_images") != parts[0].get("ae_images"):
@@ -134,7 +135,9 @@ def merge(paths: list[Path]) -> dict:
     order = list(variants(default_params()["train_autoencoder"]))
     return {"num_threads": parts[0]["num_threads"], "ae_images": parts[0].get("ae_images"), "real": parts[0]["real"],
             "rows": sorted(rows.values(), key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order)),
-            "provenance": parts[0]["provenance"], "parts": [{"file": str(p), "provenance": part["provenance"]} for p, part in zip(paths, parts, strict=True)]}
+            "provenance": parts[0]["provenance"],
+            # a file merged before keeps the parts it was merged from, so merging one more variant in loses no provenance
+            "parts": [q for p, part in zip(paths, parts, strict=True) for q in part.get("parts") or [{"file": str(p), "provenance": part["provenance"]}]]}
 
 
 def main() -> None:

@@ -530,6 +530,21 @@ def _ae_compute(row: dict) -> float:
     return row["macs_per_forward"] * row["images"]
 
 
+def spots_section(r: dict, name: str) -> list[str]:
+    """Spot artifacts of trained autoencoders side by side (``benchmarks/autoencoder_spots.py``): the decoder's spot
+    ratio, val PSNR, the judge on the reconstructions and their classifier FD ratio, one row per autoencoder."""
+    title = f"## Autoencoder spots: {name.removeprefix('autoencoder_spots_').removesuffix('.json')}"
+    lines = [title, "", f"From `reports/benchmarks/{name}`; made by `{r['command']}`. {describe(r.get('provenance'))}", "",
+             f"{r['num_val']} val images; the judge reads {r['real_accuracy']:.3f} of the real ones right. Spot ratio: the largest "
+             "per-position feature norm over the median one at the input of the decoder's last norm (median over images).", "",
+             "| autoencoder | norm | train s | spot ratio | val PSNR dB | judge on reconstructions | FD ratio classifier |",
+             "|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['name']} | {x['norm']} | {x['train_seconds']:.0f} | {x['spot_ratio']:.1f} | {x['val_psnr']:.2f} | "
+                     f"{x['reconstruction_consistency']:.3f} | {x['fd_ratio_classifier']:.1f} |")
+    return [*lines, ""]
+
+
 def ceiling_section(r: dict | None) -> list[str]:
     """Issue 14: the autoencoder's ceiling on the distribution figures (its reconstructions of the real-vs-real baseline,
     scored like samples) per autoencoder variant, with each variant's training time relative to the default's."""
@@ -600,6 +615,8 @@ def render(root: Path) -> list[str]:
     for path in sorted(b.glob("frontier_*.json")):
         lines += frontier_section(_load(path), path.name)
     lines += ceiling_section(_load(b / "autoencoder_ceiling.json"))
+    for path in sorted(b.glob("autoencoder_spots_*.json")):
+        lines += spots_section(_load(path), path.name)
     gpu = _load(b / "gpu_check.json")
     lines += gpu_section(gpu)
     if gpu is not None and not gpu.get("dry_run") and (b / "throughput_gpu.json").is_file():

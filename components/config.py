@@ -127,6 +127,8 @@ class AutoencoderParams(TrainingParams):
     channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = Field(4, ge=1)
     num_res_blocks: int = Field(1, ge=1)
+    norm: Literal["group", "layer"] = Field("group", description="normalisation in the encoder and decoder: group (GroupNorm, "
+                                            "LDM's) | layer (per-position LayerNorm over channels: no spot artifacts)")
     kl_weight: float = Field(1e-5, ge=0.0, description="kl only: weight of KL(q(z|x) || N(0, I))")
     codebook_size: int = Field(256, ge=2, le=65536, description="vq only: number of codes")
     commitment_beta: float = Field(0.25, ge=0.0, description="vq only: weight of the commitment loss")

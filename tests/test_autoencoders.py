@@ -20,6 +20,7 @@ from components.models.checkpoint import CheckpointError, load_autoencoder, save
 from components.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from components.models.vq import VectorQuantizer
 from components.training.autoencoder import (
+    autoencoder_config,
     autoencoder_summary,
     latent_std,
     reconstruction_metrics,
@@ -36,6 +37,7 @@ VARIANTS = {
     "vq_f4": dict(regularizer="vq", channels=(8, 16, 16), codebook_size=32),
     "vq_f4_straight_through": dict(regularizer="vq", channels=(8, 16, 16), codebook_size=32, vq_ema=False),
     "none_f4": dict(regularizer="none", channels=(8, 16, 16)),
+    "kl_f4_layer_norm": dict(regularizer="kl", channels=(8, 16, 16), norm="layer"),
 }
 
 
@@ -87,6 +89,11 @@ def test_kinds_are_distinguished_and_mismatches_are_clear(tmp_path: Path):
     old = AutoencoderConfig(channels=(8, 16, 16)).to_dict()
     del old["regularizer"], old["codebook_size"], old["commitment_beta"], old["vq_ema"], old["vq_decay"]
     assert AutoencoderConfig.from_dict(old).regularizer == "kl"
+    # ... and one written before `norm` existed has GroupNorm layers
+    del old["norm"]
+    assert AutoencoderConfig.from_dict(old).norm == "group"
+    with pytest.raises(ValueError, match="norm"):
+        AutoencoderConfig(norm="batch")
     # weights of one kind under the config of another: CheckpointError, not a crash deep in torch
     vq = build_autoencoder(AutoencoderConfig(channels=(8, 16, 16), regularizer="vq"))
     save_checkpoint(tmp_path / "bad", vq, AutoencoderConfig(channels=(8, 16, 16), regularizer="none").to_dict())
@@ -95,6 +102,36 @@ def test_kinds_are_distinguished_and_mismatches_are_clear(tmp_path: Path):
     save_checkpoint(tmp_path / "other", torch.nn.Linear(1, 1), {"kind": "unet"})
     with pytest.raises(CheckpointError, match="not an autoencoder"):
         load_autoencoder(tmp_path / "other")
+
+
+def test_layer_norm_autoencoder_keeps_each_position_to_itself():
+    """``norm: layer`` normalises each position over its channels (= F.layer_norm on channels-last), so one spot of
+    large activations changes the normalised features at that spot only; GroupNorm's statistics span the feature map,
+    so the same spot rescales every position (what lets a decoder plant "droplet" spots to steer it)."""
+    from components.models.blocks import ChannelLayerNorm, group_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 8, 8, generator=g)
+    ln = ChannelLayerNorm(16)
+    with torch.no_grad():
+        ln.weight.copy_(torch.rand(16, generator=g) + 0.5)
+        ln.bias.copy_(torch.randn(16, generator=g))
+    ref = F.layer_norm(x.permute(0, 2, 3, 1), (16,), ln.weight, ln.bias, eps=1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ln(x), ref, atol=1e-5, rtol=1e-5)
+    spot = x.clone()
+    spot[:, :, 2, 3] += 50.0
+    elsewhere = torch.ones(8, 8, dtype=torch.bool)
+    elsewhere[2, 3] = False
+    assert torch.equal(ln(spot)[..., elsewhere], ln(x)[..., elsewhere])
+    gn = group_norm(16)
+    assert (gn(spot)[..., elsewhere] - gn(x)[..., elsewhere]).abs().max() > 0.1
+    # the option reaches every norm of the encoder and decoder, and the params section accepts it
+    model = build_autoencoder(AutoencoderConfig(channels=(8, 16, 16), norm="layer"))
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.GroupNorm, ChannelLayerNorm))]
+    assert norms and all(isinstance(m, ChannelLayerNorm) for m in norms)
+    assert autoencoder_config(AutoencoderParams(norm="layer"), in_channels=1, image_size=32).norm == "layer"
+    with pytest.raises(ValueError, match="norm"):
+        AutoencoderParams(norm="batch")
 
 
 def test_params_validation_names_the_key():
@@ -314,3 +351,28 @@ def test_vq_training_learns_and_uses_codes():
     assert reconstruction_metrics(model, imgs, torch.device("cpu"))["val_psnr"] > 15.0
     s = autoencoder_summary(model)
     assert s["parameters"] > 0 and s["macs_per_forward"] == s["encoder_macs"] + s["decoder_macs"] > 0
+
+
+def test_spot_ratio_measures_a_planted_decoder_spot():
+    """benchmarks.autoencoder_spots.spot_ratio reads the input of the decoder's last norm: about 1-3 for the smooth
+    features of a random decoder on smooth images, and far above 10 when one position is made 100x brighter there."""
+    from benchmarks.autoencoder_spots import spot_ratio
+
+    for norm in ("group", "layer"):
+        model = build_autoencoder(AutoencoderConfig(in_channels=3, image_size=16, channels=(8, 16, 16), norm=norm)).eval()
+        images = np.full((4, 16, 16, 3), 128, dtype=np.uint8)
+        images[:, 4:12, 4:12] = 200
+        smooth = spot_ratio(model, images)
+        assert 1.0 <= smooth < 5.0, (norm, smooth)
+        before_last_norm = model.decoder.net[-4]  # the last ResBlock; its output feeds the final norm
+
+        def plant(module, inputs, output):
+            output = output.clone()
+            output[:, :, 3, 5] *= 100.0
+            return output
+
+        handle = before_last_norm.register_forward_hook(plant)
+        try:
+            assert spot_ratio(model, images) > 10 * smooth, norm
+        finally:
+            handle.remove()

@@ -401,6 +401,12 @@ def test_autoencoder_ceiling_merge_orders_variants_and_refuses_other_baselines(t
     assert [r["variant"] for r in m["rows"]] == ["default", "latent8", "wide"]  # the variants' own order
     assert m["rows"][2]["train_seconds"] == 900.0  # a variant measured twice: the first part's row
     assert [p["provenance"]["git_commit"] for p in m["parts"]] == ["a", "b"]
+    # merging one more part into a merged file keeps the parts it was merged from
+    (tmp_path / "m.json").write_text(json.dumps(m))
+    (tmp_path / "d.json").write_text(json.dumps({**b, "provenance": {"git_commit": "d"}, "rows": [_ceiling_row("res2", {}, 500.0, 2.1)]}))
+    m2 = merge([tmp_path / "m.json", tmp_path / "d.json"])
+    assert [p["provenance"]["git_commit"] for p in m2["parts"]] == ["a", "b", "d"]
+    assert [r["variant"] for r in m2["rows"]] == ["default", "latent8", "res2", "wide"]
     (tmp_path / "c.json").write_text(json.dumps({**b, "real": {**real, "fd_real_classifier": 0.352}}))
     with pytest.raises(SystemExit, match="not comparable"):
         merge([tmp_path / "a.json", tmp_path / "c.json"])
@@ -415,3 +421,14 @@ def test_scratch_workdir_restores_the_working_directory_and_deletes_itself_even_
         (work / "checkpoint").write_text("x")
         raise RuntimeError("boom")
     assert Path.cwd() == before and not work.exists()
+
+
+def test_spots_section_renders_each_autoencoder_from_the_json():
+    row = {"name": "group", "norm": "group", "train_seconds": 548.8, "spot_ratio": 9.47, "val_psnr": 25.313,
+           "reconstruction_consistency": 0.9167, "fd_ratio_classifier": 13.49}
+    r = {"command": "python -m benchmarks.autoencoder_spots --data D", "num_val": 1200, "real_accuracy": 0.9967,
+         "rows": [row, {**row, "name": "layer", "norm": "layer", "spot_ratio": 1.31}], "provenance": {"git_commit": "abc"}}
+    text = "\n".join(report.spots_section(r, "autoencoder_spots_shapes64.json"))
+    assert text.startswith("## Autoencoder spots: shapes64")
+    assert "| group | group | 549 | 9.5 | 25.31 | 0.917 | 13.5 |" in text and "| layer | layer | 549 | 1.3 |" in text
+    assert "`python -m benchmarks.autoencoder_spots --data D`" in text and "0.997 of the real ones" in text

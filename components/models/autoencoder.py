@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from components.models.blocks import Downsample, ResBlock, Upsample, group_norm
+from components.models.blocks import NORMS, Downsample, ResBlock, Upsample, norm_layer
 from components.models.vq import VectorQuantizer
 
 KINDS = {"kl": "kl_autoencoder", "vq": "vq_autoencoder", "none": "plain_autoencoder"}
@@ -41,10 +41,13 @@ class AutoencoderConfig:
     commitment_beta: float = 0.25  # vq only
     vq_ema: bool = True  # vq only: EMA codebook (else learned by the codebook loss term)
     vq_decay: float = 0.99  # vq only
+    norm: str = "group"  # group (GroupNorm, LDM's) | layer (per-position LayerNorm over channels); checkpoints without it: group
 
     def __post_init__(self) -> None:
         if self.regularizer not in KINDS:
             raise ValueError(f"autoencoder regularizer must be one of {sorted(KINDS)}, got {self.regularizer!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"autoencoder norm must be one of {sorted(NORMS)}, got {self.norm!r}")
 
     @property
     def kind(self) -> str:
@@ -105,11 +108,11 @@ class _Encoder(nn.Module):
         ch = cfg.channels[0]
         for i, cout in enumerate(cfg.channels):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(ch, cout))
+                layers.append(ResBlock(ch, cout, norm=cfg.norm))
                 ch = cout
             if i < len(cfg.channels) - 1:
                 layers.append(Downsample(ch))
-        layers += [ResBlock(ch, ch), group_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1)]
+        layers += [ResBlock(ch, ch, norm=cfg.norm), norm_layer(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,14 +123,14 @@ class _Decoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
         ch = cfg.channels[-1]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch, 3, padding=1), ResBlock(ch, ch)]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch, 3, padding=1), ResBlock(ch, ch, norm=cfg.norm)]
         for i, cout in reversed(list(enumerate(cfg.channels))):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(ch, cout))
+                layers.append(ResBlock(ch, cout, norm=cfg.norm))
                 ch = cout
             if i > 0:
                 layers.append(Upsample(ch))
-        layers += [group_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.in_channels, 3, padding=1)]
+        layers += [norm_layer(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, cfg.in_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

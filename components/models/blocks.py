@@ -15,6 +15,36 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels at each position of ``[B, C, H, W]`` (ConvNeXt's channels-first LayerNorm, Liu et
+    al. 2022), with a learned per-channel scale and shift. No statistic spans positions, so a network cannot plant one
+    high-magnitude spot to steer the normalisation of the whole feature map: the "droplet" artifact that GroupNorm /
+    instance normalisation invites (Karras et al. 2020, StyleGAN2 sec. 2.1)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        var = (x - mean).pow(2).mean(dim=1, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+NORMS = {"group": group_norm, "layer": ChannelLayerNorm}
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The normalisation ``kind`` names: ``group`` (:func:`group_norm`) or ``layer`` (:class:`ChannelLayerNorm`)."""
+    try:
+        return NORMS[kind](channels)
+    except KeyError:
+        raise ValueError(f"unknown norm {kind!r}; expected one of {sorted(NORMS)}") from None
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding of timesteps (Vaswani et al. 2017, sec. 3.5; as used by Ho et al. 2020).
 
@@ -32,14 +62,15 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
 
 class ResBlock(nn.Module):
     """Residual block: GroupNorm-SiLU-conv twice; optional embedding injected as scale and shift
-    (``h = norm(h) * (1 + scale) + shift``, the adaptive GroupNorm of Dhariwal & Nichol 2021)."""
+    (``h = norm(h) * (1 + scale) + shift``, the adaptive GroupNorm of Dhariwal & Nichol 2021). ``norm="layer"``
+    normalises each position over its channels instead (:class:`ChannelLayerNorm`)."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int | None = None, dropout: float = 0.0):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int | None = None, dropout: float = 0.0, norm: str = "group"):
         super().__init__()
-        self.norm1 = group_norm(in_ch)
+        self.norm1 = norm_layer(norm, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch) if emb_dim else None
-        self.norm2 = group_norm(out_ch)
+        self.norm2 = norm_layer(norm, out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
