@@ -25,8 +25,10 @@ The grid shows the first ``--grid-images`` val images (top row) and each autoenc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,23 +39,24 @@ from components.images import encode_png
 from components.io import atomic_write_bytes, atomic_write_json
 
 
-def spot_ratio(autoencoder: torch.nn.Module, images: np.ndarray, batch_size: int = 100) -> float:
-    """Median over ``images`` of max / median per-position feature norm at the input of the decoder's last norm layer."""
-    from components.data.artifact import iter_chunks
-    from components.images import to_model_range
+@contextlib.contextmanager
+def last_norm_inputs(autoencoder: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While open, every decode appends its per-position feature norms ``[B, H*W]`` at the input of the decoder's last
+    normalisation layer to the yielded list (a forward hook, removed on exit)."""
     from components.models.blocks import ChannelLayerNorm
 
     norms = [m for m in autoencoder.decoder.modules() if isinstance(m, (torch.nn.GroupNorm, ChannelLayerNorm))]
     seen: list[torch.Tensor] = []
-    handle = norms[-1].register_forward_hook(lambda m, i, o: seen.append(i[0].detach().norm(dim=1).flatten(1)))
+    handle = norms[-1].register_forward_hook(lambda m, i, o: seen.append(i[0].detach().float().norm(dim=1).flatten(1)))
     try:
-        with torch.inference_mode():
-            for chunk in iter_chunks(images, batch_size):
-                x = to_model_range(np.ascontiguousarray(chunk))
-                autoencoder.decode(autoencoder.encode(x).mean)
+        yield seen
     finally:
         handle.remove()
-    a = torch.cat(seen)
+
+
+def spot_ratio(norm_inputs: list[torch.Tensor]) -> float:
+    """Median over images of max / median per-position feature norm (``norm_inputs`` from :func:`last_norm_inputs`)."""
+    a = torch.cat(norm_inputs)
     return float((a.max(1).values / a.median(1).values).median())
 
 
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, path in named:
         ae, meta = load_autoencoder(path)
         ae.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), last_norm_inputs(ae) as norm_inputs:
             rec = reconstruct(ae, val, 100)
         feats, pred = classify(clf, rec)
         mse = ((rec.astype(np.float64) - val) ** 2).mean(axis=(1, 2, 3))
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {
             "name": name, "path": str(path), "norm": meta["model"].get("norm", "group"),
             "train_seconds": meta.get("metrics", {}).get("train_seconds"), "images_seen": meta.get("metrics", {}).get("images_seen"),
-            "spot_ratio": spot_ratio(ae, val),
+            "spot_ratio": spot_ratio(norm_inputs),
             "val_psnr": float(np.mean(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-12)))),
             "reconstruction_consistency": float((pred == labels).mean()),
             "fd_classifier": fd, "fd_ratio_classifier": fd / fd_real,

@@ -354,25 +354,34 @@ def test_vq_training_learns_and_uses_codes():
 
 
 def test_spot_ratio_measures_a_planted_decoder_spot():
-    """benchmarks.autoencoder_spots.spot_ratio reads the input of the decoder's last norm: about 1-3 for the smooth
-    features of a random decoder on smooth images, and far above 10 when one position is made 100x brighter there."""
-    from benchmarks.autoencoder_spots import spot_ratio
+    """benchmarks.autoencoder_spots reads the input of the decoder's last norm during a reconstruction: the ratio is
+    about 1-3 for the smooth features of a random decoder on smooth images, and far above 10 when one position is made
+    100x brighter there."""
+    from benchmarks.autoencoder_spots import last_norm_inputs, spot_ratio
+    from components.evaluation.ceiling import reconstruct
 
+    images = np.full((4, 16, 16, 3), 128, dtype=np.uint8)
+    images[:, 4:12, 4:12] = 200
     for norm in ("group", "layer"):
         model = build_autoencoder(AutoencoderConfig(in_channels=3, image_size=16, channels=(8, 16, 16), norm=norm)).eval()
-        images = np.full((4, 16, 16, 3), 128, dtype=np.uint8)
-        images[:, 4:12, 4:12] = 200
-        smooth = spot_ratio(model, images)
+
+        def ratio(model: torch.nn.Module = model) -> float:
+            with torch.inference_mode(), last_norm_inputs(model) as seen:
+                reconstruct(model, images, 3)  # two batches: both are recorded
+            assert sum(len(s) for s in seen) == len(images)
+            return spot_ratio(seen)
+
+        smooth = ratio()
         assert 1.0 <= smooth < 5.0, (norm, smooth)
-        before_last_norm = model.decoder.net[-4]  # the last ResBlock; its output feeds the final norm
 
         def plant(module, inputs, output):
             output = output.clone()
             output[:, :, 3, 5] *= 100.0
             return output
 
-        handle = before_last_norm.register_forward_hook(plant)
+        handle = model.decoder.net[-4].register_forward_hook(plant)  # the last ResBlock, whose output feeds the final norm
         try:
-            assert spot_ratio(model, images) > 10 * smooth, norm
+            assert ratio() > 10 * smooth, norm
         finally:
             handle.remove()
+        assert ratio() == smooth  # the hook of last_norm_inputs is gone too: nothing accumulates across calls
