@@ -545,6 +545,21 @@ def spots_section(r: dict, name: str) -> list[str]:
     return [*lines, ""]
 
 
+def judges_section(r: dict, name: str) -> list[str]:
+    """The two judges of class consistency on real val images, on reconstructions of them and on samples
+    (``benchmarks/judges_decoded.py``): each one's accuracy, and what ``evaluate.judge: auto`` picks on each."""
+    title = f"## Judges on decoded images: {name.removeprefix('judges_decoded_').removesuffix('.json')}"
+    lines = [title, "", f"From `reports/benchmarks/{name}`; made by `{r['command']}`. {describe(r.get('provenance'))}", "",
+             "| images | classifier | EfficientNet-Lite0 probe | agreement |", "|---|---|---|---|"]
+    parts = [("real val", r["real_val"])]
+    parts += [(f"reconstructions: {k}", v) for k, v in r["reconstructions"].items()]
+    parts += [(f"samples: {k}", v) for k, v in r["samples"].items()]
+    for label, x in parts:
+        lines.append(f"| {label} | {x['classifier']['accuracy']:.3f} | {x['effnet_probe']['accuracy']:.3f} | {x.get('agreement', float('nan')):.3f} |")
+    picks = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in r["auto_picks"].items())
+    return [*lines, "", f"`evaluate.judge: auto` would pick, {picks}. On samples the column is class consistency.", ""]
+
+
 def ceiling_section(r: dict | None) -> list[str]:
     """Issue 14: the autoencoder's ceiling on the distribution figures (its reconstructions of the real-vs-real baseline,
     scored like samples) per autoencoder variant, with each variant's training time relative to the default's."""
@@ -617,6 +632,8 @@ def render(root: Path) -> list[str]:
     lines += ceiling_section(_load(b / "autoencoder_ceiling.json"))
     for path in sorted(b.glob("autoencoder_spots_*.json")):
         lines += spots_section(_load(path), path.name)
+    for path in sorted(b.glob("judges_decoded_*.json")):
+        lines += judges_section(_load(path), path.name)
     gpu = _load(b / "gpu_check.json")
     lines += gpu_section(gpu)
     if gpu is not None and not gpu.get("dry_run") and (b / "throughput_gpu.json").is_file():

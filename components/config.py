@@ -357,7 +357,7 @@ class EvaluateParams(_Section):
     inception_weights: str | None = Field(None, description="path to pt_inception-2015-12-05-6726825d.pth; default: torch hub cache")
     judge: Literal["classifier", "effnet_probe", "auto"] = Field(
         "classifier", description="who judges class consistency: the domain classifier, a linear probe on EfficientNet-Lite0 "
-        "features (evaluate.probe), or auto = train both, use the one with the higher val accuracy")
+        "features (evaluate.probe), or auto = train both, use the one that reads the autoencoder's reconstructions of val images right more often")
     probe: ProbeParams = ProbeParams()
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(250, ge=2)

@@ -337,6 +337,13 @@ def test_frontier_merge_combines_parts_and_refuses_a_different_protocol(tmp_path
     assert "`python -m benchmarks.frontier --out a.json`; `python -m benchmarks.frontier --out b.json`" in text
     with pytest.raises(SystemExit, match="protocol"):
         frontier.merge([a, part("c.json", [], steps=50)], tmp_path / "x.json")
+    # one more part merged into the merged file keeps its two parts (and its notes) and adds the third
+    merged_path = tmp_path / "frontier.json"
+    merged_path.write_text(json.dumps({**merged, "notes": "first two"}))
+    again = frontier.merge([merged_path, part("d.json", [row("batch_16", 2.0, 0.7)])], tmp_path / "again.json")
+    assert again["commands"] == [*merged["commands"], "python -m benchmarks.frontier --out d.json"]
+    assert [p["file"] for p in again["parts"]] == [str(a), str(b), str(tmp_path / "d.json")]
+    assert again["notes"] == "first two" and [r["variant"] for r in again["rows"]] == ["baseline", "v_prediction", "wide", "batch_16"]
 
 
 def test_report_renders_a_frontier_per_preset_under_its_own_title(tmp_path):
@@ -432,3 +439,17 @@ def test_spots_section_renders_each_autoencoder_from_the_json():
     assert text.startswith("## Autoencoder spots: shapes64")
     assert "| group | group | 549 | 9.5 | 25.31 | 0.917 | 13.5 |" in text and "| layer | layer | 549 | 1.3 |" in text
     assert "`python -m benchmarks.autoencoder_spots --data D`" in text and "0.997 of the real ones" in text
+
+
+def test_judges_section_renders_each_image_set_and_the_picks_from_the_json():
+    def acc(c: float, p: float, agree: float) -> dict:
+        return {"classifier": {"accuracy": c, "confusion": []}, "effnet_probe": {"accuracy": p, "confusion": []}, "agreement": agree}
+
+    r = {"command": "python -m benchmarks.judges_decoded --run R", "real_val": acc(0.9967, 0.9992, 0.996),
+         "reconstructions": {"group": acc(0.9167, 0.6817, 0.649)}, "samples": {"g120k": acc(0.677, 0.443, 0.373)},
+         "auto_picks": {"on_real_val": "effnet_probe", "on_reconstructions_group": "classifier"}, "provenance": {"git_commit": "abc"}}
+    text = "\n".join(report.judges_section(r, "judges_decoded_shapes64.json"))
+    assert text.startswith("## Judges on decoded images: shapes64")
+    assert "| real val | 0.997 | 0.999 | 0.996 |" in text and "| reconstructions: group | 0.917 | 0.682 | 0.649 |" in text
+    assert "| samples: g120k | 0.677 | 0.443 | 0.373 |" in text
+    assert "on real val: effnet_probe, on reconstructions group: classifier" in text

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from components.evaluation.ceiling import reconstruct, reconstruction_consistency
+from components.evaluation.ceiling import judges_on_reconstructions, reconstruct, reconstruction_consistency
+from components.evaluation.probe import choose_judge
 from components.evaluation.tradeoff import stratified_subset
 from components.images import to_model_range, to_uint8
 from components.models.autoencoder import AutoencoderConfig, DiagonalGaussian, build_autoencoder
@@ -68,6 +69,33 @@ def test_a_lossless_autoencoder_reaches_the_judges_accuracy_and_a_blank_one_the_
     blank = reconstruction_consistency(_brightness_judge, _Blank(), images, labels, num_classes=2, batch_size=5)
     assert blank["real"] == 1.0 and blank["reconstructed"] == 0.5
     assert blank["reconstructed_per_class"] == {"0": 1.0, "1": 0.0}  # every image now reads as dark
+
+
+class _Dim(_Identity):
+    """Decodes every image at about half its brightness (30 -> 15, 200 -> 100 in uint8) and counts its decodes."""
+
+    decodes = 0
+
+    def decode(self, z):
+        self.decodes += len(z)
+        return z * 0.5 - 0.5
+
+
+def test_judges_on_reconstructions_decodes_once_and_auto_picks_the_judge_that_reads_decoded_images():
+    """Two judges that read the real images equally well (1.0) but the decoded ones differently: a threshold at 127
+    reads every dimmed image as dark (0.5), one at 60 still reads them right (1.0). ``choose_judge('auto', ...)`` on the
+    reconstruction accuracies takes the second; on the real accuracies it would tie and take the classifier."""
+    images, labels = _two_classes()
+    ae = _Dim()
+    judges = {"classifier": _brightness_judge,
+              "effnet_probe": lambda x: (np.asarray(x, dtype=np.float64).mean(axis=(1, 2, 3)) > 60).astype(np.int64)}
+    out = judges_on_reconstructions(judges, ae, images, labels, num_classes=2, batch_size=5)
+    assert ae.decodes == 12  # one reconstruction of the 12 images, shared by both judges
+    assert out["classifier"] == {"real": 1.0, "reconstructed": 0.5, "reconstructed_per_class": {"0": 1.0, "1": 0.0}, "num": 12}
+    assert out["effnet_probe"] == {"real": 1.0, "reconstructed": 1.0, "reconstructed_per_class": {"0": 1.0, "1": 1.0}, "num": 12}
+    assert out["classifier"] == reconstruction_consistency(_brightness_judge, _Dim(), images, labels, num_classes=2, batch_size=5)
+    assert choose_judge("auto", {n: r["reconstructed"] for n, r in out.items()}) == "effnet_probe"
+    assert choose_judge("auto", {n: r["real"] for n, r in out.items()}) == "classifier"
 
 
 def test_stratified_subset_at_most_takes_what_a_short_class_has():

@@ -15,6 +15,7 @@ import yaml
 
 from components.config import Params, load_params
 from components.errors import ConfigError
+from components.evaluation import ceiling as ceiling_mod
 from components.evaluation import features as features_mod
 from components.evaluation.features import ExtractorInfo, FeatureExtractorUnavailable
 from components.evaluation.probe import (
@@ -241,16 +242,19 @@ def test_the_real_effnet_probe_tells_two_colours_apart():
 
 class _FakeEffnet:
     """Stands in for EfficientNet-Lite0 (same name, 32-d): each column's mean brightness (``informative``), which
-    shows the synthetic data's class bar, or noise seeded by the image bytes (no class information)."""
+    shows the synthetic data's class bar, or noise seeded by the image bytes (no class information); ``top_row``: the
+    brightness of the first row's columns only, which shows the bar as well, as long as that row survives."""
 
-    def __init__(self, informative: bool):
-        self.informative = informative
+    def __init__(self, informative: bool, top_row: bool = False):
+        self.informative, self.top_row = informative, top_row
         self.info = ExtractorInfo(name="effnet_lite0", feature_dim=32, resize="none", weights="fake (tests)")
         self.calls = 0
 
     def __call__(self, images, batch_size: int = 16) -> np.ndarray:
         self.calls += 1
         x = np.asarray(images[: len(images)], dtype=np.float64)
+        if self.top_row:
+            return x[:, 0].mean(axis=-1)
         if self.informative:
             return x.mean(axis=(1, 3))
         return np.stack([np.random.default_rng(int(im.sum())).normal(size=32) for im in x])
@@ -302,6 +306,18 @@ def _params(judge: str, *, classifier_lr: float = 2e-3, extractors=("classifier"
     return Params.model_validate(p)
 
 
+def _lossless(autoencoder, images, batch_size: int = 100) -> np.ndarray:
+    """Stands in for ``ceiling.reconstruct`` with a perfect autoencoder (the fixture's is random, its reconstructions noise)."""
+    return np.asarray(images[: len(images)])
+
+
+def _without_top_row(autoencoder, images, batch_size: int = 100) -> np.ndarray:
+    """``ceiling.reconstruct`` of an autoencoder that renders everything but loses the first row of pixels."""
+    x = np.array(images[: len(images)])
+    x[:, 0] = 0
+    return x
+
+
 def _stages(params: Params, tmp: Path, run: str, samples: str = "real_samples") -> tuple[dict, dict]:
     from pipelines.stages import evaluate, reference_stats
 
@@ -322,10 +338,11 @@ def test_auto_picks_the_probe_when_it_reads_the_classes_better(tiny_data: Path, 
 
     fake = _FakeEffnet(informative=True)
     monkeypatch.setitem(features_mod._EXTRACTORS, "effnet_lite0", lambda **kw: fake)
+    monkeypatch.setattr(ceiling_mod, "reconstruct", _lossless)
     # a classifier that barely trains (lr 1e-7): near chance, the probe on the bar features reads every class
     manifest, metrics = _stages(_params("auto", classifier_lr=1e-7), tiny_data, "auto_probe")
     judge = manifest["judge"]
-    assert judge["requested"] == "auto" and judge["used"] == "effnet_probe"
+    assert judge["requested"] == "auto" and judge["used"] is None  # evaluate picks, on the reconstructions
     acc = judge["val_accuracy"]
     assert acc["effnet_probe"] == 1.0 and acc["classifier"] < 0.5 and acc["classifier"] == manifest["classifier_val_accuracy"]
     assert judge["probe"]["num_train"] == 100 and judge["probe"]["weight_decay"] in (1e-3, 1e-1)
@@ -336,9 +353,12 @@ def test_auto_picks_the_probe_when_it_reads_the_classes_better(tiny_data: Path, 
     assert metrics["judge"] == "effnet_probe" and metrics["judge_val_accuracy"] == 1.0 == metrics["effnet_probe_val_accuracy"]
     assert metrics["classifier_val_accuracy"] == acc["classifier"]
     assert metrics["class_consistency"] == 1.0 and metrics["class_consistency_classifier"] < 0.5
-    assert metrics["protocol"]["judge"] == judge
+    assert metrics["reconstruction_consistency"] == 1.0  # a lossless autoencoder: what the probe reads of the real images
+    rec = metrics["protocol"]["judge"].pop("reconstruction_accuracy")
+    assert rec["effnet_probe"] == 1.0 and rec["classifier"] < 0.5
+    assert metrics["protocol"]["judge"] == {**judge, "used": "effnet_probe"}
     # the quality grid and the sweep are judged by the probe too
-    j, batch = load_judge(ref, judge, None, {}, device="cpu")
+    j, batch = load_judge(ref, "effnet_probe", None, {}, device="cpu")
     assert batch == 16  # the ImageNet networks' default feature batch
     assert isinstance(j, ProbeJudge) and j.probe.config == probe.config
     rows = json.loads((tiny_data / "auto_probe" / "quality.json").read_text())
@@ -356,10 +376,13 @@ def test_auto_picks_the_probe_when_it_reads_the_classes_better(tiny_data: Path, 
 def test_auto_keeps_the_classifier_when_the_probe_is_worse_and_classifier_writes_no_probe(tiny_data: Path, monkeypatch):
     fake = _FakeEffnet(informative=False)
     monkeypatch.setitem(features_mod._EXTRACTORS, "effnet_lite0", lambda **kw: fake)
+    monkeypatch.setattr(ceiling_mod, "reconstruct", _lossless)
     manifest, metrics = _stages(_params("auto"), tiny_data, "auto_clf")
     acc = manifest["judge"]["val_accuracy"]
     assert acc["classifier"] > 0.5 and acc["effnet_probe"] < acc["classifier"]  # noise features: the probe is near chance
-    assert manifest["judge"]["used"] == "classifier" == metrics["judge"]
+    assert manifest["judge"]["used"] is None and metrics["judge"] == "classifier"
+    rec = metrics["protocol"]["judge"]["reconstruction_accuracy"]
+    assert rec["classifier"] == acc["classifier"] > rec["effnet_probe"]
     assert metrics["class_consistency"] == metrics["class_consistency_classifier"]
     assert metrics["judge_val_accuracy"] == acc["classifier"] and metrics["effnet_probe_val_accuracy"] == acc["effnet_probe"]
     assert (tiny_data / "auto_clf" / "reference_stats" / "effnet_probe").is_dir()  # trained, kept, not used
@@ -373,6 +396,24 @@ def test_auto_keeps_the_classifier_when_the_probe_is_worse_and_classifier_writes
     rows = json.loads((tiny_data / "clf" / "quality.json").read_text())  # judged by the classifier: no second column
     assert "class_consistency_classifier" not in rows[0]
     assert metrics["class_consistency"] == metrics["class_consistency_classifier"]
+
+
+def test_auto_picks_the_judge_that_reads_decoded_images_not_the_one_that_reads_real_images_better(tiny_data: Path, monkeypatch):
+    """The shapes64 case: the probe reads the real val images better than the classifier, the autoencoder's
+    reconstructions of them worse (there, 0.999 vs 0.997 on real images, 0.68 vs 0.92 decoded). Here the probe reads
+    only the first row of pixels and the autoencoder loses that row: auto must keep the classifier."""
+    fake = _FakeEffnet(informative=True, top_row=True)
+    monkeypatch.setitem(features_mod._EXTRACTORS, "effnet_lite0", lambda **kw: fake)
+    monkeypatch.setattr(ceiling_mod, "reconstruct", _without_top_row)
+    manifest, metrics = _stages(_params("auto"), tiny_data, "auto_decoded")
+    acc = manifest["judge"]["val_accuracy"]
+    assert acc["effnet_probe"] == 1.0 > acc["classifier"] > 0.5  # on real images the probe is the better judge
+    rec = metrics["protocol"]["judge"]["reconstruction_accuracy"]
+    assert rec["effnet_probe"] <= 0.2 and rec["classifier"] > 0.5  # decoded, it reads one class for all
+    assert metrics["judge"] == "classifier" == metrics["protocol"]["judge"]["used"]
+    assert metrics["reconstruction_consistency"] == rec["classifier"]
+    assert metrics["class_consistency"] == metrics["class_consistency_classifier"]
+    assert metrics["judge_val_accuracy"] == acc["classifier"] and metrics["effnet_probe_val_accuracy"] == 1.0
 
 
 @pytest.mark.slow  # four reference_stats runs: ~70 s on the shared 2-core machine under load

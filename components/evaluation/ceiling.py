@@ -6,6 +6,8 @@ samples 0.988, reconstructions 0.968, the real images themselves 0.978)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import torch
 
@@ -35,9 +37,23 @@ def reconstruction_consistency(predict, autoencoder: torch.nn.Module, images: np
                                batch_size: int = 100) -> dict:
     """The judge's accuracy (``predict``: uint8 images -> labels) on ``images`` and on their reconstructions, overall
     and per class: ``{"real": .., "reconstructed": .., "reconstructed_per_class": {class: ..}, "num": N}``."""
+    return judges_on_reconstructions({"judge": predict}, autoencoder, images, labels, num_classes, batch_size)["judge"]
+
+
+def judges_on_reconstructions(predicts: Mapping[str, Callable], autoencoder: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
+                              num_classes: int, batch_size: int = 100) -> dict[str, dict]:
+    """:func:`reconstruction_consistency` of every judge of ``predicts`` (name -> uint8 images -> labels) on one
+    reconstruction of ``images`` (the autoencoder runs once): name -> ``{"real", "reconstructed",
+    "reconstructed_per_class", "num"}``. The reconstructions are decoded images whose true class is known, so
+    ``reconstructed`` is each judge's accuracy on the kind of image it judges in a latent diffusion model's samples."""
     from components.evaluation.metrics import class_consistency
 
     labels = np.asarray(labels)
-    real = class_consistency(predict(images), labels, num_classes)
-    rec = class_consistency(predict(reconstruct(autoencoder, images, batch_size)), labels, num_classes)
-    return {"real": real["overall"], "reconstructed": rec["overall"], "reconstructed_per_class": rec["per_class"], "num": int(len(labels))}
+    decoded = reconstruct(autoencoder, images, batch_size)
+    out = {}
+    for name, predict in predicts.items():
+        real = class_consistency(predict(images), labels, num_classes)
+        rec = class_consistency(predict(decoded), labels, num_classes)
+        out[name] = {"real": real["overall"], "reconstructed": rec["overall"], "reconstructed_per_class": rec["per_class"],
+                     "num": int(len(labels))}
+    return out

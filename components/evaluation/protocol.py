@@ -91,16 +91,24 @@ def judge_record(ref_manifest: dict) -> dict:
                                          "val_accuracy": {"classifier": ref_manifest["classifier_val_accuracy"]}}
 
 
-def load_judge(ref_dir: Path, record: dict, classifier, extractors: dict, *, device=None, feature_batch_size: int | None = None):
-    """The judge of class consistency that reference_stats chose (``record["used"]``) and its batch size: the
-    classifier (:class:`~components.evaluation.classifier.ClassifierExtractor`), or the EfficientNet-Lite0 linear probe
-    of ``ref_dir/effnet_probe`` (:class:`~components.evaluation.probe.ProbeJudge`; the extractor of ``extractors`` when
+def judge_candidates(record: dict) -> list[str]:
+    """The judges ``evaluate`` loads: the one ``record`` names, or under ``evaluate.judge: auto`` every judge
+    reference_stats trained (``val_accuracy``'s keys), of which ``evaluate`` keeps the one that reads the autoencoder's
+    reconstructions of val images better (:func:`~components.evaluation.probe.choose_judge`)."""
+    if record.get("requested") == "auto":
+        return list(record["val_accuracy"])
+    return [record["used"]]
+
+
+def load_judge(ref_dir: Path, used: str, classifier, extractors: dict, *, device=None, feature_batch_size: int | None = None):
+    """The judge of class consistency called ``used`` and its batch size: the classifier
+    (:class:`~components.evaluation.classifier.ClassifierExtractor`), or the EfficientNet-Lite0 linear probe of
+    ``ref_dir/effnet_probe`` (:class:`~components.evaluation.probe.ProbeJudge`; the extractor of ``extractors`` when
     there is one, else built on ``device``). Both have ``predict(images, batch_size) -> labels``."""
     from components.evaluation.classifier import ClassifierExtractor
     from components.evaluation.features import get_extractor
     from components.evaluation.probe import ProbeJudge, load_probe
 
-    used = record["used"]
     if used == "classifier":
         return ClassifierExtractor(classifier), extractor_batch_size("classifier", feature_batch_size)
     if used != "effnet_probe":

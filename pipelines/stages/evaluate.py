@@ -35,12 +35,14 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     from components.data.artifact import read_dataset
     from components.data.samples import read_samples
     from components.evaluation import class_consistency
-    from components.evaluation.ceiling import reconstruct, reconstruction_consistency
+    from components.evaluation.ceiling import judges_on_reconstructions, reconstruct
     from components.evaluation.classifier import ClassifierExtractor, load_classifier
+    from components.evaluation.probe import choose_judge
     from components.evaluation.protocol import (
         build_extractors,
         distribution_metrics,
         extractor_batch_size,
+        judge_candidates,
         judge_record,
         load_judge,
         load_reference,
@@ -75,21 +77,33 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     extractors, _ = build_extractors(cfg.extractors, clf, inception_weights=cfg.inception_weights, require_inception=cfg.require_inception,
                                      device=device)
     clf_batch = extractor_batch_size("classifier", cfg.feature_batch_size)
-    # class consistency by the judge reference_stats chose (evaluate.judge); the classifier's own always as well
+    # the judge of class consistency (evaluate.judge; under auto every judge reference_stats trained, see below)
     record = judge_record(ref_manifest)
-    judge, judge_batch = load_judge(ref_dir, record, clf, extractors, device=device, feature_batch_size=cfg.feature_batch_size)
+    judges = {name: load_judge(ref_dir, name, clf, extractors, device=device, feature_batch_size=cfg.feature_batch_size)
+              for name in judge_candidates(record)}
     num_classes = len(manifest["class_names"])
-    by_classifier = class_consistency(ClassifierExtractor(clf).predict(gen_images, clf_batch), gen_labels, num_classes)
-    consistency = by_classifier if record["used"] == "classifier" else class_consistency(judge.predict(gen_images, judge_batch), gen_labels,
-                                                                                          num_classes)
-    metrics: dict = {"class_consistency": consistency["overall"], "class_consistency_per_class": consistency["per_class"],
-                     "classifier_val_accuracy": ref_manifest["classifier_val_accuracy"], "judge": record["used"],
-                     "judge_val_accuracy": record["val_accuracy"][record["used"]], "class_consistency_classifier": by_classifier["overall"]}
-    other_judge = None if record["used"] == "classifier" else judge  # the grid and the sweep classify with the classifier anyway
-    if "effnet_probe" in record["val_accuracy"]:
-        metrics["effnet_probe_val_accuracy"] = record["val_accuracy"]["effnet_probe"]
     grid, s = cfg.quality_grid, params.sample
     generator = LatentDiffusionGenerator.from_dir(models_dir, device=device)
+    # the autoencoder's ceiling: each judge on real val images passed through it (as many per class as the samples). The
+    # samples are decoded images, so under auto the judge that reads these decoded images of known class right more
+    # often judges (choose_judge; ties: the classifier), not the one that reads the real val images better
+    val_idx = stratified_subset(ds.labels["val"], gen_labels, params.base.seed, at_most=True)
+    ceilings = judges_on_reconstructions({name: (lambda images, j=j, b=b: j.predict(images, b)) for name, (j, b) in judges.items()},
+                                         generator.autoencoder, ds.images["val"][val_idx], np.asarray(ds.labels["val"])[val_idx],
+                                         num_classes, batch_size=s.batch_size)
+    used = choose_judge("auto", {name: c["reconstructed"] for name, c in ceilings.items()})  # a single candidate unless auto
+    (judge, judge_batch), ceiling = judges[used], ceilings[used]
+    judge_info = {**record, "used": used}
+    if record["requested"] == "auto":
+        judge_info["reconstruction_accuracy"] = {name: c["reconstructed"] for name, c in ceilings.items()}
+    by_classifier = class_consistency(ClassifierExtractor(clf).predict(gen_images, clf_batch), gen_labels, num_classes)
+    consistency = by_classifier if used == "classifier" else class_consistency(judge.predict(gen_images, judge_batch), gen_labels, num_classes)
+    metrics: dict = {"class_consistency": consistency["overall"], "class_consistency_per_class": consistency["per_class"],
+                     "classifier_val_accuracy": ref_manifest["classifier_val_accuracy"], "judge": used,
+                     "judge_val_accuracy": record["val_accuracy"][used], "class_consistency_classifier": by_classifier["overall"]}
+    other_judge = None if used == "classifier" else judge  # the grid and the sweep classify with the classifier anyway
+    if "effnet_probe" in record["val_accuracy"]:
+        metrics["effnet_probe_val_accuracy"] = record["val_accuracy"]["effnet_probe"]
     # the autoencoder's ceiling on the distribution figures: the baseline's own images decoded from their latent mean;
     # a U-Net that matched the latent distribution exactly would score about these
     reconstructed = reconstruct(generator.autoencoder, real_images, s.batch_size)
@@ -102,10 +116,6 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
                                                 pr_k=cfg.pr_k, seed=params.base.seed))
         metrics.update(ratio_metrics(metrics, name))
         metrics.update(ratio_metrics(metrics, name, of=RECONSTRUCTION))
-    # the autoencoder's ceiling: the judge on real val images passed through it (as many per class as the samples)
-    val_idx = stratified_subset(ds.labels["val"], gen_labels, params.base.seed, at_most=True)
-    ceiling = reconstruction_consistency(lambda images: judge.predict(images, judge_batch), generator.autoencoder, ds.images["val"][val_idx],
-                                         np.asarray(ds.labels["val"])[val_idx], num_classes, batch_size=s.batch_size)
     metrics.update({"reconstruction_consistency": ceiling["reconstructed"], "reconstruction_real_accuracy": ceiling["real"],
                     "reconstruction_consistency_per_class": ceiling["reconstructed_per_class"]})
     # the sample stage's guidance options apply to every set generated here, so the grid and the sweep measure its sampler
@@ -128,7 +138,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     metrics["protocol"] = {
         "extractors": ref_manifest["extractors"],
         "skipped_extractors": ref_manifest["skipped"],
-        "judge": record,  # who judged class_consistency (and the quality grid's and sweep's): requested, used, val accuracies
+        "judge": judge_info,  # who judged class_consistency (and the grid and sweep): requested, used, val (auto: reconstruction) accuracies
         "reference_split": ref_manifest["reference_split"],
         "num_reference": ref_manifest["num_reference"],
         "num_generated": int(len(gen_labels)),

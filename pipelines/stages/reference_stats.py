@@ -20,11 +20,12 @@ PROBE_DIR = "effnet_probe"  # reference_stats/effnet_probe/: the linear probe (m
 
 
 def _judges(params: Params, ds, device, extractors: dict, val_feats: dict, classifier_val_accuracy: float):
-    """Train the EfficientNet-Lite0 linear probe when ``evaluate.judge`` asks for it and pick the judge of class
-    consistency. Returns ``(probe or None, record)``; the record (``reference_stats/manifest.json``'s ``judge``) has
-    ``requested``, ``used``, each trained judge's val accuracy and the probe's weight-decay selection."""
+    """Train the EfficientNet-Lite0 linear probe when ``evaluate.judge`` asks for it. Returns ``(probe or None,
+    record)``; the record (``reference_stats/manifest.json``'s ``judge``) has ``requested``, ``used`` (the judge, or
+    ``None`` under ``auto``: ``evaluate`` picks the one that reads the autoencoder's reconstructions of val images better,
+    which needs the autoencoder), each trained judge's val accuracy and the probe's weight-decay selection."""
     from components.evaluation.features import FeatureExtractorUnavailable, get_extractor
-    from components.evaluation.probe import choose_judge, train_probe_judge
+    from components.evaluation.probe import train_probe_judge
     from components.evaluation.protocol import extractor_batch_size
 
     cfg = params.evaluate
@@ -48,9 +49,10 @@ def _judges(params: Params, ds, device, extractors: dict, val_feats: dict, class
                                       max_iter=pc.max_iter, batch_size=batch)
     feats = val_feats["effnet_lite0"] if "effnet_lite0" in val_feats else extractor(ds.images["val"], batch_size=batch)
     accuracy["effnet_probe"] = probe.accuracy(feats, ds.labels["val"])
-    record.update(used=choose_judge(cfg.judge, accuracy), probe=report)  # no timings in it: the outputs stay deterministic
-    log.info("reference_stats: judge %s (val accuracy %s; requested %s); the probe took %.1f s", record["used"], accuracy, cfg.judge,
-             time.perf_counter() - t0)
+    used = None if cfg.judge == "auto" else cfg.judge
+    record.update(used=used, probe=report)  # no timings in it: the outputs stay deterministic
+    log.info("reference_stats: judge %s (val accuracy %s; requested %s); the probe took %.1f s", used or "picked in evaluate", accuracy,
+             cfg.judge, time.perf_counter() - t0)
     return probe, record
 
 
