@@ -26,6 +26,7 @@ from components.evaluation.probe import (
     fit_linear_probe,
     holdout_split,
     load_probe,
+    pick_judge,
     save_probe,
     select_and_fit,
     subset_indices,
@@ -183,6 +184,22 @@ def test_choose_judge():
     assert choose_judge("effnet_probe", {"classifier": 0.9, "effnet_probe": 0.5}) == "effnet_probe"
     with pytest.raises(ValueError, match=r"evaluate.judge must be one of \['classifier', 'effnet_probe', 'auto'\], got 'best'"):
         choose_judge("best", {"classifier": 0.5})
+
+
+def test_pick_judge_decides_on_decoded_images_when_they_separate_the_judges_and_on_real_ones_when_they_do_not():
+    # shapes64 (judges_decoded_shapes64.json): real val 0.997 / 0.999, reconstructions 0.917 / 0.682 on 300 -> the classifier
+    used, why = pick_judge({"classifier": 0.917, "effnet_probe": 0.682}, {"classifier": 0.997, "effnet_probe": 0.999}, 300)
+    assert used == "classifier" and why.startswith("reconstructions of val images: 0.917 vs 0.682")
+    # the CIFAR-10 preset: both near chance decoded (0.205 / 0.18 on 200: 0.025 apart, 2 SE = 0.079) -> real val decides
+    used, why = pick_judge({"classifier": 0.205, "effnet_probe": 0.18}, {"classifier": 0.549, "effnet_probe": 0.765}, 200)
+    assert used == "effnet_probe" and why.startswith("val accuracy: on reconstructions of val images 0.205 vs 0.180 is within 2")
+    # the same gap on 5,000 images is 3.2 SE: decoded decides
+    assert pick_judge({"classifier": 0.205, "effnet_probe": 0.18}, {"classifier": 0.549, "effnet_probe": 0.765}, 5000)[0] == "classifier"
+    # the probe clearly better decoded wins even against a better val accuracy of the classifier
+    assert pick_judge({"classifier": 0.3, "effnet_probe": 0.8}, {"classifier": 0.99, "effnet_probe": 0.9}, 100)[0] == "effnet_probe"
+    # equal decoded and equal val: the classifier (the cheaper one); a single judge is itself
+    assert pick_judge({"classifier": 0.5, "effnet_probe": 0.5}, {"classifier": 0.9, "effnet_probe": 0.9}, 100)[0] == "classifier"
+    assert pick_judge({"classifier": 0.1}, {"classifier": 0.2}, 10) == ("classifier", "the only judge trained")
 
 
 @pytest.mark.parametrize(("evaluate", "match"), [
@@ -356,6 +373,7 @@ def test_auto_picks_the_probe_when_it_reads_the_classes_better(tiny_data: Path, 
     assert metrics["reconstruction_consistency"] == 1.0  # a lossless autoencoder: what the probe reads of the real images
     rec = metrics["protocol"]["judge"].pop("reconstruction_accuracy")
     assert rec["effnet_probe"] == 1.0 and rec["classifier"] < 0.5
+    assert metrics["protocol"]["judge"].pop("picked_on").startswith("reconstructions of val images: 1.000 vs ")
     assert metrics["protocol"]["judge"] == {**judge, "used": "effnet_probe"}
     # the quality grid and the sweep are judged by the probe too
     j, batch = load_judge(ref, "effnet_probe", None, {}, device="cpu")
@@ -411,6 +429,7 @@ def test_auto_picks_the_judge_that_reads_decoded_images_not_the_one_that_reads_r
     rec = metrics["protocol"]["judge"]["reconstruction_accuracy"]
     assert rec["effnet_probe"] <= 0.2 and rec["classifier"] > 0.5  # decoded, it reads one class for all
     assert metrics["judge"] == "classifier" == metrics["protocol"]["judge"]["used"]
+    assert metrics["protocol"]["judge"]["picked_on"].startswith("reconstructions of val images")  # clearly apart, not the val fallback
     assert metrics["reconstruction_consistency"] == rec["classifier"]
     assert metrics["class_consistency"] == metrics["class_consistency_classifier"]
     assert metrics["judge_val_accuracy"] == acc["classifier"] and metrics["effnet_probe_val_accuracy"] == 1.0

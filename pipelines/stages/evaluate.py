@@ -37,7 +37,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     from components.evaluation import class_consistency
     from components.evaluation.ceiling import judges_on_reconstructions, reconstruct
     from components.evaluation.classifier import ClassifierExtractor, load_classifier
-    from components.evaluation.probe import choose_judge
+    from components.evaluation.probe import pick_judge
     from components.evaluation.protocol import (
         build_extractors,
         distribution_metrics,
@@ -85,17 +85,18 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     grid, s = cfg.quality_grid, params.sample
     generator = LatentDiffusionGenerator.from_dir(models_dir, device=device)
     # the autoencoder's ceiling: each judge on real val images passed through it (as many per class as the samples). The
-    # samples are decoded images, so under auto the judge that reads these decoded images of known class right more
-    # often judges (choose_judge; ties: the classifier), not the one that reads the real val images better
+    # samples are decoded images, so under auto the judge that reads these decoded images of known class clearly better
+    # judges (pick_judge: by more than 2 standard errors; else the one that reads the real val images better)
     val_idx = stratified_subset(ds.labels["val"], gen_labels, params.base.seed, at_most=True)
     ceilings = judges_on_reconstructions({name: (lambda images, j=j, b=b: j.predict(images, b)) for name, (j, b) in judges.items()},
                                          generator.autoencoder, ds.images["val"][val_idx], np.asarray(ds.labels["val"])[val_idx],
                                          num_classes, batch_size=s.batch_size)
-    used = choose_judge("auto", {name: c["reconstructed"] for name, c in ceilings.items()})  # a single candidate unless auto
+    decoded = {name: c["reconstructed"] for name, c in ceilings.items()}
+    used, why = pick_judge(decoded, record["val_accuracy"], len(val_idx))  # a single candidate unless auto
     (judge, judge_batch), ceiling = judges[used], ceilings[used]
     judge_info = {**record, "used": used}
     if record["requested"] == "auto":
-        judge_info["reconstruction_accuracy"] = {name: c["reconstructed"] for name, c in ceilings.items()}
+        judge_info.update(reconstruction_accuracy=decoded, picked_on=why)
     by_classifier = class_consistency(ClassifierExtractor(clf).predict(gen_images, clf_batch), gen_labels, num_classes)
     consistency = by_classifier if used == "classifier" else class_consistency(judge.predict(gen_images, judge_batch), gen_labels, num_classes)
     metrics: dict = {"class_consistency": consistency["overall"], "class_consistency_per_class": consistency["per_class"],
