@@ -276,7 +276,7 @@ class Trainer:
         state = load_training_state(latest)
         if state.get("fingerprint") != self.fingerprint:
             if self.ctx.is_main:
-                log.warning("%s: ignoring checkpoints in %s: they belong to other params or data", self.desc, self.checkpoint_dir)
+                log.warning("%s: ignoring checkpoints in %s: they belong to other params, data or code", self.desc, self.checkpoint_dir)
                 shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
             self.ctx.barrier()
             return None
