@@ -249,8 +249,9 @@ class LatentDiffusionGenerator:
         draw of a stochastic sampler (DDPM, DDIM with eta > 0) for image i comes from image i's own generator
         (:func:`image_seed`), as diffusers' ``randn_tensor`` takes one generator per image. The random numbers are
         therefore the same for any batch size; so are the images wherever the network's per-image output does not
-        depend on the batch it is in (the CPU's GEMM kernels for fewer than 12 rows round differently from the
-        larger ones, which can move a pixel by one level; tests/test_device.py measures it). On CUDA the U-Net and
+        depend on the batch it is in (the CPU's GEMM kernels for fewer than 12 rows, and on some CPUs its convolution
+        kernels, round a small batch differently from a large one, which can move a pixel by one level;
+        tests/test_device.py bounds it). On CUDA the U-Net and
         the decoder run under bf16 autocast (:func:`components.device.autocast`), on the CPU in fp32.
         ``guidance_rescale`` (Lin et al. 2024) and ``guidance_interval`` (Kynkäänniemi et al. 2024, in sigma):
         see :func:`components.diffusion.samplers.guided`.

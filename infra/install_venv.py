@@ -22,6 +22,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 UV_VERSION = "0.13.9"
@@ -78,7 +79,7 @@ def install_with_uv(python: Path, requirement: str, constraints: Path) -> int:
     env.setdefault("UV_NO_CACHE", "1")
     if settings.get("cert") and "SSL_CERT_FILE" not in env:
         env["SSL_CERT_FILE"] = settings["cert"][-1]
-    cmd = [uv, "pip", "install", "--python", python, "--compile-bytecode", *uv_flags(settings), "-c", constraints, "-e", requirement]
+    cmd = [uv, "pip", "install", "--quiet", "--python", python, "--compile-bytecode", *uv_flags(settings), "-c", constraints, "-e", requirement]
     return _run(cmd, env)
 
 
@@ -114,12 +115,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     requirement = f"{args.project}[{args.extras}]" if args.extras else str(args.project)
 
+    start = time.perf_counter()
     if installer in ("auto", "uv"):
         status = install_with_uv(python, requirement, args.constraints)
         if status == 0 or installer == "uv":
+            _report("uv", status, start, requirement, args.venv)
             return status
         print("install_venv: uv failed (above); installing with pip instead (LATENTFLOW_INSTALLER=pip skips uv)", file=sys.stderr)
-    return install_with_pip(python, requirement, args.constraints, args.venv)
+    status = install_with_pip(python, requirement, args.constraints, args.venv)
+    _report("pip", status, start, requirement, args.venv)
+    return status
+
+
+def _report(installer: str, status: int, start: float, requirement: str, venv: Path) -> None:
+    outcome = "installed" if status == 0 else f"FAILED (exit {status}) to install"
+    seconds = time.perf_counter() - start
+    print(f"install_venv: {outcome} -e {requirement} into {venv} with {installer} in {seconds:.0f} s", file=sys.stderr if status else sys.stdout)
 
 
 if __name__ == "__main__":

@@ -141,20 +141,41 @@ def _randomise(model: nn.Module, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
+def _decoded_latents(gen: LatentDiffusionGenerator, labels: np.ndarray, batch_size: int, **kw) -> tuple[np.ndarray, torch.Tensor]:
+    """The images of ``gen.generate`` and the latents it handed the decoder, concatenated in image order."""
+    latents, decode = [], gen.autoencoder.decode
+
+    def recording_decode(z):
+        latents.append(z.detach().clone())
+        return decode(z)
+
+    gen.autoencoder.decode = recording_decode
+    try:
+        images = gen.generate(labels, batch_size=batch_size, **kw)
+    finally:
+        del gen.autoencoder.decode
+    return images, torch.cat(latents)
+
+
 @pytest.mark.parametrize(("sampler", "eta"), [("ddpm", 0.0), ("ddim", 1.0), ("ddim", 0.0), ("dpmpp_2m", 0.0)])
 def test_images_do_not_depend_on_the_batch_size(sampler, eta):
-    """70 images at batch_size 3 and 64 are the same bit for bit, stochastic samplers included: every random draw
-    of image i comes from image i's own stream. (With the former one generator per batch, DDPM and DDIM eta=1 differ.)"""
+    """70 images at batch_size 3, 64 and 70 come from the same latents bit for bit, stochastic samplers included:
+    every random draw of image i comes from image i's own stream. (With the former one generator per batch, DDPM
+    and DDIM eta=1 differ everywhere.) The decoder's convolutions are not per-image exact on every CPU (oneDNN
+    blocks a batch of 3 differently from one of 64: on an AVX-512 EPYC a pixel moved by one level), so the images
+    are held to one level, and almost none may move at all."""
     ae = _autoencoder()
     gen = LatentDiffusionGenerator(ae, PerImageDenoiser(4, 4, 5), {"schedule": SCHEDULE}, torch.device("cpu"))
     labels = np.arange(70) % 5
     kw = dict(seed=11, sampler=sampler, steps=6, eta=eta, guidance=2.0)
-    small, large = gen.generate(labels, batch_size=3, **kw), gen.generate(labels, batch_size=64, **kw)
-    assert small.shape == (70, 16, 16, 3) and np.array_equal(small, large)
-    assert np.array_equal(gen.generate(labels, batch_size=70, **kw), large)
+    (small, z_small), (large, z_large) = _decoded_latents(gen, labels, 3, **kw), _decoded_latents(gen, labels, 64, **kw)
+    assert z_small.shape == (70, 4, 4, 4) and torch.equal(z_small, z_large)
+    assert torch.equal(_decoded_latents(gen, labels, 70, **kw)[1], z_large)
+    diff = np.abs(small.astype(int) - large.astype(int))
+    assert small.shape == (70, 16, 16, 3) and diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
     assert small.std() > 20 and len({img.tobytes() for img in small}) == 70  # 70 different images, not a constant
     other_seed = gen.generate(labels, batch_size=3, **{**kw, "seed": 12})
-    assert not np.array_equal(other_seed, small)
+    assert np.abs(other_seed.astype(int) - small.astype(int)).mean() > 5  # another seed: other images, not a rounding
 
 
 def test_image_seeds_are_distinct_and_stable():
