@@ -5,7 +5,9 @@
 
 Fields: ``git_commit`` and ``git_dirty`` (uncommitted changes to tracked files; both ``None`` outside a git
 checkout), ``torch_threads``, ``machine`` (``platform.machine()``), ``cpu_model`` (``/proc/cpuinfo``, ``None``
-where absent), ``nproc`` (CPUs this process may run on), ``cpu_count`` (CPUs of the machine), ``cuda_devices``,
+where absent), ``cpu_capability`` (the vector ISA torch's kernels use: ``AVX2``, ``AVX512``...; CPU float
+results can differ between capabilities, so two runs only agree to the bit on the same one), ``nproc`` (CPUs this
+process may run on), ``cpu_count`` (CPUs of the machine), ``cuda_devices``,
 ``platform``, ``python``, ``torch`` and ``date`` (UTC, ISO 8601).
 """
 
@@ -75,6 +77,7 @@ def provenance(threads: int | None = None) -> dict:
         "torch_threads": int(threads) if threads else torch.get_num_threads(),
         "machine": platform.machine(),
         "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "nproc": nproc(),
         "cpu_count": os.cpu_count(),
         "cuda_devices": cuda,
@@ -92,5 +95,6 @@ def describe(p: dict | None) -> str:
     commit = (p.get("git_commit") or "unknown")[:10] + (" + uncommitted changes" if p.get("git_dirty") else "")
     cpu = p.get("cpu_model") or "CPU model unknown"
     gpu = f", GPU {', '.join(p['cuda_devices'])}" if p.get("cuda_devices") else ""
+    cpu = f"{cpu}, {p['cpu_capability']}" if p.get("cpu_capability") else cpu
     return (f"Provenance: commit {commit}, {p.get('torch_threads')} torch threads, {p.get('machine')} ({cpu}, "
             f"{p.get('nproc')} of {p.get('cpu_count')} CPUs{gpu}), {p.get('date')}.")
