@@ -5,7 +5,9 @@ a folder holding ``data/dataset``, ``models/``, ``reference_stats/`` and ``sampl
 read) and writes its outputs to a scratch folder. Recorded: the real-vs-real baselines and the FD / precision / recall
 ratios per extractor at ``sample.guidance`` (the ``samples/`` set), the sweep's rows and ``recommended_guidance``, and
 what the new work costs: the baseline's features and metrics per extractor, and the sweep re-run alone (its rows must
-equal those evaluate wrote: determinism). ``--wide-num-per-class N`` adds a wider sweep (N images per class, the
+equal those evaluate wrote: determinism). The re-run and the wide sweep sample as evaluate does (``sample.guidance_interval``
+and ``guidance_rescale`` at every swept scale) and judge with the classifier, so on a run whose ``evaluate.judge`` is
+not the classifier ``sweep_rerun_identical`` is false by construction. ``--wide-num-per-class N`` adds a wider sweep (N images per class, the
 extractors of ``--wide-extractors``, e.g. EfficientNet-Lite0 too) for the README's table.
 
     .venv/bin/python -m benchmarks.guidance_tradeoff --run /path/to/finished/run \\
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
                              seed=params.base.seed)
         baseline_seconds[name] = round(time.perf_counter() - t0, 2)
     generator = LatentDiffusionGenerator.from_dir(models, device=device)
+    # as the evaluate stage samples its sweep: sample's guidance interval and rescale apply at every swept scale
+    guidance_options = {"guidance_rescale": s.guidance_rescale, "guidance_interval": s.guidance_interval}
 
     def sweep_rows(num_per_class: int, names: list[str]) -> tuple[list[dict], float]:
         t0 = time.perf_counter()
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
                              guidances=sweep.guidances, num_per_class=num_per_class, sampler=sweep.sampler, steps=sweep.steps,
                              seed=params.base.seed + 2, baseline_seed=params.base.seed, eta=s.eta, timestep_spacing=s.timestep_spacing,
                              pr_k=cfg.pr_k, batch_size=s.batch_size,
-                             feature_batch_sizes={e: extractor_batch_size(e, cfg.feature_batch_size) for e in names})
+                             feature_batch_sizes={e: extractor_batch_size(e, cfg.feature_batch_size) for e in names},
+                             generate_kwargs=guidance_options)
         return out, round(time.perf_counter() - t0, 2)
 
     rerun, sweep_seconds = sweep_rows(sweep.num_per_class, list(sweep.extractors)) if sweep.guidances else ([], 0.0)
