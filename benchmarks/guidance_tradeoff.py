@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
                              seed=params.base.seed)
         baseline_seconds[name] = round(time.perf_counter() - t0, 2)
     generator = LatentDiffusionGenerator.from_dir(models, device=device)
-    # as the evaluate stage samples its sweep: sample's guidance interval and rescale apply at every swept scale
-    guidance_options = {"guidance_rescale": s.guidance_rescale, "guidance_interval": s.guidance_interval}
+    guidance_options = s.guidance_options()  # as the evaluate stage samples its sweep
 
     def sweep_rows(num_per_class: int, names: list[str]) -> tuple[list[dict], float]:
         t0 = time.perf_counter()

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         generator = LatentDiffusionGenerator.from_dir(path, device="cpu")
         images = generator.generate(labels.tolist(), seed=params.base.seed + 2, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
                                     eta=s.eta, timestep_spacing=s.timestep_spacing, batch_size=s.batch_size,
-                                    guidance_rescale=s.guidance_rescale, guidance_interval=s.guidance_interval)
+                                    **s.guidance_options())
         r = score(judges, images, labels, num_classes)
         r["path"] = str(path)
         result["samples"][name] = r

@@ -293,6 +293,12 @@ class SampleParams(_Section):
                              f"got {list(self.guidance_interval)}")
         return self
 
+    def guidance_options(self) -> dict:
+        """The guidance keywords of ``LatentDiffusionGenerator.generate`` beyond the scale: rescaled guidance (Lin et
+        al. 2024, eq. 15-16) and the guidance interval (Kynkäänniemi et al. 2024). Every set sampled to stand for the
+        sample stage's sampler (evaluate's quality grid and guidance sweep, the benchmarks) passes these, so none drifts."""
+        return {"guidance_rescale": self.guidance_rescale, "guidance_interval": self.guidance_interval}
+
 
 class QualityGridParams(_Section):
     samplers: tuple[Literal[SAMPLERS], ...] = ("ddim", "dpmpp_2m")

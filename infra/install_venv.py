@@ -48,7 +48,7 @@ def pip_settings(python: Path) -> dict[str, list[str]]:
         if key not in PIP_TO_UV and key != "cert":
             continue
         # pip's precedence: a command section over [global], the environment over both
-        rank = 2 if scope == ":env:" else 1 if scope in ("install", "user.install") or scope.endswith(".install") else 0
+        rank = {":env:": 2, "install": 1}.get(scope, 0)
         if key in found and found[key][0] > rank:
             continue
         found[key] = (rank, shlex.split(value.strip().strip("'\"")))

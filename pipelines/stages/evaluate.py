@@ -120,7 +120,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     metrics.update({"reconstruction_consistency": ceiling["reconstructed"], "reconstruction_real_accuracy": ceiling["real"],
                     "reconstruction_consistency_per_class": ceiling["reconstructed_per_class"]})
     # the sample stage's guidance options apply to every set generated here, so the grid and the sweep measure its sampler
-    guidance_options = {"guidance_rescale": s.guidance_rescale, "guidance_interval": s.guidance_interval}
+    guidance_options = s.guidance_options()
     rows = quality_vs_steps(generator, clf, refs["classifier"], samplers=grid.samplers,
                             steps=grid.steps, num_per_class=grid.num_per_class, seed=params.base.seed + 1, guidance=s.guidance, eta=s.eta,
                             timestep_spacing=s.timestep_spacing, batch_size=s.batch_size, feature_batch_size=clf_batch,
