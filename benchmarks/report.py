@@ -13,6 +13,7 @@ file (built from the settings the JSON records, see ``command``) and the provena
 - ``quality_vs_steps.json`` (quality vs sampler steps of the default model),
 - ``distill.json`` (distilled few-step students vs their teacher),
 - ``autoencoder_ceiling.json`` (the autoencoder's ceiling on FD and recall, per autoencoder variant),
+- ``downstream*.json`` (whole-pipeline variants of one ``make run``: params overrides re-run with ``dvc repro``),
 - ``gpu_check.json`` and ``throughput_gpu.json`` (a GPU session).
 
 A section whose JSON is absent says so and names the command that writes it.
@@ -77,6 +78,10 @@ def command(name: str, r: dict | list | None) -> str:
         return (f"python -m benchmarks.text_prompts --run {a['run']} --seen-per-prompt {a['seen_per_prompt']} --held-out-per-prompt "
                 f"{a['held_out_per_prompt']}" + (f" --max-images {a['max_images']}" if a.get("max_images") else "")
                 + f" --threads {a['threads']}")
+    if name.startswith("downstream") and isinstance(r, dict) and r.get("variants"):
+        variants = " ".join(f"--variant {n} " + " ".join(v["overrides"]) for n, v in r["variants"].items())
+        base = (r.get("command_args") or {}).get("base", ".")
+        return f"make run && .venv/bin/python -m benchmarks.downstream --base {base} {variants}{out}"
     if name.startswith("pipeline_run_"):
         preset = name.removeprefix("pipeline_run_").removesuffix(".json")
         return f"make run-{preset} && .venv/bin/python -m benchmarks.pipeline_run --root runs/{preset}{out}"
@@ -341,6 +346,24 @@ def pipeline_section(r: dict | None, name: str = "pipeline_run.json") -> list[st
             f"{dm['train_seconds'] / 60:.1f} min ({dm['images_seen']:,} images).{wall} {ev['class_consistency']:.1%} of "
             f"{ev['num_generated']:,} generated images ({s.get('name')} {s.get('steps')} steps, guidance {s.get('guidance')}) are classified "
             f"as the requested class by {_judge(ev)}; Fréchet distance {fds}.{_ratios(ev)}", ""]
+
+
+def downstream_section(r: dict, name: str) -> list[str]:
+    """Whole-pipeline variants of one run (``benchmarks.downstream``): per variant, its overrides, the stages it
+    re-ran and their wall time, the training seconds and evaluate's figures, the base run's first."""
+    def row(label: str, rec: dict, seconds: str) -> str:
+        ae, dm, ev = rec["autoencoder"], rec["diffusion"], rec["evaluate"]
+        pair = lambda k: f"{ev.get(k + '_classifier', float('nan')):.2f} / {ev.get(k + '_effnet_lite0', float('nan')):.2f}"  # noqa: E731
+        return (f"| {label} | {seconds} | {ae['train_seconds']:.0f} / {dm['train_seconds']:.0f} | {ae.get('val_psnr', float('nan')):.2f} | "
+                f"{ev['class_consistency']:.3f} | {pair('fd_ratio')} | {pair('recall_ratio')} | {pair('fd_ratio_reconstruction')} |")
+    lines = [f"## Whole-pipeline variants (`{name}`)", "", _source(name, r), ""] + ([r["note"], ""] if r.get("note") else []) + [
+             "| run | `dvc repro` s (stages re-run) | autoencoder / U-Net s | val PSNR dB | class consistency | FD ratio "
+             "(classifier / EffNet) | recall ratio | autoencoder ceiling FD ratio |", "|---|---|---|---|---|---|---|---|",
+             row("base (`make run`)", r["base"], "-")]
+    for n, v in r["variants"].items():
+        rerun = ", ".join(v.get("stages_rerun") or []) or "none"
+        lines.append(row(f"{n}: `{' '.join(v['overrides'])}`", v["record"], f"{v['repro_seconds']:.0f} ({rerun})"))
+    return [*lines, ""]
 
 
 def _ratios(ev: dict) -> str:
@@ -632,6 +655,8 @@ def render(root: Path) -> list[str]:
     lines += ceiling_section(_load(b / "autoencoder_ceiling.json"))
     for path in sorted(b.glob("autoencoder_spots_*.json")):
         lines += spots_section(_load(path), path.name)
+    for path in sorted(b.glob("downstream*.json")):
+        lines += downstream_section(_load(path), path.name)
     for path in sorted(b.glob("judges_decoded_*.json")):
         lines += judges_section(_load(path), path.name)
     gpu = _load(b / "gpu_check.json")

@@ -453,3 +453,45 @@ def test_judges_section_renders_each_image_set_and_the_picks_from_the_json():
     assert "| real val | 0.997 | 0.999 | 0.996 |" in text and "| reconstructions: group | 0.917 | 0.682 | 0.649 |" in text
     assert "| samples: g120k | 0.677 | 0.443 | 0.373 |" in text
     assert "on real val: effnet_probe, on reconstructions group: classifier" in text
+
+
+def test_downstream_overrides_only_existing_keys_and_finds_the_stages_a_variant_re_ran(tmp_path):
+    from benchmarks.downstream import apply_overrides, stages_rerun
+
+    params = {"train_autoencoder": {"num_res_blocks": 1, "augment": {"hflip": False}}, "sample": {"guidance": 3.0}}
+    out = apply_overrides(params, ["train_autoencoder.num_res_blocks=2", "train_autoencoder.augment.hflip=true",
+                                   "sample.guidance=2.5"])
+    assert out == {"train_autoencoder": {"num_res_blocks": 2, "augment": {"hflip": True}}, "sample": {"guidance": 2.5}}
+    assert params["train_autoencoder"]["num_res_blocks"] == 1  # the base's params are not touched
+    with pytest.raises(SystemExit, match="no key 'train_autoencoder.num_res_block'"):  # a typo is not a new key
+        apply_overrides(params, ["train_autoencoder.num_res_block=2"])
+    with pytest.raises(SystemExit, match="no section 'train_vae'"):
+        apply_overrides(params, ["train_vae.lr=1"])
+    with pytest.raises(SystemExit, match="section.key=value"):
+        apply_overrides(params, ["train_autoencoder.num_res_blocks"])
+    base, variant = tmp_path / "base", tmp_path / "variant"
+    for root, ae in ((base, "a1"), (variant, "a2")):
+        root.mkdir()
+        (root / "dvc.lock").write_text(json.dumps({"schema": "2.0", "stages": {
+            "ingest": {"outs": [{"md5": "same"}]}, "train_autoencoder": {"outs": [{"md5": ae}]},
+            "evaluate": {"deps": [{"md5": ae}]}}}))
+    assert stages_rerun(base, variant) == ["evaluate", "train_autoencoder"]
+
+
+def test_report_renders_each_downstream_variant_with_its_overrides_and_the_command():
+    def rec(ae_s: float, cc: float, fd: float) -> dict:
+        return {"autoencoder": {"train_seconds": ae_s, "val_psnr": 29.9}, "diffusion": {"train_seconds": 77.0},
+                "evaluate": {"class_consistency": cc, "fd_ratio_classifier": fd, "fd_ratio_effnet_lite0": 3.79,
+                             "recall_ratio_classifier": 0.83, "recall_ratio_effnet_lite0": 0.49,
+                             "fd_ratio_reconstruction_classifier": 3.26, "fd_ratio_reconstruction_effnet_lite0": 2.54}}
+    r = {"base": rec(130.0, 0.992, 7.33), "provenance": {"git_commit": "abc"}, "command_args": {"base": "/tmp/run"},
+         "note": "The base run shared the cores with a test run.",
+         "variants": {"ae_res2": {"overrides": ["train_autoencoder.num_res_blocks=2"], "repro_seconds": 412.3,
+                                  "stages_rerun": ["evaluate", "train_autoencoder"], "record": rec(190.0, 0.99, 5.0)}}}
+    text = "\n".join(report.downstream_section(r, "downstream.json"))
+    assert "| base (`make run`) | - | 130 / 77 | 29.90 | 0.992 | 7.33 / 3.79 | 0.83 / 0.49 | 3.26 / 2.54 |" in text
+    assert ("| ae_res2: `train_autoencoder.num_res_blocks=2` | 412 (evaluate, train_autoencoder) | 190 / 77 | 29.90 | 0.990 | "
+            "5.00 / 3.79 |") in text
+    assert "The base run shared the cores with a test run." in text
+    assert ("`make run && .venv/bin/python -m benchmarks.downstream --base /tmp/run --variant ae_res2 train_autoencoder.num_res_blocks=2 "
+            "--out reports/benchmarks/downstream.json`") in text

@@ -65,8 +65,10 @@ def test_reconstruct_is_decode_of_the_latent_mean_and_independent_of_the_batch_s
 def test_a_lossless_autoencoder_reaches_the_judges_accuracy_and_a_blank_one_the_chance_of_its_class():
     images, labels = _two_classes()
     exact = reconstruction_consistency(_brightness_judge, _Identity(), images, labels, num_classes=2, batch_size=5)
+    assert exact.pop("reconstructed_correct").all()
     assert exact == {"real": 1.0, "reconstructed": 1.0, "reconstructed_per_class": {"0": 1.0, "1": 1.0}, "num": 12}
     blank = reconstruction_consistency(_brightness_judge, _Blank(), images, labels, num_classes=2, batch_size=5)
+    np.testing.assert_array_equal(blank["reconstructed_correct"], labels == 0)
     assert blank["real"] == 1.0 and blank["reconstructed"] == 0.5
     assert blank["reconstructed_per_class"] == {"0": 1.0, "1": 0.0}  # every image now reads as dark
 
@@ -91,9 +93,14 @@ def test_judges_on_reconstructions_decodes_once_and_auto_picks_the_judge_that_re
               "effnet_probe": lambda x: (np.asarray(x, dtype=np.float64).mean(axis=(1, 2, 3)) > 60).astype(np.int64)}
     out = judges_on_reconstructions(judges, ae, images, labels, num_classes=2, batch_size=5)
     assert ae.decodes == 12  # one reconstruction of the 12 images, shared by both judges
+    single = reconstruction_consistency(_brightness_judge, _Dim(), images, labels, num_classes=2, batch_size=5)
+    # per-image correctness on the reconstructions, in the images' order (pick_judge's paired comparison reads it)
+    np.testing.assert_array_equal(out["classifier"].pop("reconstructed_correct"), labels == 0)
+    np.testing.assert_array_equal(out["effnet_probe"].pop("reconstructed_correct"), np.ones(12, dtype=bool))
+    np.testing.assert_array_equal(single.pop("reconstructed_correct"), labels == 0)
     assert out["classifier"] == {"real": 1.0, "reconstructed": 0.5, "reconstructed_per_class": {"0": 1.0, "1": 0.0}, "num": 12}
     assert out["effnet_probe"] == {"real": 1.0, "reconstructed": 1.0, "reconstructed_per_class": {"0": 1.0, "1": 1.0}, "num": 12}
-    assert out["classifier"] == reconstruction_consistency(_brightness_judge, _Dim(), images, labels, num_classes=2, batch_size=5)
+    assert out["classifier"] == single
     assert choose_judge("auto", {n: r["reconstructed"] for n, r in out.items()}) == "effnet_probe"
     assert choose_judge("auto", {n: r["real"] for n, r in out.items()}) == "classifier"
 

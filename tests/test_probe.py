@@ -6,6 +6,7 @@ image); one test runs the real EfficientNet-Lite0 on a handful of images."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from components.evaluation.probe import (
     fit_linear_probe,
     holdout_split,
     load_probe,
+    paired_difference_se,
     pick_judge,
     save_probe,
     select_and_fit,
@@ -200,6 +202,46 @@ def test_pick_judge_decides_on_decoded_images_when_they_separate_the_judges_and_
     # equal decoded and equal val: the classifier (the cheaper one); a single judge is itself
     assert pick_judge({"classifier": 0.5, "effnet_probe": 0.5}, {"classifier": 0.9, "effnet_probe": 0.9}, 100)[0] == "classifier"
     assert pick_judge({"classifier": 0.1}, {"classifier": 0.2}, 10) == ("classifier", "the only judge trained")
+
+
+def test_paired_difference_se_counts_only_the_images_the_judges_disagree_on():
+    a = np.array([1, 1, 1, 1, 0, 0, 1, 0, 1, 1], dtype=bool)
+    b = np.array([1, 1, 1, 0, 0, 0, 1, 1, 0, 1], dtype=bool)
+    d = a.astype(float) - b.astype(float)  # +1 twice, -1 once
+    assert paired_difference_se(a, b) == pytest.approx(d.std(ddof=0) / math.sqrt(10), rel=1e-12)
+    assert paired_difference_se(a, b) == pytest.approx(math.sqrt((3 / 10 - (1 / 10) ** 2) / 10), rel=1e-12)
+    assert paired_difference_se(a, a) == 0.0  # identical readings: no variance at all
+    assert paired_difference_se(a, b) == paired_difference_se(b, a)
+    with pytest.raises(ValueError, match="one length"):
+        paired_difference_se(a, b[:5])
+    with pytest.raises(ValueError, match="at least one image"):
+        paired_difference_se(np.zeros(0, bool), np.zeros(0, bool))
+
+
+def test_pick_judge_paired_separates_judges_that_agree_on_most_images_where_unpaired_cannot():
+    """200 images: both judges read the same 150 right; the probe also reads 14 more, the classifier 2 more (0.76 vs
+    0.82). Unpaired, 0.06 apart is within 2 SE (0.081): real val would decide (the classifier). Paired, only the 16
+    discordant images vary: SE 0.020, so the decoded images decide (the probe)."""
+    n = 200
+    both = np.zeros(n, dtype=bool)
+    both[:150] = True
+    clf, probe = both.copy(), both.copy()
+    clf[150:152] = True
+    probe[152:166] = True
+    acc = {"classifier": clf.mean(), "effnet_probe": probe.mean()}
+    val = {"classifier": 0.99, "effnet_probe": 0.95}
+    used, why = pick_judge(acc, val, n)
+    assert used == "classifier" and "within 2 unpaired standard errors" in why
+    used, why = pick_judge(acc, val, n, decoded_correct={"classifier": clf, "effnet_probe": probe})
+    assert used == "effnet_probe" and "more than 2 paired standard errors (0.020)" in why
+    # judges that disagree on many images stay undecided paired too: 0.55 vs 0.50 with 190 discordant images
+    c2, p2 = np.zeros(n, bool), np.zeros(n, bool)
+    c2[:100], p2[90:200] = True, True
+    used, why = pick_judge({"classifier": c2.mean(), "effnet_probe": p2.mean()}, val, n,
+                           decoded_correct={"classifier": c2, "effnet_probe": p2})
+    assert used == "classifier" and "within 2 paired standard errors" in why
+    with pytest.raises(ValueError, match="199 per-image results for 200 images"):
+        pick_judge(acc, val, n, decoded_correct={"classifier": clf[:199], "effnet_probe": probe})
 
 
 @pytest.mark.parametrize(("evaluate", "match"), [

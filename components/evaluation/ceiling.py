@@ -44,8 +44,10 @@ def judges_on_reconstructions(predicts: Mapping[str, Callable], autoencoder: tor
                               num_classes: int, batch_size: int = 100) -> dict[str, dict]:
     """:func:`reconstruction_consistency` of every judge of ``predicts`` (name -> uint8 images -> labels) on one
     reconstruction of ``images`` (the autoencoder runs once): name -> ``{"real", "reconstructed",
-    "reconstructed_per_class", "num"}``. The reconstructions are decoded images whose true class is known, so
-    ``reconstructed`` is each judge's accuracy on the kind of image it judges in a latent diffusion model's samples."""
+    "reconstructed_per_class", "num", "reconstructed_correct"}`` (the last: per-image booleans, for a paired comparison
+    of the judges, :func:`~components.evaluation.probe.pick_judge`). The reconstructions are decoded images whose true
+    class is known, so ``reconstructed`` is each judge's accuracy on the kind of image it judges in a latent diffusion
+    model's samples."""
     from components.evaluation.metrics import class_consistency
 
     labels = np.asarray(labels)
@@ -53,7 +55,8 @@ def judges_on_reconstructions(predicts: Mapping[str, Callable], autoencoder: tor
     out = {}
     for name, predict in predicts.items():
         real = class_consistency(predict(images), labels, num_classes)
-        rec = class_consistency(predict(decoded), labels, num_classes)
+        predicted = np.asarray(predict(decoded))
+        rec = class_consistency(predicted, labels, num_classes)
         out[name] = {"real": real["overall"], "reconstructed": rec["overall"], "reconstructed_per_class": rec["per_class"],
-                     "num": int(len(labels))}
+                     "num": int(len(labels)), "reconstructed_correct": predicted == labels}
     return out

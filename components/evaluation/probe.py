@@ -225,26 +225,52 @@ def choose_judge(requested: str, accuracy: Mapping[str, float]) -> str:
     return max(accuracy, key=lambda j: (accuracy[j], j == "classifier"))
 
 
+def paired_difference_se(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Standard error of ``mean(correct_a) - mean(correct_b)`` when both judges read the same ``n`` images (boolean
+    per-image correctness): ``sd(d) / sqrt(n)`` of the per-image differences ``d = a - b``, i.e.
+    ``sqrt(((n10 + n01) / n - ((n10 - n01) / n) ** 2) / n)`` with ``n10``/``n01`` the discordant images (the paired
+    test behind McNemar's; Agresti 2002, sec. 10.1). Images both judges read alike carry no variance, so it is at most
+    the unpaired ``sqrt((p1 (1 - p1) + p2 (1 - p2)) / n)`` whenever the judges' errors are positively correlated."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired correctness must be two 1-d arrays of one length, got shapes {a.shape} and {b.shape}")
+    n = len(a)
+    if n == 0:
+        raise ValueError("paired correctness needs at least one image")
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return float(math.sqrt(max(float(np.mean(d * d)) - float(np.mean(d)) ** 2, 0.0) / n))
+
+
 def pick_judge(decoded_accuracy: Mapping[str, float], val_accuracy: Mapping[str, float], num_decoded: int,
-               z: float = 2.0) -> tuple[str, str]:
+               z: float = 2.0, decoded_correct: Mapping[str, np.ndarray] | None = None) -> tuple[str, str]:
     """``evaluate.judge: auto``: ``(judge, why)``. The judge that reads the autoencoder's reconstructions of val images
     (``decoded_accuracy``, on ``num_decoded`` images) right more often, when it leads the runner-up by more than ``z``
-    standard errors of the difference of two proportions, ``sqrt((p1 (1 - p1) + p2 (1 - p2)) / n)`` (unpaired, so
-    conservative: both judges read the same images); otherwise the one with the higher ``val_accuracy`` on the real val
-    split. Ties go to the classifier (:func:`choose_judge`). A near-chance autoencoder leaves every judge near chance on
-    its reconstructions (the CIFAR-10 preset: 0.205 vs 0.18 on 200 images), where that small difference is noise and
-    the accuracy on real images says more."""
+    standard errors of the difference; otherwise the one with the higher ``val_accuracy`` on the real val split. Both
+    judges read the same images, so with ``decoded_correct`` (judge -> per-image correctness on those images) the
+    standard error is the paired one (:func:`paired_difference_se`), which only the images they disagree on inflate;
+    without it, the unpaired ``sqrt((p1 (1 - p1) + p2 (1 - p2)) / n)`` (conservative). Ties go to the classifier
+    (:func:`choose_judge`). A near-chance autoencoder leaves every judge near chance on its reconstructions (the
+    CIFAR-10 preset: 0.205 vs 0.18 on 200 images), where that small difference is noise and the accuracy on real images
+    says more."""
     best = choose_judge("auto", decoded_accuracy)
     others = [j for j in decoded_accuracy if j != best]
     if not others:
         return best, "the only judge trained"
     second = max(others, key=lambda j: (decoded_accuracy[j], j == "classifier"))
     p1, p2 = decoded_accuracy[best], decoded_accuracy[second]
-    se = math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / max(num_decoded, 1))
+    if decoded_correct is not None and best in decoded_correct and second in decoded_correct:
+        for j in (best, second):
+            if len(decoded_correct[j]) != num_decoded:
+                raise ValueError(f"judge {j!r}: {len(decoded_correct[j])} per-image results for {num_decoded} images")
+        se, kind = paired_difference_se(decoded_correct[best], decoded_correct[second]), "paired"
+    else:
+        se, kind = math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / max(num_decoded, 1)), "unpaired"
     if p1 - p2 > z * se:
-        return best, f"reconstructions of val images: {p1:.3f} vs {p2:.3f}, more than {z:g} standard errors ({se:.3f}) apart"
+        return best, (f"reconstructions of val images: {p1:.3f} vs {p2:.3f}, more than {z:g} {kind} standard errors "
+                      f"({se:.3f}) apart")
     return (choose_judge("auto", {j: val_accuracy[j] for j in decoded_accuracy}),
-            f"val accuracy: on reconstructions of val images {p1:.3f} vs {p2:.3f} is within {z:g} standard errors ({se:.3f})")
+            f"val accuracy: on reconstructions of val images {p1:.3f} vs {p2:.3f} is within {z:g} {kind} standard errors "
+            f"({se:.3f})")
 
 
 class ProbeJudge:

@@ -86,13 +86,14 @@ def run(params: Params, data_dir: Path = DATA_DIR, samples_dir: Path = SAMPLES_D
     generator = LatentDiffusionGenerator.from_dir(models_dir, device=device)
     # the autoencoder's ceiling: each judge on real val images passed through it (as many per class as the samples). The
     # samples are decoded images, so under auto the judge that reads these decoded images of known class clearly better
-    # judges (pick_judge: by more than 2 standard errors; else the one that reads the real val images better)
+    # judges (pick_judge: by more than 2 paired standard errors; else the one that reads the real val images better)
     val_idx = stratified_subset(ds.labels["val"], gen_labels, params.base.seed, at_most=True)
     ceilings = judges_on_reconstructions({name: (lambda images, j=j, b=b: j.predict(images, b)) for name, (j, b) in judges.items()},
                                          generator.autoencoder, ds.images["val"][val_idx], np.asarray(ds.labels["val"])[val_idx],
                                          num_classes, batch_size=s.batch_size)
     decoded = {name: c["reconstructed"] for name, c in ceilings.items()}
-    used, why = pick_judge(decoded, record["val_accuracy"], len(val_idx))  # a single candidate unless auto
+    used, why = pick_judge(decoded, record["val_accuracy"], len(val_idx),  # a single candidate unless auto
+                           decoded_correct={name: c["reconstructed_correct"] for name, c in ceilings.items()})
     (judge, judge_batch), ceiling = judges[used], ceilings[used]
     judge_info = {**record, "used": used}
     if record["requested"] == "auto":
