@@ -18,11 +18,13 @@ user's ``make run`` would give, the autoencoder included.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +32,8 @@ import yaml
 
 from benchmarks.pipeline_run import collect
 from benchmarks.provenance import provenance
+from components.config import load_params
+from components.errors import ConfigError
 from components.io import atomic_write_json
 
 COPY_IGNORE = (".venv", "__pycache__", ".pytest_cache", ".ruff_cache")
@@ -46,7 +50,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
 def apply_overrides(params: dict, overrides: list[str]) -> dict:
     """``params`` with every override set; a key that is not already in params.yaml is an error (a typo would
     otherwise run the base recipe under a new name)."""
-    out = json.loads(json.dumps(params))
+    out = copy.deepcopy(params)
     for text in overrides:
         path, value = parse_override(text)
         node = out
@@ -60,13 +64,27 @@ def apply_overrides(params: dict, overrides: list[str]) -> dict:
     return out
 
 
-def run_variant(base: Path, work: Path, name: str, overrides: list[str]) -> dict:
-    """Copy ``base`` to ``work/name``, apply ``overrides`` and ``dvc repro`` there; the run's record."""
+def variant_params(base: Path, name: str, overrides: list[str]) -> dict:
+    """The base run's params with ``overrides``, validated as a stage would (:func:`components.config.load_params`),
+    so a bad value stops before any variant runs, not after the ones before it."""
+    params = apply_overrides(yaml.safe_load((base / "params.yaml").read_text()), overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        try:
+            load_params(path)
+        except ConfigError as exc:
+            raise SystemExit(f"--variant {name}: {str(exc).replace(str(path), 'params.yaml with its overrides')}") from None
+    return params
+
+
+def run_variant(base: Path, work: Path, name: str, overrides: list[str], params: dict) -> dict:
+    """Copy ``base`` to ``work/name``, write ``params`` (:func:`variant_params`) there and ``dvc repro``; the run's
+    record."""
     dest = work / name
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(base, dest, symlinks=True, ignore=shutil.ignore_patterns(*COPY_IGNORE))
-    params = apply_overrides(yaml.safe_load((dest / "params.yaml").read_text()), overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     venv_bin = (base / ".venv" / "bin").resolve()
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(dest.resolve())}
@@ -114,6 +132,7 @@ def main() -> None:
     for v in a.variant:
         if len(v) < 2:
             raise SystemExit(f"--variant {v[0]}: give at least one override, e.g. train_diffusion.max_images=64000")
+    params = {name: variant_params(a.base, name, overrides) for name, *overrides in a.variant}
     a.work.mkdir(parents=True, exist_ok=True)
     result = json.loads(a.out.read_text()) if a.out.is_file() else {}
     result["base"] = collect(a.base)
@@ -131,7 +150,7 @@ def main() -> None:
                 raise SystemExit(f"--collect-only: variant {name!r} ran with {result['variants'][name]['overrides']}, not {overrides}")
             result["variants"][name] |= record(a.base, a.work / name)
         else:
-            result["variants"][name] = run_variant(a.base, a.work, name, overrides)
+            result["variants"][name] = run_variant(a.base, a.work, name, overrides, params[name])
         atomic_write_json(a.out, result)  # each finished variant is kept even if a later one fails
     print(json.dumps({n: {"overrides": v["overrides"], "repro_seconds": v["repro_seconds"], "evaluate": v["record"]["evaluate"]}
                       for n, v in result["variants"].items()}, indent=2))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -495,3 +496,13 @@ def test_report_renders_each_downstream_variant_with_its_overrides_and_the_comma
     assert "The base run shared the cores with a test run." in text
     assert ("`make run && .venv/bin/python -m benchmarks.downstream --base /tmp/run --variant ae_res2 train_autoencoder.num_res_blocks=2 "
             "--out reports/benchmarks/downstream.json`") in text
+
+
+def test_downstream_refuses_a_bad_value_before_any_variant_runs(tmp_path):
+    from benchmarks.downstream import variant_params
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    ok = variant_params(tmp_path, "ae_res2", ["train_autoencoder.num_res_blocks=2"])
+    assert ok["train_autoencoder"]["num_res_blocks"] == 2
+    with pytest.raises(SystemExit, match=r"(?s)--variant bad: params.yaml with its overrides: invalid.*train_autoencoder\.lr: .*greater than 0"):
+        variant_params(tmp_path, "bad", ["train_autoencoder.lr=-1"])
