@@ -38,7 +38,7 @@ run: $(STAMP)  ## the default pipeline: ingest -> ... -> register (dvc repro)
 run-cifar10: $(STAMP)  ## the CIFAR-10 preset (RGB) as the DVC experiment `cifar10` (dvc exp run -S ... from presets/cifar10)
 	$(BIN)/latentflow exp-preset cifar10
 
-run-shapes64: $(STAMP)  ## the shapes64 preset (64x64 RGB shapes generated offline, f=4 autoencoder: 16x16x4 latents) as the DVC experiment `shapes64`
+run-shapes64: $(STAMP)  ## the shapes64 preset (64x64 RGB shapes generated offline, f=8 autoencoder: 8x8x16 latents) as the DVC experiment `shapes64`
 	$(BIN)/latentflow exp-preset shapes64
 
 run-shapes128: $(STAMP)  ## the shapes128 preset (128x128 RGB shapes, f=8 autoencoder, 16x16 latents) as the DVC experiment `shapes128`

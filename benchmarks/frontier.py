@@ -73,6 +73,10 @@ TRAINING_VARIANTS: dict[str, dict] = {
     # the shapes64 preset's recipe at twice its 60,000 images: what a longer U-Net budget buys at 16x16 latents
     "v_prediction_lr_2e-3_min_snr_5_batch_32_images_120k": {"prediction_type": "v_prediction", "lr": 2.0e-3, "min_snr_gamma": 5.0,
                                                             "batch_size": 32, "max_images": 120000},
+    # four times the preset's images: what an f = 8 autoencoder's 8x8 latents (a U-Net image about 4x cheaper than at
+    # 16x16) buy in about the seconds of the f = 4 preset's 60,000
+    "v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k": {"prediction_type": "v_prediction", "lr": 2.0e-3, "min_snr_gamma": 5.0,
+                                                            "batch_size": 32, "max_images": 240000},
 }
 # No EMA-decay variant: the EMA's decay warms up as min(decay, (1 + n) / (10 + n)) (components/training/common.py), which
 # stays below 0.998 for the first 4,490 updates, so at these budgets (350-700 updates) 0.998, 0.999 and 0.9995 are the same
@@ -84,6 +88,11 @@ AUTOENCODER_VARIANTS: dict[str, dict] = {
     "v_prediction_ae_kl_1e-4": {"kl_weight": 1.0e-4},  # a smoother, more Gaussian latent (LDM's KL weight is 1e-6 .. 1e-5)
 }
 TRAINING_VARIANTS.update({name: {"prediction_type": "v_prediction"} for name in AUTOENCODER_VARIANTS})
+# twice the autoencoder's images under the shapes64 recipe at 240,000 U-Net images: is an f = 8 autoencoder's ceiling
+# (the judge on its reconstructions) its training budget?
+AUTOENCODER_VARIANTS["ae_40k_v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k"] = {"max_images": 40000}
+TRAINING_VARIANTS["ae_40k_v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k"] = dict(
+    TRAINING_VARIANTS["v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k"])
 
 # name -> generate() keyword arguments beyond the guidance scale
 SAMPLING_VARIANTS: dict[str, dict] = {
@@ -139,9 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reuse", action="store_true", help="a variant already trained in --work with the same params is not trained again")
     ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                     help="only combine the rows of these frontier JSON files (e.g. runs on two cores) into --out")
+    ap.add_argument("--note", default=None, help="free text kept in --out's `notes` (what the run folder was, a caveat); "
+                    "with --merge, added after the parts' own notes")
     args = ap.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.out)
+        return merge(args.merge, args.out, note=args.note)
     if args.run is None:
         ap.error("--run is required (a finished run's folder), unless --merge")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -166,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     clf = load_classifier(models / "classifier", device)
     extractors, _ = build_extractors(args.extractors, clf, inception_weights=base_params.evaluate.inception_weights, device=device)
     ds = read_dataset(data)
+    run_autoencoder = json.loads((models / "autoencoder" / "config.json").read_text())  # which latents the rows were trained on
 
     rows: list[dict] = []
     if args.append and args.out.is_file():
@@ -221,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
                 atomic_write_json(args.out, {
                     "command": "python -m benchmarks.frontier " + shlex.join(argv if argv is not None else sys.argv[1:]),
                     "run": str(run), "sampler": sampler, "steps": steps, "num_per_class": args.num_per_class,
-                    "extractors": args.extractors, "seed": base_params.base.seed, "rows": rows, "provenance": provenance()})
+                    "extractors": args.extractors, "seed": base_params.base.seed, "run_autoencoder": run_autoencoder, "rows": rows,
+                    "provenance": provenance(), **({"notes": args.note} if args.note else {})})
     finally:
         if args.work is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -229,9 +242,10 @@ def main(argv: list[str] | None = None) -> dict:
     return {"rows": rows}
 
 
-def merge(paths: list[Path], out: Path) -> dict:
+def merge(paths: list[Path], out: Path, note: str | None = None) -> dict:
     """One frontier JSON from several (the same protocol run as separate processes, e.g. one per core): rows in file
-    order, a later file's (variant, sampling, guidance) replacing an earlier one's; the protocol fields must agree."""
+    order, a later file's (variant, sampling, guidance) replacing an earlier one's; the protocol fields must agree.
+    ``note`` is appended to the parts' notes."""
     docs = [json.loads(p.read_text()) for p in paths]
     keys = ("sampler", "steps", "num_per_class", "extractors", "seed")
     for p, d in zip(paths[1:], docs[1:], strict=True):
@@ -250,7 +264,10 @@ def merge(paths: list[Path], out: Path) -> dict:
             parts.append({"file": str(p), "provenance": d["provenance"]})
         if d.get("notes"):
             notes.append(d["notes"])
-    merged = {**{k: docs[0][k] for k in ("run", *keys)}, "commands": commands, "parts": parts, "rows": list(rows.values()),
+    if note:
+        notes.append(note)
+    merged = {**{k: docs[0][k] for k in ("run", *keys)}, **({"run_autoencoder": docs[0]["run_autoencoder"]} if "run_autoencoder" in docs[0] else {}),
+              "commands": commands, "parts": parts, "rows": list(rows.values()),
               "provenance": docs[0]["provenance"]}
     if notes:
         merged["notes"] = " ".join(notes)

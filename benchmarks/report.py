@@ -83,6 +83,8 @@ def command(name: str, r: dict | list | None) -> str:
         base = (r.get("command_args") or {}).get("base", ".")
         return f"make run && .venv/bin/python -m benchmarks.downstream --base {base} {variants}{out}"
     if name.startswith("pipeline_run_"):
+        if isinstance(r, dict) and r.get("command"):  # a run of an earlier recipe of the preset records how it was made
+            return r["command"]
         preset = name.removeprefix("pipeline_run_").removesuffix(".json")
         return f"make run-{preset} && .venv/bin/python -m benchmarks.pipeline_run --root runs/{preset}{out}"
     if name.startswith("unet_layouts") and isinstance(r, dict):
@@ -544,9 +546,22 @@ def frontier_section(r: dict | None, name: str = "frontier.json") -> list[str]:
     lines = [title, "", f"From `reports/benchmarks/{name}` (run `{r['run']}`): {r['sampler']} {r['steps']} steps, {r['num_per_class']} images per "
              f"class per row, seed {r['seed']}, extractors {', '.join(r['extractors'])}; ratios are against the real-vs-real "
              "baseline at the same n. Made by " + "; ".join(f"`{c}`" for c in commands) + ". "
-             + " ".join(describe(part.get("provenance")) for part in parts[:1]) + (f" {r['notes']}" if r.get("notes") else ""),
+             + " ".join(describe(part.get("provenance")) for part in parts[:1]) + _run_autoencoder(r.get("run_autoencoder"))
+             + (f" {r['notes']}" if r.get("notes") else ""),
              "", markdown(r["rows"]), ""]
     return lines
+
+
+def _run_autoencoder(config: dict | None) -> str:
+    """The run's autoencoder, as a frontier JSON records it (its ``config.json``): the latent shape every row (but an
+    autoencoder variant's) trained on."""
+    if not config:
+        return ""
+    m = config["model"]
+    f, side = 2 ** (len(m["channels"]) - 1), m["image_size"] // 2 ** (len(m["channels"]) - 1)
+    psnr = config.get("metrics", {}).get("val_psnr")
+    return (f" The run's autoencoder: channels {m['channels']}, f = {f}, {side}x{side}x{m['latent_channels']} latents"
+            + (f", val PSNR {psnr:.2f} dB" if psnr is not None else "") + ".")
 
 
 def _ae_compute(row: dict) -> float:

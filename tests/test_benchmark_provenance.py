@@ -183,6 +183,10 @@ def test_pipeline_run_collects_the_run_figures(tmp_path):
             "13.5 min. 97.4% of 500 generated images (ddim 50 steps, guidance 3.0)") in text
     assert ("Fréchet distance classifier 5.2. Over the real-vs-real baseline, classifier: FD ratio 8.40, recall ratio 0.82 (the autoencoder's "
             "reconstructions: 3.88 and 0.94); effnet_lite0: FD ratio 3.80.") in text
+    # a preset's run gets the preset's command; a run of an earlier recipe of it keeps the command it recorded
+    assert report.command("pipeline_run_shapes64.json", r) == ("make run-shapes64 && .venv/bin/python -m benchmarks.pipeline_run --root "
+                                                              "runs/shapes64 --out reports/benchmarks/pipeline_run_shapes64.json")
+    assert report.command("pipeline_run_shapes64_f4.json", {**r, "command": "init-run, edit, dvc repro"}) == "init-run, edit, dvc repro"
 
 
 def test_samples_png_command_writes_the_pixel_model_grid(tmp_path):
@@ -308,7 +312,9 @@ def test_frontier_variants_are_valid_params_and_override_only_their_keys():
             if k != "unet":
                 assert after["train_diffusion"][k] == v, (name, k)
         ae_changed = {k for k in after["train_autoencoder"] if after["train_autoencoder"][k] != before["train_autoencoder"][k]}
-        assert ae_changed == set(AUTOENCODER_VARIANTS.get(name, {})), (name, ae_changed)
+        ae_overrides = AUTOENCODER_VARIANTS.get(name, {})  # a value equal to params.yaml's (ae_40k: MNIST's 40,000) changes nothing here
+        assert ae_changed == {k for k, v in ae_overrides.items() if before["train_autoencoder"][k] != v}, (name, ae_changed)
+        assert all(after["train_autoencoder"][k] == v for k, v in ae_overrides.items()), name
     assert params_dict(variant_params(base, {"unet": {"channels": [96, 128]}}, max_images=None, num_threads=None))["train_diffusion"]["unet"][
         "preset"] == before["train_diffusion"]["unet"]["preset"]  # nested overrides merge, they do not replace the section
 
@@ -345,6 +351,30 @@ def test_frontier_merge_combines_parts_and_refuses_a_different_protocol(tmp_path
     assert again["commands"] == [*merged["commands"], "python -m benchmarks.frontier --out d.json"]
     assert [p["file"] for p in again["parts"]] == [str(a), str(b), str(tmp_path / "d.json")]
     assert again["notes"] == "first two" and [r["variant"] for r in again["rows"]] == ["baseline", "v_prediction", "wide", "batch_16"]
+
+
+
+def test_frontier_records_the_runs_autoencoder_and_a_merge_note(tmp_path):
+    """A frontier JSON says which latents its rows were trained on (the run's autoencoder config, rendered as f and the
+    latent shape) and a merge can add a note after the parts' own: two runs of one protocol on different autoencoders
+    must not read as the same table."""
+    from benchmarks import frontier
+    from benchmarks.report import frontier_section
+
+    ae = {"model": {"channels": [16, 32, 64, 64], "latent_channels": 16, "image_size": 64}, "metrics": {"val_psnr": 25.191}}
+    row = {"variant": "v", "sampling": "plain", "guidance": 3.0, "train_seconds": 165.0, "images_seen": 60000, "class_consistency": 0.45,
+           "fd_ratio_classifier": 476.0, "precision_ratio_classifier": 0.75, "recall_ratio_classifier": 0.6}
+    part = tmp_path / "a.json"
+    part.write_text(json.dumps({"command": "python -m benchmarks.frontier --out a.json", "run": "/r", "sampler": "ddim", "steps": 25,
+                                "num_per_class": 50, "extractors": ["classifier"], "seed": 0, "run_autoencoder": ae, "rows": [row],
+                                "notes": "part a.", "provenance": prov.provenance(threads=1)}))
+    merged = frontier.merge([part], tmp_path / "m.json", note="f = 8 run.")
+    assert merged["notes"] == "part a. f = 8 run." and merged["run_autoencoder"] == ae
+    text = "\n".join(frontier_section(merged, "frontier_x.json"))
+    assert "The run's autoencoder: channels [16, 32, 64, 64], f = 8, 8x8x16 latents, val PSNR 25.19 dB. part a. f = 8 run." in text
+    assert frontier.main(["--merge", str(part), "--out", str(tmp_path / "n.json"), "--note", "cli."])["notes"] == "part a. cli."
+    # older files without the record render as before
+    assert "The run's autoencoder" not in "\n".join(frontier_section({**merged, "run_autoencoder": None}, "frontier_x.json"))
 
 
 def test_report_renders_a_frontier_per_preset_under_its_own_title(tmp_path):
