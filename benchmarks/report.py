@@ -334,7 +334,8 @@ def unet_layouts_section(files: dict[str, dict]) -> list[str]:
 
 
 def pipeline_section(r: dict | None, name: str = "pipeline_run.json") -> list[str]:
-    title = "## Pipeline run (`make run`)" if name == "pipeline_run.json" else f"## Pipeline run ({name.removeprefix('pipeline_run_')[:-5]} preset)"
+    preset, _, recipe = name.removeprefix("pipeline_run_").removesuffix(".json").partition("_")  # pipeline_run_<preset>[_<recipe>]
+    title = "## Pipeline run (`make run`)" if name == "pipeline_run.json" else f"## Pipeline run ({preset} preset{f', {recipe} recipe' if recipe else ''})"
     if r is None:
         return [title, "", "No pipeline run committed: after `make run`, `.venv/bin/python -m benchmarks.pipeline_run` "
                 "writes `reports/benchmarks/pipeline_run.json` (a preset: `make run-cifar10 && .venv/bin/python -m benchmarks.pipeline_run "

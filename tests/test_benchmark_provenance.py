@@ -187,6 +187,8 @@ def test_pipeline_run_collects_the_run_figures(tmp_path):
     assert report.command("pipeline_run_shapes64.json", r) == ("make run-shapes64 && .venv/bin/python -m benchmarks.pipeline_run --root "
                                                               "runs/shapes64 --out reports/benchmarks/pipeline_run_shapes64.json")
     assert report.command("pipeline_run_shapes64_f4.json", {**r, "command": "init-run, edit, dvc repro"}) == "init-run, edit, dvc repro"
+    assert report.pipeline_section(r, "pipeline_run_shapes64_f4.json")[0] == "## Pipeline run (shapes64 preset, f4 recipe)"
+    assert report.pipeline_section(r, "pipeline_run_cifar10.json")[0] == "## Pipeline run (cifar10 preset)"
 
 
 def test_samples_png_command_writes_the_pixel_model_grid(tmp_path):
