@@ -251,6 +251,9 @@ def merge(paths: list[Path], out: Path, note: str | None = None) -> dict:
     for p, d in zip(paths[1:], docs[1:], strict=True):
         if any(d[k] != docs[0][k] for k in keys):
             raise SystemExit(f"{p}: protocol {[d[k] for k in keys]} differs from {paths[0]}'s {[docs[0][k] for k in keys]}; not merged")
+        if d.get("run_autoencoder") != docs[0].get("run_autoencoder"):  # rows on other latents are not one table
+            raise SystemExit(f"{p}: its run's autoencoder {_autoencoder_words(d)} differs from {paths[0]}'s "
+                             f"{_autoencoder_words(docs[0])}; not merged (write them as separate frontier files)")
     rows: dict = {}
     commands, parts, notes = [], [], []
     for p, d in zip(paths, docs, strict=True):
@@ -275,6 +278,15 @@ def merge(paths: list[Path], out: Path, note: str | None = None) -> dict:
     print(markdown(merged["rows"]))
     print(f"\nwrote {out}")
     return merged
+
+
+def _autoencoder_words(doc: dict) -> str:
+    """A frontier file's run autoencoder in a few words for an error message (``unrecorded`` for files before the record)."""
+    config = doc.get("run_autoencoder")
+    if not config:
+        return "(unrecorded)"
+    m = config["model"]
+    return f"(channels {m['channels']}, {m['latent_channels']} latent channels, val PSNR {config.get('metrics', {}).get('val_psnr')})"
 
 
 def markdown(rows: list[dict]) -> str:

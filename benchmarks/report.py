@@ -85,7 +85,10 @@ def command(name: str, r: dict | list | None) -> str:
     if name.startswith("pipeline_run_"):
         if isinstance(r, dict) and r.get("command"):  # a run of an earlier recipe of the preset records how it was made
             return r["command"]
-        preset = name.removeprefix("pipeline_run_").removesuffix(".json")
+        preset, _, recipe = name.removeprefix("pipeline_run_").removesuffix(".json").partition("_")
+        if recipe:  # pipeline_run_<preset>_<recipe>.json: `make run-<preset>` is today's recipe, not this file's
+            raise ValueError(f"reports/benchmarks/{name}: a run of the {preset} preset's {recipe} recipe must record the "
+                             "`command` that made it (its params differ from the preset's); add it to the JSON")
         return f"make run-{preset} && .venv/bin/python -m benchmarks.pipeline_run --root runs/{preset}{out}"
     if name.startswith("unet_layouts") and isinstance(r, dict):
         rows = r.get("rows") or []
@@ -558,10 +561,12 @@ def _run_autoencoder(config: dict | None) -> str:
     autoencoder variant's) trained on."""
     if not config:
         return ""
-    m = config["model"]
-    f, side = 2 ** (len(m["channels"]) - 1), m["image_size"] // 2 ** (len(m["channels"]) - 1)
+    from components.models.autoencoder import AutoencoderConfig
+
+    m = AutoencoderConfig.from_dict(config["model"])
+    c, h, w = m.latent_shape
     psnr = config.get("metrics", {}).get("val_psnr")
-    return (f" The run's autoencoder: channels {m['channels']}, f = {f}, {side}x{side}x{m['latent_channels']} latents"
+    return (f" The run's autoencoder: channels {list(m.channels)}, f = {m.downsampling_factor}, {h}x{w}x{c} latents"
             + (f", val PSNR {psnr:.2f} dB" if psnr is not None else "") + ".")
 
 

@@ -187,7 +187,9 @@ def test_pipeline_run_collects_the_run_figures(tmp_path):
     assert report.command("pipeline_run_shapes64.json", r) == ("make run-shapes64 && .venv/bin/python -m benchmarks.pipeline_run --root "
                                                               "runs/shapes64 --out reports/benchmarks/pipeline_run_shapes64.json")
     assert report.command("pipeline_run_shapes64_f4.json", {**r, "command": "init-run, edit, dvc repro"}) == "init-run, edit, dvc repro"
-    assert report.pipeline_section(r, "pipeline_run_shapes64_f4.json")[0] == "## Pipeline run (shapes64 preset, f4 recipe)"
+    with pytest.raises(ValueError, match="pipeline_run_shapes64_f4.json: a run of the shapes64 preset's f4 recipe must record"):
+        report.command("pipeline_run_shapes64_f4.json", r)  # `make run-shapes64` would be the wrong command for it
+    assert report.pipeline_section({**r, "command": "x"}, "pipeline_run_shapes64_f4.json")[0] == "## Pipeline run (shapes64 preset, f4 recipe)"
     assert report.pipeline_section(r, "pipeline_run_cifar10.json")[0] == "## Pipeline run (cifar10 preset)"
 
 
@@ -362,8 +364,10 @@ def test_frontier_records_the_runs_autoencoder_and_a_merge_note(tmp_path):
     must not read as the same table."""
     from benchmarks import frontier
     from benchmarks.report import frontier_section
+    from components.models.autoencoder import AutoencoderConfig
 
-    ae = {"model": {"channels": [16, 32, 64, 64], "latent_channels": 16, "image_size": 64}, "metrics": {"val_psnr": 25.191}}
+    model = AutoencoderConfig(in_channels=3, image_size=64, channels=(16, 32, 64, 64), latent_channels=16).to_dict()
+    ae = json.loads(json.dumps({"model": model, "metrics": {"val_psnr": 25.191}}))  # as config.json holds it (lists, not tuples)
     row = {"variant": "v", "sampling": "plain", "guidance": 3.0, "train_seconds": 165.0, "images_seen": 60000, "class_consistency": 0.45,
            "fd_ratio_classifier": 476.0, "precision_ratio_classifier": 0.75, "recall_ratio_classifier": 0.6}
     part = tmp_path / "a.json"
@@ -377,6 +381,18 @@ def test_frontier_records_the_runs_autoencoder_and_a_merge_note(tmp_path):
     assert frontier.main(["--merge", str(part), "--out", str(tmp_path / "n.json"), "--note", "cli."])["notes"] == "part a. cli."
     # older files without the record render as before
     assert "The run's autoencoder" not in "\n".join(frontier_section({**merged, "run_autoencoder": None}, "frontier_x.json"))
+    # parts trained on different autoencoders (or one without the record) are not one table: refused, nothing written
+    other = tmp_path / "b.json"
+    f4 = {**ae, "model": {**ae["model"], "channels": [16, 32, 64], "latent_channels": 4}}
+    other.write_text(json.dumps({**json.loads(part.read_text()), "run_autoencoder": f4}))
+    with pytest.raises(SystemExit, match=r"b.json: its run's autoencoder \(channels \[16, 32, 64\], 4 latent channels.*differs"):
+        frontier.merge([part, other], tmp_path / "refused.json")
+    other.write_text(json.dumps({k: v for k, v in json.loads(part.read_text()).items() if k != "run_autoencoder"}))
+    with pytest.raises(SystemExit, match=r"\(unrecorded\) differs"):
+        frontier.merge([part, other], tmp_path / "refused.json")
+    assert not (tmp_path / "refused.json").exists()
+    f4_text = "\n".join(frontier_section({**merged, "run_autoencoder": f4}, "frontier_x.json"))
+    assert "channels [16, 32, 64], f = 4, 16x16x4 latents" in f4_text
 
 
 def test_report_renders_a_frontier_per_preset_under_its_own_title(tmp_path):
