@@ -601,7 +601,29 @@ def judges_section(r: dict, name: str) -> list[str]:
     for label, x in parts:
         lines.append(f"| {label} | {x['classifier']['accuracy']:.3f} | {x['effnet_probe']['accuracy']:.3f} | {x.get('agreement', float('nan')):.3f} |")
     picks = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in r["auto_picks"].items())
-    return [*lines, "", f"`evaluate.judge: auto` would pick, {picks}. On samples the column is class consistency.", ""]
+    lines += ["", f"`evaluate.judge: auto` would pick, {picks}. On samples the column is class consistency.", ""]
+    if r["samples"] and all(v["classifier"]["confusion"] for v in r["samples"].values()):
+        names = r.get("class_names") or [str(i) for i in range(len(next(iter(r["samples"].values()))["classifier"]["confusion"]))]
+        lines += ["Per class, the classifier on the samples (the share read as the class asked for; the commonest wrong "
+                  "reading when it takes at least a tenth):", "", "| samples | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        lines += [f"| {k} | " + " | ".join(_per_class_cells(v["classifier"]["confusion"], names)) + " |" for k, v in r["samples"].items()]
+        lines.append("")
+    return lines
+
+
+def _per_class_cells(confusion: list[list[int]], names: list[str]) -> list[str]:
+    """One cell per requested class of a confusion matrix (rows: requested, columns: read as): the share read right and
+    the commonest wrong reading if it holds at least 10% of the row."""
+    cells = []
+    for i, row in enumerate(confusion):
+        total = sum(row) or 1
+        wrong = max((j for j in range(len(row)) if j != i), key=lambda j: row[j], default=None)
+        cell = f"{row[i] / total:.2f}"
+        if wrong is not None and row[wrong] / total >= 0.1:
+            cell += f" ({names[wrong]} {row[wrong] / total:.2f})"
+        cells.append(cell)
+    return cells
 
 
 def ceiling_section(r: dict | None) -> list[str]:

@@ -502,6 +502,13 @@ def test_judges_section_renders_each_image_set_and_the_picks_from_the_json():
     assert "| real val | 0.997 | 0.999 | 0.996 |" in text and "| reconstructions: group | 0.917 | 0.682 | 0.649 |" in text
     assert "| samples: g120k | 0.677 | 0.443 | 0.373 |" in text
     assert "on real val: effnet_probe, on reconstructions group: classifier" in text
+    assert "Per class" not in text  # no confusion matrices recorded: no per-class table
+    # with them: per requested class the share read right and, from a tenth up, the commonest wrong reading
+    confusion = [[45, 3, 2], [22, 19, 9], [0, 4, 46]]
+    r["samples"]["g120k"]["classifier"]["confusion"] = confusion
+    text = "\n".join(report.judges_section({**r, "class_names": ["circle", "square", "star"]}, "judges_decoded_shapes64.json"))
+    assert "| samples | circle | square | star |" in text
+    assert "| g120k | 0.90 | 0.38 (circle 0.44) | 0.92 |" in text  # star's 4 squares (0.08) are under a tenth
 
 
 def test_downstream_overrides_only_existing_keys_and_finds_the_stages_a_variant_re_ran(tmp_path):
