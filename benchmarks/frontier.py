@@ -254,8 +254,9 @@ def merge(paths: list[Path], out: Path, note: str | None = None) -> dict:
         if any(d[k] != docs[0][k] for k in keys):
             raise SystemExit(f"{p}: protocol {[d[k] for k in keys]} differs from {paths[0]}'s {[docs[0][k] for k in keys]}; not merged")
         if d.get("run_autoencoder") != docs[0].get("run_autoencoder"):  # rows on other latents are not one table
-            raise SystemExit(f"{p}: its run's autoencoder {_autoencoder_words(d)} differs from {paths[0]}'s "
-                             f"{_autoencoder_words(docs[0])}; not merged (write them as separate frontier files)")
+            raise SystemExit(f"{p}: its run's autoencoder ({describe_autoencoder(d.get('run_autoencoder'))}) differs from "
+                             f"{paths[0]}'s ({describe_autoencoder(docs[0].get('run_autoencoder'))}); not merged (write them as "
+                             "separate frontier files)")
     rows: dict = {}
     commands, parts, notes = [], [], []
     for p, d in zip(paths, docs, strict=True):
@@ -282,13 +283,19 @@ def merge(paths: list[Path], out: Path, note: str | None = None) -> dict:
     return merged
 
 
-def _autoencoder_words(doc: dict) -> str:
-    """A frontier file's run autoencoder in a few words for an error message (``unrecorded`` for files before the record)."""
-    config = doc.get("run_autoencoder")
+def describe_autoencoder(config: dict | None) -> str:
+    """A frontier file's ``run_autoencoder`` (the run's autoencoder ``config.json``) in words: its channels, f and latent
+    shape (from :class:`~components.models.autoencoder.AutoencoderConfig`) and val PSNR; ``unrecorded`` for files
+    written before the record. The report's frontier section and the merge's refusal both say it this way."""
     if not config:
-        return "(unrecorded)"
-    m = config["model"]
-    return f"(channels {m['channels']}, {m['latent_channels']} latent channels, val PSNR {config.get('metrics', {}).get('val_psnr')})"
+        return "unrecorded"
+    from components.models.autoencoder import AutoencoderConfig
+
+    m = AutoencoderConfig.from_dict(config["model"])
+    c, h, w = m.latent_shape
+    psnr = config.get("metrics", {}).get("val_psnr")
+    return (f"channels {list(m.channels)}, f = {m.downsampling_factor}, {h}x{w}x{c} latents"
+            + (f", val PSNR {psnr:.2f} dB" if psnr is not None else ""))
 
 
 def markdown(rows: list[dict]) -> str:

@@ -85,7 +85,7 @@ def command(name: str, r: dict | list | None) -> str:
     if name.startswith("pipeline_run_"):
         if isinstance(r, dict) and r.get("command"):  # a run of an earlier recipe of the preset records how it was made
             return r["command"]
-        preset, _, recipe = name.removeprefix("pipeline_run_").removesuffix(".json").partition("_")
+        preset, recipe = _preset_recipe(name)
         if recipe:  # pipeline_run_<preset>_<recipe>.json: `make run-<preset>` is today's recipe, not this file's
             raise ValueError(f"reports/benchmarks/{name}: a run of the {preset} preset's {recipe} recipe must record the "
                              "`command` that made it (its params differ from the preset's); add it to the JSON")
@@ -336,8 +336,14 @@ def unet_layouts_section(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _preset_recipe(name: str) -> tuple[str, str]:
+    """``pipeline_run_<preset>[_<recipe>].json`` -> (preset, recipe or "")."""
+    preset, _, recipe = name.removeprefix("pipeline_run_").removesuffix(".json").partition("_")
+    return preset, recipe
+
+
 def pipeline_section(r: dict | None, name: str = "pipeline_run.json") -> list[str]:
-    preset, _, recipe = name.removeprefix("pipeline_run_").removesuffix(".json").partition("_")  # pipeline_run_<preset>[_<recipe>]
+    preset, recipe = _preset_recipe(name)
     title = "## Pipeline run (`make run`)" if name == "pipeline_run.json" else f"## Pipeline run ({preset} preset{f', {recipe} recipe' if recipe else ''})"
     if r is None:
         return [title, "", "No pipeline run committed: after `make run`, `.venv/bin/python -m benchmarks.pipeline_run` "
@@ -559,15 +565,9 @@ def frontier_section(r: dict | None, name: str = "frontier.json") -> list[str]:
 def _run_autoencoder(config: dict | None) -> str:
     """The run's autoencoder, as a frontier JSON records it (its ``config.json``): the latent shape every row (but an
     autoencoder variant's) trained on."""
-    if not config:
-        return ""
-    from components.models.autoencoder import AutoencoderConfig
+    from benchmarks.frontier import describe_autoencoder
 
-    m = AutoencoderConfig.from_dict(config["model"])
-    c, h, w = m.latent_shape
-    psnr = config.get("metrics", {}).get("val_psnr")
-    return (f" The run's autoencoder: channels {list(m.channels)}, f = {m.downsampling_factor}, {h}x{w}x{c} latents"
-            + (f", val PSNR {psnr:.2f} dB" if psnr is not None else "") + ".")
+    return f" The run's autoencoder: {describe_autoencoder(config)}." if config else ""
 
 
 def _ae_compute(row: dict) -> float:

@@ -385,7 +385,8 @@ def test_frontier_records_the_runs_autoencoder_and_a_merge_note(tmp_path):
     other = tmp_path / "b.json"
     f4 = {**ae, "model": {**ae["model"], "channels": [16, 32, 64], "latent_channels": 4}}
     other.write_text(json.dumps({**json.loads(part.read_text()), "run_autoencoder": f4}))
-    with pytest.raises(SystemExit, match=r"b.json: its run's autoencoder \(channels \[16, 32, 64\], 4 latent channels.*differs"):
+    with pytest.raises(SystemExit, match=r"b.json: its run's autoencoder \(channels \[16, 32, 64\], f = 4, 16x16x4 latents, val PSNR 25.19 dB\) "
+                       r"differs from .*a.json's \(channels \[16, 32, 64, 64\], f = 8, 8x8x16 latents"):
         frontier.merge([part, other], tmp_path / "refused.json")
     other.write_text(json.dumps({k: v for k, v in json.loads(part.read_text()).items() if k != "run_autoencoder"}))
     with pytest.raises(SystemExit, match=r"\(unrecorded\) differs"):
