@@ -85,6 +85,11 @@ TRAINING_VARIANTS: dict[str, dict] = {
     "res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k": {
         "prediction_type": "v_prediction", "lr": 2.0e-3, "min_snr_gamma": 5.0, "batch_size": 32, "max_images": 150000,
         "unet": {"preset": "res-res-clsAtn-chnAtn"}},
+    # the res-res recipe without min-SNR weighting: under v-prediction min-SNR-5 weighs a step by min(SNR, 5) / (SNR + 1),
+    # under 0.1 for the 31 % of scaled_linear's timesteps with SNR < 0.1, the noise levels where a sample's shape is decided
+    "res_res_v_prediction_lr_2e-3_batch_32_images_150k": {
+        "prediction_type": "v_prediction", "lr": 2.0e-3, "batch_size": 32, "max_images": 150000,
+        "unet": {"preset": "res-res-clsAtn-chnAtn"}},
 }
 # No EMA-decay variant: the EMA's decay warms up as min(decay, (1 + n) / (10 + n)) (components/training/common.py), which
 # stays below 0.998 for the first 4,490 updates, so at these budgets (350-700 updates) 0.998, 0.999 and 0.9995 are the same
@@ -101,6 +106,14 @@ TRAINING_VARIANTS.update({name: {"prediction_type": "v_prediction"} for name in 
 AUTOENCODER_VARIANTS["ae_40k_v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k"] = {"max_images": 40000}
 TRAINING_VARIANTS["ae_40k_v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k"] = dict(
     TRAINING_VARIANTS["v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k"])
+# the shapes64 res-res recipe on an autoencoder with a tenth of the KL weight: at 1e-5 over 64x64x3 pixels (the MSE is a
+# mean over pixels, the KL a sum over latents) the posterior's variance is 1.9x the variance of its means, most channels
+# nearly N(0, 1) noise, and the judge reads 0.887 of decoded posterior samples against 0.926 of decoded means
+# (and the other way: three times the KL weight, a noisier, less informative latent)
+for _kl in ("1e-6", "3e-5"):
+    AUTOENCODER_VARIANTS[f"ae_kl_{_kl}_res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"] = {"kl_weight": float(_kl)}
+    TRAINING_VARIANTS[f"ae_kl_{_kl}_res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"] = dict(
+        TRAINING_VARIANTS["res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"])
 
 # name -> generate() keyword arguments beyond the guidance scale
 SAMPLING_VARIANTS: dict[str, dict] = {

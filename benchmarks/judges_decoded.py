@@ -1,6 +1,9 @@
 """Which judge of class consistency reads *decoded* images right: the pipeline's classifier or the EfficientNet-Lite0
 linear probe (``evaluate.judge``), on a finished run's real val images, on the reconstructions of them by one or more
-autoencoders (decoded images whose class is known) and on samples of one or more trained models.
+autoencoders (decoded images whose class is known) and on samples of one or more trained models. For a KL
+autoencoder also on decodings of one draw from each val image's posterior: the latents the U-Net is trained on, so
+the judge's accuracy there is what a U-Net that learnt its training distribution exactly would score, with the
+posterior's variance against the variance of the means per latent channel.
 
 A latent diffusion model's samples are decoded images, so the judge that should score them is the one that reads
 decoded images of known class right, not the one that reads the real val images better: ``evaluate.judge: auto``
@@ -38,6 +41,32 @@ def _named(items: list[str], what: str, marker: str, ap: argparse.ArgumentParser
             ap.error(f"{what} wants NAME=DIR with {marker} inside DIR, got {item!r}")
         out.append((name, Path(path)))
     return out
+
+
+@torch.no_grad()
+def posterior_samples(autoencoder: torch.nn.Module, images: np.ndarray, batch_size: int = 100, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """uint8 decodings ``D(z)`` of one draw ``z = mean + std * n`` of each image's posterior q(z|x): the latents
+    train_diffusion trains on (LDM, sec. 3.3), so a U-Net that learnt them exactly would draw images like these. The
+    ``n`` are drawn for all images at once from a ``seed``-ed generator (the images do not depend on ``batch_size``).
+    Also, per latent channel, the variance of the posterior means over the images and the mean posterior variance:
+    ``{"mean_variance": [...], "posterior_variance": [...], "noise_to_signal": total posterior variance / total
+    variance of the means}``."""
+    from components.data.loader import iter_batches, to_model
+    from components.images import to_uint8
+
+    noise = torch.randn((len(images), *autoencoder.config.latent_shape), generator=torch.Generator().manual_seed(seed))
+    out, means, variances = [], [], []
+    for i, batch in enumerate(iter_batches(images, batch_size, device=torch.device("cpu"))):
+        q = autoencoder.encode(to_model(batch, torch.device("cpu")))
+        std = torch.exp(0.5 * q.logvar)
+        out.append(to_uint8(autoencoder.decode(q.mean + std * noise[i * batch_size:i * batch_size + len(batch)]).float()))
+        means.append(q.mean.transpose(0, 1).flatten(1))
+        variances.append((std ** 2).transpose(0, 1).flatten(1))
+    mean_var = torch.cat(means, 1).var(1)
+    post_var = torch.cat(variances, 1).mean(1)
+    stats = {"mean_variance": [round(float(v), 4) for v in mean_var], "posterior_variance": [round(float(v), 4) for v in post_var],
+             "noise_to_signal": float(post_var.sum() / mean_var.sum())}
+    return np.concatenate(out), stats
 
 
 def score(judges: dict, images: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
@@ -103,6 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
         r["path"] = str(path)
         result["reconstructions"][name] = r
         print(f"reconstructions by {name}: {({j: r[j]['accuracy'] for j in judges})}", flush=True)
+        if ae.config.regularizer == "kl":  # the other autoencoders' latents are deterministic: the same images
+            decoded, stats = posterior_samples(ae, val, 100, seed=params.base.seed)
+            r = score(judges, decoded, val_labels, num_classes)
+            r.update(path=str(path), posterior=stats)
+            result.setdefault("posterior_samples", {})[name] = r
+            print(f"decoded posterior samples of {name}: {({j: r[j]['accuracy'] for j in judges})}, posterior variance / "
+                  f"variance of the means {stats['noise_to_signal']:.2f}", flush=True)
     s = params.sample
     labels = np.repeat(np.arange(num_classes), args.num_per_class)
     for name, path in generators:

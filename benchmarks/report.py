@@ -597,11 +597,19 @@ def judges_section(r: dict, name: str) -> list[str]:
              "| images | classifier | EfficientNet-Lite0 probe | agreement |", "|---|---|---|---|"]
     parts = [("real val", r["real_val"])]
     parts += [(f"reconstructions: {k}", v) for k, v in r["reconstructions"].items()]
+    parts += [(f"decoded posterior samples: {k}", v) for k, v in r.get("posterior_samples", {}).items()]
     parts += [(f"samples: {k}", v) for k, v in r["samples"].items()]
     for label, x in parts:
         lines.append(f"| {label} | {x['classifier']['accuracy']:.3f} | {x['effnet_probe']['accuracy']:.3f} | {x.get('agreement', float('nan')):.3f} |")
     picks = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in r["auto_picks"].items())
     lines += ["", f"`evaluate.judge: auto` would pick, {picks}. On samples the column is class consistency.", ""]
+    for k, v in r.get("posterior_samples", {}).items():
+        post = v["posterior"]
+        lines += [f"Posterior of {k} (the U-Net's training latents are draws from it): its variance is "
+                  f"{post['noise_to_signal']:.2f}x the variance of the posterior means over the val images; per latent "
+                  "channel, variance of the means / mean posterior variance: "
+                  + ", ".join(f"{m:.2f}/{p:.2f}" for m, p in zip(post["mean_variance"], post["posterior_variance"], strict=True))
+                  + ".", ""]
     if r["samples"] and all(v["classifier"]["confusion"] for v in r["samples"].values()):
         names = r.get("class_names") or [str(i) for i in range(len(next(iter(r["samples"].values()))["classifier"]["confusion"]))]
         lines += ["Per class, the classifier on the samples (the share read as the class asked for; the commonest wrong "

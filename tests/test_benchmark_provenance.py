@@ -512,6 +512,52 @@ def test_judges_section_renders_each_image_set_and_the_picks_from_the_json():
     assert "| g120k | 0.90 | 0.38 (circle 0.44) | 0.92 |" in text  # star's 4 squares (0.08) are under a tenth
 
 
+def test_judges_section_renders_decoded_posterior_samples_and_their_noise():
+    def acc(c: float, p: float, agree: float) -> dict:
+        return {"classifier": {"accuracy": c, "confusion": []}, "effnet_probe": {"accuracy": p, "confusion": []}, "agreement": agree}
+
+    post = {**acc(0.8867, 0.5, 0.45), "posterior": {"mean_variance": [1.0806, 0.0442], "posterior_variance": [0.0362, 0.92],
+                                                     "noise_to_signal": 1.87}}
+    r = {"command": "python -m benchmarks.judges_decoded --run R", "real_val": acc(0.998, 0.999, 0.997),
+         "reconstructions": {"c16": acc(0.926, 0.625, 0.6)}, "posterior_samples": {"c16": post}, "samples": {},
+         "auto_picks": {"on_real_val": "effnet_probe"}, "provenance": {"git_commit": "abc"}}
+    text = "\n".join(report.judges_section(r, "judges_decoded_x.json"))
+    assert "| reconstructions: c16 | 0.926 | 0.625 | 0.600 |\n| decoded posterior samples: c16 | 0.887 | 0.500 | 0.450 |" in text
+    assert "its variance is 1.87x the variance of the posterior means" in text and "1.08/0.04, 0.04/0.92." in text
+
+
+def test_posterior_samples_draw_from_the_encoders_posterior_and_measure_its_variance_per_channel():
+    """benchmarks.judges_decoded.posterior_samples: with the encoder's log-variance pinned per channel (the output
+    conv's log-variance half zeroed, its bias set), the reported posterior variance is exactly that; a near-zero
+    variance decodes to the deterministic reconstruction; the draws are the seed's."""
+    from benchmarks.judges_decoded import posterior_samples
+    from components.evaluation.ceiling import reconstruct
+    from components.models.autoencoder import AutoencoderConfig, build_autoencoder
+
+    torch.manual_seed(0)
+    ae = build_autoencoder(AutoencoderConfig(in_channels=3, image_size=16, channels=(8, 8), latent_channels=2)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    out_conv = ae.encoder.net[-1]
+
+    def pin_logvar(values: list[float]) -> None:
+        with torch.no_grad():
+            out_conv.weight[2:] = 0.0
+            out_conv.bias[2:] = torch.tensor(values).log()
+
+    pin_logvar([0.25, 4.0])
+    decoded, stats = posterior_samples(ae, images, batch_size=4, seed=0)
+    assert decoded.shape == images.shape and decoded.dtype == np.uint8
+    assert stats["posterior_variance"] == pytest.approx([0.25, 4.0], rel=1e-3)
+    assert np.array_equal(decoded, posterior_samples(ae, images, batch_size=3, seed=0)[0])  # the seed's, whatever the batch
+    assert not np.array_equal(decoded, posterior_samples(ae, images, batch_size=4, seed=1)[0])
+    assert stats["noise_to_signal"] == pytest.approx(4.25 / sum(stats["mean_variance"]), rel=1e-3)
+    assert not np.array_equal(decoded, reconstruct(ae, images, 4))
+    pin_logvar([1e-12, 1e-12])  # a point mass: the posterior's draw is its mean
+    decoded, stats = posterior_samples(ae, images, batch_size=4, seed=0)
+    assert np.abs(decoded.astype(int) - reconstruct(ae, images, 4).astype(int)).max() <= 1
+    assert stats["noise_to_signal"] < 1e-6
+
+
 def test_downstream_overrides_only_existing_keys_and_finds_the_stages_a_variant_re_ran(tmp_path):
     from benchmarks.downstream import apply_overrides, stages_rerun
 
