@@ -108,7 +108,8 @@ TRAINING_VARIANTS["ae_40k_v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k"] 
     TRAINING_VARIANTS["v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k"])
 # the shapes64 res-res recipe on an autoencoder with a tenth of the KL weight: at 1e-5 over 64x64x3 pixels (the MSE is a
 # mean over pixels, the KL a sum over latents) the posterior's variance is 1.9x the variance of its means, most channels
-# nearly N(0, 1) noise, and the judge reads 0.887 of decoded posterior samples against 0.926 of decoded means
+# nearly N(0, 1) noise, and the judge reads 0.892 of decoded posterior draws against 0.926 of decoded means
+# (reports/benchmarks/judges_decoded_shapes64_kl_weight.json)
 # (and the other way: three times the KL weight, a noisier, less informative latent)
 for _kl in ("1e-6", "3e-5"):
     AUTOENCODER_VARIANTS[f"ae_kl_{_kl}_res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"] = {"kl_weight": float(_kl)}

@@ -48,7 +48,8 @@ def posterior_samples(autoencoder: torch.nn.Module, images: np.ndarray, batch_si
     """uint8 decodings ``D(z)`` of one draw ``z = mean + std * n`` of each image's posterior q(z|x): the latents
     train_diffusion trains on (LDM, sec. 3.3), so a U-Net that learnt them exactly would draw images like these. The
     ``n`` are drawn for all images at once from a ``seed``-ed generator (the images do not depend on ``batch_size``).
-    Also, per latent channel, the variance of the posterior means over the images and the mean posterior variance:
+    Also, per latent channel, the variance of the posterior means over the images and latent positions, and the mean
+    posterior variance:
     ``{"mean_variance": [...], "posterior_variance": [...], "noise_to_signal": total posterior variance / total
     variance of the means}``."""
     from components.data.loader import iter_batches, to_model

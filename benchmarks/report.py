@@ -606,7 +606,8 @@ def judges_section(r: dict, name: str) -> list[str]:
     for k, v in r.get("posterior_samples", {}).items():
         post = v["posterior"]
         lines += [f"Posterior of {k} (the U-Net's training latents are draws from it): its variance is "
-                  f"{post['noise_to_signal']:.2f}x the variance of the posterior means over the val images; per latent "
+                  f"{post['noise_to_signal']:.2f}x the variance of the posterior means over the val images and latent "
+                  "positions; per latent "
                   "channel, variance of the means / mean posterior variance: "
                   + ", ".join(f"{m:.2f}/{p:.2f}" for m, p in zip(post["mean_variance"], post["posterior_variance"], strict=True))
                   + ".", ""]
