@@ -6,6 +6,7 @@ Unknown keys and bad values are errors that name the offending key (``extra="for
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -428,13 +429,28 @@ class Params(_Section):
         return self
 
 
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: ``3e-05`` (how DVC writes 3e-5 into params.yaml after ``dvc exp run
+    -S``) is a float, not the string PyYAML's YAML 1.1 rules make of a float without a dot."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: str):
+    """``text`` parsed as :func:`yaml.safe_load` does, except that exponent floats without a dot (``3e-05``) are
+    floats: how ``params.yaml`` and the presets are read."""
+    return yaml.load(text, Loader=_Yaml12FloatLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; raise :class:`ConfigError` naming every bad key."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the project root or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from components.config import ConfigError, load_params
+from components.config import ConfigError, load_params, load_yaml
 from components.io import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def preset_params(name: str, base_params: Path = ROOT / "params.yaml") -> dict:
     path = PRESETS_DIR / name / "params.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}: choose one of {list_presets()} (folders under {PRESETS_DIR})")
-    merged = deep_merge(yaml.safe_load(base_params.read_text()) or {}, yaml.safe_load(path.read_text()) or {})
+    merged = deep_merge(load_yaml(base_params.read_text()) or {}, load_yaml(path.read_text()) or {})
     root = (merged.get("ingest") or {}).get("root")
     if root and not Path(root).is_absolute():
         merged["ingest"]["root"] = str((ROOT / root).resolve())
@@ -67,7 +67,7 @@ def preset_overrides(name: str, base_params: Path = ROOT / "params.yaml") -> lis
     """``key=value`` overrides (for ``dvc exp run -S``) that turn ``base_params`` into preset ``name``: every leaf of the
     preset, with a relative ``ingest.root`` made absolute (a queued experiment runs in a temporary copy of the project)."""
     merged = preset_params(name, base_params)
-    preset = yaml.safe_load((PRESETS_DIR / name / "params.yaml").read_text()) or {}
+    preset = load_yaml((PRESETS_DIR / name / "params.yaml").read_text()) or {}
     wanted = dict(_flatten(preset))
     leaves = dict(_flatten(merged))
     return [f"{key}={_hydra_value(leaves[key])}" for key in wanted]

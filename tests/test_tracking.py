@@ -259,7 +259,7 @@ def test_preset_overrides_turn_params_into_the_preset_as_dvc_applies_them(tmp_pa
     project's params.yaml must give exactly the merged preset, and the result must validate."""
     from dvc.utils.hydra import apply_overrides
 
-    from components.config import load_params
+    from components.config import load_params, load_yaml
     from pipelines.presets import list_presets, preset_overrides, preset_params
 
     assert "cifar10" in list_presets()
@@ -267,8 +267,14 @@ def test_preset_overrides_turn_params_into_the_preset_as_dvc_applies_them(tmp_pa
         target = tmp_path / f"{name}.yaml"
         target.write_text((ROOT / "params.yaml").read_text())
         apply_overrides(target, preset_overrides(name))
-        assert yaml.safe_load(target.read_text()) == preset_params(name), name
+        assert load_yaml(target.read_text()) == preset_params(name), name  # read as load_params reads it
         load_params(target)
+    # DVC writes 3e-5 as `3e-05`, which PyYAML's YAML 1.1 rules read as a string; params are read as YAML 1.2 floats
+    target = tmp_path / "shapes64.yaml"
+    assert "kl_weight: 3e-05" in target.read_text() and yaml.safe_load(target.read_text())["train_autoencoder"]["kl_weight"] == "3e-05"
+    assert load_yaml(target.read_text())["train_autoencoder"]["kl_weight"] == 3e-05
+    assert load_yaml("a: 3e-05\nb: -1E+3\nc: '3e-05'\nd: 1.0e-5\ne: 12\nf: 1e\ng: e5\nh: 0.5") == {
+        "a": 3e-05, "b": -1000.0, "c": "3e-05", "d": 1e-05, "e": 12, "f": "1e", "g": "e5", "h": 0.5}
     overrides = preset_overrides("cifar10")
     assert "ingest.channels=3" in overrides and "train_autoencoder.channels=[16,32,64]" in overrides
     root = next(o for o in overrides if o.startswith("ingest.root="))
