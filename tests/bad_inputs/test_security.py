@@ -23,7 +23,12 @@ def unsafe_loads(source: str, name: str = "<snippet>") -> list[str]:
     """Calls that can run code while loading data: pickle/cloudpickle/dill/joblib loads, ``torch.load`` without
     ``weights_only=True``, ``np.load`` without ``allow_pickle=False``, ``yaml.load`` / ``yaml.unsafe_load``."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    # classes of this module that subclass yaml.SafeLoader: yaml.load(..., Loader=<one of them>) builds no objects either
+    safe_loaders = {c.name for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+                    and any(isinstance(b, ast.Attribute) and isinstance(b.value, ast.Name) and b.value.id == "yaml"
+                            and b.attr in ("SafeLoader", "CSafeLoader") for b in c.bases)}
+    for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)):
             continue
         owner, attr = node.func.value.id, node.func.attr
@@ -35,7 +40,8 @@ def unsafe_loads(source: str, name: str = "<snippet>") -> list[str]:
         bad = ((owner in ("pickle", "cloudpickle", "dill", "joblib") and attr in ("load", "loads"))
                or (owner == "torch" and attr == "load" and not is_const("weights_only", True))
                or (owner in ("np", "numpy") and attr == "load" and not is_const("allow_pickle", False))
-               or (owner == "yaml" and attr in ("load", "unsafe_load", "full_load")))
+               or (owner == "yaml" and attr in ("unsafe_load", "full_load"))
+               or (owner == "yaml" and attr == "load" and not (isinstance(kw.get("Loader"), ast.Name) and kw["Loader"].id in safe_loaders)))
         if bad:
             found.append(f"{name}:{node.lineno}: {owner}.{attr}")
     return found
@@ -46,6 +52,10 @@ def test_the_scan_finds_unsafe_loads():
     snippet = ("import pickle, torch, numpy as np, yaml\npickle.loads(b'')\ntorch.load('x')\ntorch.load('x', weights_only=False)\n"
                "np.load('x')\nyaml.load('x')\ntorch.load('x', weights_only=True)\nnp.load('x', allow_pickle=False)\nyaml.safe_load('x')\n")
     assert [f.split(": ")[1] for f in unsafe_loads(snippet)] == ["pickle.loads", "torch.load", "torch.load", "np.load", "yaml.load"]
+    # yaml.load with a SafeLoader subclass of the same module is safe; with the full Loader or a subclass of it, not
+    snippet = ("import yaml\nclass Safe(yaml.SafeLoader):\n    pass\nclass Full(yaml.Loader):\n    pass\n"
+               "yaml.load('x', Loader=Safe)\nyaml.load('x', Loader=Full)\nyaml.load('x', Loader=yaml.Loader)\nyaml.load('x')\n")
+    assert [f.split(": ")[0].split(":")[1] for f in unsafe_loads(snippet)] == ["7", "8", "9"]
 
 
 def test_no_code_runs_when_loading_data():
