@@ -242,6 +242,9 @@ class DiffusionParams(TrainingParams):
     vlb_weight: float = Field(0.001, ge=0.0, description="lambda of the hybrid loss (learned_range only)")
     min_snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting; null = off")
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    latents: Literal["posterior_sample", "posterior_mean"] = Field(
+        "posterior_sample", description="what the U-Net learns: a fresh draw of the autoencoder's posterior each batch (LDM) or "
+                                        "its mean (KL only; VQ and plain autoencoders are deterministic either way)")
     batch_size: BatchSize = 128
     max_images: ImageBudget = 110_000
     lr: LearningRate = 1e-3

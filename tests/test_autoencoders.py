@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.config import AutoencoderParams
+from components.config import AutoencoderParams, DiffusionParams
 from components.images import to_model_range
 from components.models.autoencoder import AutoencoderConfig, KLAutoencoder, VQAutoencoder, build_autoencoder
 from components.models.checkpoint import CheckpointError, load_autoencoder, save_checkpoint
@@ -22,6 +22,7 @@ from components.models.vq import VectorQuantizer
 from components.training.autoencoder import (
     autoencoder_config,
     autoencoder_summary,
+    diffusion_latents,
     latent_std,
     reconstruction_metrics,
     train_autoencoder,
@@ -305,6 +306,28 @@ def test_latent_std_of_latents_with_known_std(regularizer: str, sigma: float | N
     std = latent_std(model, data, torch.device("cpu"), seed=0)
     assert std == pytest.approx(expected, rel=0.01 if sigma else 1e-4)
     assert latent_std(model, data, torch.device("cpu"), seed=0) == std  # seeded
+
+
+def test_diffusion_latents_are_scaled_draws_or_the_scaled_means():
+    """train_diffusion trains on z = s * (mean + std * n): ``posterior_sample`` hands it s * mean and log-variance
+    2 log(s * sigma); ``posterior_mean`` the same means with std exactly 0, so every draw is the mean."""
+    model = build_autoencoder(AutoencoderConfig(in_channels=1, image_size=8, channels=(8, 16), latent_channels=4,
+                                                regularizer="kl"), scale_factor=0.5)
+    model.encoder = _KnownLatents(a=1.0, b=3.0, sigma=2.0)
+    data = torch.zeros(6, 1, 8, 8)
+    expected_mean = 0.5 * model.encoder(data)[:, :4]
+    mean, logvar = diffusion_latents(model, data, torch.device("cpu"))
+    torch.testing.assert_close(mean, expected_mean)
+    torch.testing.assert_close(torch.exp(0.5 * logvar), torch.full_like(mean, 0.5 * 2.0))  # s * sigma
+    mean_only, logvar_mean = diffusion_latents(model, data, torch.device("cpu"), "posterior_mean")
+    torch.testing.assert_close(mean_only, expected_mean)
+    assert torch.isneginf(logvar_mean).all()
+    n = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mean_only + torch.exp(0.5 * logvar_mean) * n, mean_only)  # the draw train_diffusion makes is the mean
+    with pytest.raises(ValueError, match="posterior_mean"):
+        diffusion_latents(model, data, torch.device("cpu"), "mode")
+    with pytest.raises(ValueError, match="latents"):
+        DiffusionParams(latents="mode")
 
 
 @pytest.mark.parametrize("regularizer", ["kl", "vq", "none"])

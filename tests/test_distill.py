@@ -389,3 +389,42 @@ def test_the_stage_writes_loadable_students_and_reuses_finished_rounds(tmp_path:
     assert metrics["enabled"] is True and set(metrics["rounds"]) == {"2", "1"}
     student = load_file(str(out / "diffusion" / "model.safetensors"))
     assert not all(torch.equal(student[k], teacher.state_dict()[k]) for k in student)  # it trained
+
+
+@pytest.mark.parametrize(("training", "expected"), [({"latents": "posterior_mean"}, "posterior_mean"),
+                                                    ({"latents": "posterior_sample"}, "posterior_sample"),
+                                                    (None, "posterior_sample")])  # a checkpoint from before the option
+def test_students_learn_from_the_latents_their_teacher_learnt(tmp_path: Path, monkeypatch, training, expected) -> None:
+    """The student's training latents follow the teacher checkpoint's train_diffusion.latents, not params.yaml."""
+    from types import SimpleNamespace
+
+    import components.data.artifact as artifact
+    import components.training.autoencoder as ae_training
+    from pipelines.stages import distill as stage
+
+    models = tmp_path / "models"
+    ae = build_autoencoder(AutoencoderConfig(in_channels=1, image_size=8, channels=(8, 16), latent_channels=2), scale_factor=0.8)
+    save_checkpoint(models / "autoencoder", ae, ae.config.to_dict(), {"scale_factor": 0.8})
+    teacher = tiny_unet()
+    meta = {"schedule": {**SCHEDULE, "prediction_type": "epsilon"}, "class_names": ["a", "b", "c"], "dataset_digest": "d" * 64}
+    save_checkpoint(models / "diffusion", teacher, teacher.config.to_dict(), {**meta, **({"training": training} if training else {})})
+    ds = SimpleNamespace(images={"train": np.zeros((6, 8, 8, 1), dtype=np.uint8)}, labels={"train": np.arange(6) % 3},
+                         manifest={"dataset_digest": "d" * 64})
+    monkeypatch.setattr(artifact, "read_dataset", lambda *a, **k: ds)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def recorder(model, data, device, latents="posterior_sample", workers=0):
+        seen.append(latents)
+        raise Stop
+
+    monkeypatch.setattr(ae_training, "diffusion_latents", recorder)
+    other = "posterior_sample" if expected == "posterior_mean" else "posterior_mean"  # params.yaml says the other one
+    params = Params.model_validate({"base": {"device": "cpu"}, "train_diffusion": {"latents": other},
+                                    "distill": {"enabled": True, "steps": [2], "teacher_steps": 4}})
+    with pytest.raises(Stop):
+        stage.run(params, data_dir=tmp_path / "data", models_dir=models, metrics_dir=tmp_path / "metrics",
+                  out_dir=models / "distilled", progress=False)
+    assert seen == [expected]

@@ -177,6 +177,22 @@ def encode_dataset(model: Autoencoder, data, device: torch.device, batch_size: i
 
 
 @torch.no_grad()
+def diffusion_latents(model: Autoencoder, data, device: torch.device, latents: str = "posterior_sample",
+                      workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scaled posterior ``(mean, logvar)`` the U-Net trains on: ``z = s * (mean + std * n)`` with ``s`` the
+    autoencoder's scale factor (Rombach et al. 2022, sec. 3.3 and G), i.e. the mean times ``s`` and the log-variance
+    plus ``2 log s``. ``latents="posterior_mean"`` sets the log-variance to -inf (std 0), so every draw is the mean:
+    the U-Net then learns the distribution of the latents the decoder reconstructs from, not of its noisy draws."""
+    if latents not in ("posterior_sample", "posterior_mean"):
+        raise ValueError(f"latents must be 'posterior_sample' or 'posterior_mean', got {latents!r}")
+    mean, logvar = encode_dataset(model, data, device, workers=workers)
+    scale = float(model.scale_factor)
+    if latents == "posterior_mean":
+        return mean * scale, torch.full_like(logvar, -math.inf)
+    return mean * scale, logvar + 2 * math.log(scale)
+
+
+@torch.no_grad()
 def latent_std(model: Autoencoder, data, device: torch.device, seed: int, workers: int = 0) -> float:
     """Std of the training latents the diffusion model will see (posterior samples for KL, encoder outputs
     otherwise) over every element of the training set (Rombach et al. 2022, sec. G: scale = 1/std)."""

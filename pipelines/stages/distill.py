@@ -43,7 +43,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     from components.diffusion import make_betas
     from components.models.checkpoint import load_autoencoder, load_unet, save_checkpoint
     from components.registry.lineage import file_sha256
-    from components.training.autoencoder import encode_dataset
+    from components.training.autoencoder import diffusion_latents
     from components.training.distill import DistilledInfo, distill_round, plan_rounds, round_fingerprint, state_digest
     from components.training.distributed import DistContext
     from components.training.loop import LoopConfig
@@ -64,9 +64,9 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     rounds = plan_rounds(cfg.steps, cfg.teacher_steps, guidance, len(betas), guidance_rescale=rescale, guidance_interval=interval)
     ds = read_dataset(data_dir, stream=True)
     autoencoder, _ = load_autoencoder(models_dir / "autoencoder", device)
-    mean, logvar = encode_dataset(autoencoder, ds.images["train"], device, workers=cfg.runtime.data_workers)
-    scale = float(autoencoder.scale_factor)
-    mean, logvar = mean * scale, logvar + 2 * torch.log(torch.tensor(scale))  # z = scale * (mean + std n), as train_diffusion
+    # the latents the teacher learnt (its checkpoint's train_diffusion.latents; older checkpoints: posterior draws)
+    latents = meta.get("training", {}).get("latents", "posterior_sample")
+    mean, logvar = diffusion_latents(autoencoder, ds.images["train"], device, latents, workers=cfg.runtime.data_workers)
     labels = torch.from_numpy(ds.labels["train"]).long()
     teacher_file = models_dir / "diffusion" / "model.safetensors"
     # what every round learns from: the section less `steps` and `enabled` (a round's own step counts and its teacher's

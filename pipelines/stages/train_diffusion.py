@@ -6,8 +6,6 @@ import contextlib
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from components.config import Params, params_dict
 from components.io import atomic_write_json
 from pipelines.stages.paths import CHECKPOINTS_DIR, DATA_DIR, METRICS_DIR, MODELS_DIR
@@ -26,7 +24,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     from components.data.artifact import read_dataset
     from components.models.checkpoint import load_autoencoder, save_checkpoint
     from components.models.summary import model_summary
-    from components.training.autoencoder import encode_dataset
+    from components.training.autoencoder import diffusion_latents
     from components.training.diffusion import train_diffusion as fit
     from components.training.distributed import init_distributed
 
@@ -37,12 +35,9 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
         raise ValueError("train_diffusion.conditioning is 'text' but the dataset has no captions: set ingest.captions ('generate' for "
                          "MNIST, or the path of a captions.jsonl) and re-run ingest, or set train_diffusion.conditioning: class")
     autoencoder, _ = load_autoencoder(Path(models_dir) / "autoencoder", device)
-    # KL: posterior mean and log-variance (z is sampled afresh each batch); VQ: the pre-quantisation encoder
-    # output (decode quantises); plain: the encoder output. Deterministic kinds have logvar = -inf (std 0).
-    mean, logvar = encode_dataset(autoencoder, ds.images["train"], device, workers=cfg.runtime.data_workers)
-    scale = float(autoencoder.scale_factor)
-    # z = scale * (mean + std * n): scale the mean, shift log-variance by 2 log(scale).
-    mean, logvar = mean * scale, logvar + 2 * np.log(scale)
+    # KL: posterior mean and log-variance (z is sampled afresh each batch; train_diffusion.latents: posterior_mean, std 0);
+    # VQ: the pre-quantisation encoder output (decode quantises); plain: the encoder output (logvar -inf, std 0)
+    mean, logvar = diffusion_latents(autoencoder, ds.images["train"], device, cfg.latents, workers=cfg.runtime.data_workers)
     ctx = init_distributed(device)
     fingerprint = training_fingerprint(params, "train_diffusion", ds.manifest["dataset_digest"], Path(models_dir) / "autoencoder" / "model.safetensors")
     # rank 0 opens (or joins) the execution's MLflow run and logs loss, lr and images/s as it trains
