@@ -289,7 +289,7 @@ def merge(paths: list[Path], out: Path, note: str | None = None) -> dict:
         else:
             commands.append(d["command"])
             parts.append({"file": str(p), "provenance": d["provenance"]})
-        if d.get("notes"):
+        if d.get("notes") and d["notes"] not in notes:  # parts run with one --note say it once
             notes.append(d["notes"])
     if note:
         notes.append(note)

@@ -78,6 +78,8 @@ def command(name: str, r: dict | list | None) -> str:
         return (f"python -m benchmarks.text_prompts --run {a['run']} --seen-per-prompt {a['seen_per_prompt']} --held-out-per-prompt "
                 f"{a['held_out_per_prompt']}" + (f" --max-images {a['max_images']}" if a.get("max_images") else "")
                 + f" --threads {a['threads']}")
+    if name.startswith("posterior_ceiling") and isinstance(r, dict) and r.get("command"):
+        return r["command"]
     if name.startswith("downstream") and isinstance(r, dict) and r.get("variants"):
         variants = " ".join(f"--variant {n} " + " ".join(v["overrides"]) for n, v in r["variants"].items())
         base = (r.get("command_args") or {}).get("base", ".")
@@ -683,6 +685,30 @@ def gpu_section(r: dict | None) -> list[str]:
     return lines
 
 
+def posterior_ceiling_section(r: dict | None, name: str = "posterior_ceiling.json") -> list[str]:
+    """The autoencoder's ceiling two ways (benchmarks/posterior_ceiling.py): the real baseline's images decoded from their
+    latent means and from one posterior draw per seed, FD / precision / recall ratios over the real baseline."""
+    title = "## The autoencoder's ceiling: decoded posterior means vs decoded posterior draws"
+    if name != "posterior_ceiling.json":
+        title += f": {name.removeprefix('posterior_ceiling_').removesuffix('.json')}"
+    if r is None:
+        return []
+    extractors = list(r["rows"]["real"])
+    head = " | ".join(f"FD ratio {e} | precision ratio {e} | recall ratio {e}" for e in extractors)
+    lines = [title, "", _source(name, r), "",
+             f"{r['num']} real train images (the real-vs-real baseline of `evaluate`) through `{r['autoencoder']}`; "
+             f"real-vs-real FD: " + ", ".join(f"{e} {r['rows']['real'][e]['fd']:.3f}" for e in extractors)
+             + f". The posterior's variance is {r['posterior']['noise_to_signal']:.2f}x the variance of its means.", "",
+             f"| decoded from | {head} |", "|---|" + "---|" * (3 * len(extractors))]
+    for name_, per in r["rows"].items():
+        if name_ == "real":
+            continue
+        what = "posterior means" if name_ == "means" else f"posterior draws ({name_.removeprefix('draws_')})"
+        cells = " | ".join(f"{per[e]['fd_ratio']:.2f} | {per[e]['precision_ratio']:.2f} | {per[e]['recall_ratio']:.2f}" for e in extractors)
+        lines.append(f"| {what} | {cells} |")
+    return [*lines, ""]
+
+
 def render(root: Path) -> list[str]:
     """The lines of ``benchmarks.md`` from the JSON in ``root/benchmarks/``."""
     b = root / "benchmarks"
@@ -709,6 +735,8 @@ def render(root: Path) -> list[str]:
         lines += spots_section(_load(path), path.name)
     for path in sorted(b.glob("downstream*.json")):
         lines += downstream_section(_load(path), path.name)
+    for path in sorted(b.glob("posterior_ceiling*.json")):
+        lines += posterior_ceiling_section(_load(path), path.name)
     for path in sorted(b.glob("judges_decoded_*.json")):
         lines += judges_section(_load(path), path.name)
     gpu = _load(b / "gpu_check.json")

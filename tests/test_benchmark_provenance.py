@@ -355,6 +355,10 @@ def test_frontier_merge_combines_parts_and_refuses_a_different_protocol(tmp_path
     assert again["commands"] == [*merged["commands"], "python -m benchmarks.frontier --out d.json"]
     assert [p["file"] for p in again["parts"]] == [str(a), str(b), str(tmp_path / "d.json")]
     assert again["notes"] == "first two" and [r["variant"] for r in again["rows"]] == ["baseline", "v_prediction", "wide", "batch_16"]
+    # parts run with the same --note: the merged file says it once, then the merge's own note
+    for path in (a, b):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "notes": "one thread each"}))
+    assert frontier.merge([a, b], tmp_path / "n.json", note="merged")["notes"] == "one thread each merged"
 
 
 
@@ -608,3 +612,19 @@ def test_downstream_refuses_a_bad_value_before_any_variant_runs(tmp_path):
     assert ok["train_autoencoder"]["num_res_blocks"] == 2
     with pytest.raises(SystemExit, match=r"(?s)--variant bad: params.yaml with its overrides: invalid.*train_autoencoder\.lr: .*greater than 0"):
         variant_params(tmp_path, "bad", ["train_autoencoder.lr=-1"])
+
+
+def test_posterior_ceiling_section_renders_means_and_each_draw_per_extractor():
+    per = lambda fd, p, rc: {"fd": 1.0, "fd_ratio": fd, "precision_ratio": p, "recall_ratio": rc}  # noqa: E731
+    r = {"command": "python -m benchmarks.posterior_ceiling --run R --out x.json", "autoencoder": "R/models/autoencoder", "num": 500,
+         "posterior": {"noise_to_signal": 0.4055}, "provenance": {"git_commit": "abc"},
+         "rows": {"means": {"classifier": per(3.255, 0.998, 0.969), "effnet_lite0": per(2.539, 0.553, 0.776)},
+                  "draws_seed0": {"classifier": per(4.99, 0.996, 0.941), "effnet_lite0": per(2.974, 0.438, 0.689)},
+                  "real": {"classifier": {"fd": 0.352}, "effnet_lite0": {"fd": 6.883}}}}
+    text = "\n".join(report.posterior_ceiling_section(r))
+    assert text.startswith("## The autoencoder's ceiling: decoded posterior means vs decoded posterior draws")
+    assert "`python -m benchmarks.posterior_ceiling --run R --out x.json`" in text
+    assert "| posterior means | 3.25 | 1.00 | 0.97 | 2.54 | 0.55 | 0.78 |" in text
+    assert "| posterior draws (seed0) | 4.99 | 1.00 | 0.94 | 2.97 | 0.44 | 0.69 |" in text
+    assert "real-vs-real FD: classifier 0.352, effnet_lite0 6.883" in text and "0.41x the variance of its means" in text
+    assert report.posterior_ceiling_section(None) == []

@@ -93,3 +93,45 @@ def test_learned_variance_model_trains_and_samples_with_every_sampler():
         out = sample(model, x_T, betas=betas, sampler=sampler, num_steps=5, class_labels=torch.arange(4), guidance_scale=2.0,
                      generator=torch.Generator().manual_seed(1))
         assert out.shape == x_T.shape and torch.isfinite(out).all(), sampler
+
+
+@pytest.mark.parametrize("latents", ["posterior_sample", "posterior_mean"])
+def test_the_train_diffusion_stage_hands_the_unet_the_latents_params_ask_for(tmp_path, monkeypatch, latents):
+    """train_diffusion.latents reaches the U-Net's training: the scaled posterior means either way, and the posterior's
+    log-variance (shifted by 2 log s) for posterior_sample, -inf (every draw is the mean) for posterior_mean."""
+    import math
+    from types import SimpleNamespace
+
+    import components.data.artifact as artifact
+    import components.training.diffusion as diffusion_training
+    from components.config import Params
+    from components.models.autoencoder import AutoencoderConfig, build_autoencoder
+    from components.models.checkpoint import save_checkpoint
+    from components.training.autoencoder import encode_dataset
+    from pipelines.stages import train_diffusion as stage
+
+    ae = build_autoencoder(AutoencoderConfig(in_channels=1, image_size=8, channels=(8, 16), latent_channels=2), scale_factor=0.8)
+    save_checkpoint(tmp_path / "models" / "autoencoder", ae, ae.config.to_dict(), {"scale_factor": 0.8})
+    images = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 1), dtype=np.uint8)
+    ds = SimpleNamespace(images={"train": images}, labels={"train": np.arange(6) % 3}, captions=None, num_classes=3,
+                         manifest={"dataset_digest": "d" * 64})
+    monkeypatch.setattr(artifact, "read_dataset", lambda *a, **k: ds)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def recorder(mean, logvar, labels, num_classes, cfg, **kwargs):
+        seen.update(mean=mean, logvar=logvar, latents=cfg.latents)
+        raise Stop
+
+    monkeypatch.setattr(diffusion_training, "train_diffusion", recorder)
+    params = Params.model_validate({"base": {"device": "cpu"}, "train_diffusion": {"latents": latents}})
+    with pytest.raises(Stop):
+        stage.run(params, data_dir=tmp_path / "data", models_dir=tmp_path / "models", metrics_dir=tmp_path / "metrics")
+    mean, logvar = encode_dataset(ae.eval(), images, torch.device("cpu"))
+    torch.testing.assert_close(seen["mean"], 0.8 * mean)
+    if latents == "posterior_mean":
+        assert torch.isneginf(seen["logvar"]).all()
+    else:
+        torch.testing.assert_close(seen["logvar"], logvar + 2 * math.log(0.8))
