@@ -414,7 +414,7 @@ def test_students_learn_from_the_latents_their_teacher_learnt(tmp_path: Path, mo
     seen = []
 
     class Stop(Exception):
-        pass
+        """Raised by the recorder: the stage stops once it has asked for the training latents."""
 
     def recorder(model, data, device, latents="posterior_sample", workers=0):
         seen.append(latents)

@@ -119,7 +119,7 @@ def test_the_train_diffusion_stage_hands_the_unet_the_latents_params_ask_for(tmp
     seen = {}
 
     class Stop(Exception):
-        pass
+        """Raised by the recorder: the stage stops once it has handed the U-Net its latents."""
 
     def recorder(mean, logvar, labels, num_classes, cfg, **kwargs):
         seen.update(mean=mean, logvar=logvar, latents=cfg.latents)
