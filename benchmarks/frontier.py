@@ -39,7 +39,8 @@ log = logging.getLogger("latentflow")
 # (before it made v-prediction, min-SNR 5 and lr 2e-3 the defaults), so "baseline" stays the old recipe and a re-run
 # reproduces the committed rows whatever params.yaml's train_diffusion says now.
 # (latents: every row before session 23 trained on fresh posterior draws, params.yaml's default then.)
-REFERENCE_RECIPE: dict = {"prediction_type": "epsilon", "min_snr_gamma": None, "lr": 1.0e-3, "latents": "posterior_sample"}
+REFERENCE_RECIPE: dict = {"prediction_type": "epsilon", "min_snr_gamma": None, "lr": 1.0e-3, "latents": "posterior_sample",
+                          "latent_scale": "autoencoder"}
 
 # name -> train_diffusion overrides of REFERENCE_RECIPE (nested keys as in params.yaml)
 TRAINING_VARIANTS: dict[str, dict] = {
@@ -122,6 +123,9 @@ for _kl in ("1e-6", "3e-5"):
 # sit at 3.26 / 2.54, so a U-Net that learnt the draws perfectly is bounded by the former
 for _base in ("v_prediction_lr_2e-3_min_snr_5", "res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"):
     TRAINING_VARIANTS[f"{_base}_latents_mean"] = {**TRAINING_VARIANTS[_base], "latents": "posterior_mean"}
+    # ... at unit variance (train_diffusion.latent_scale: unit): under the scale factor made for the draws the means have
+    # a std of about 0.84 (MNIST) and 0.44 (shapes64, KL 3e-5), a lower signal-to-noise ratio at every timestep
+    TRAINING_VARIANTS[f"{_base}_latents_mean_unit"] = {**TRAINING_VARIANTS[_base], "latents": "posterior_mean", "latent_scale": "unit"}
 
 # name -> generate() keyword arguments beyond the guidance scale
 SAMPLING_VARIANTS: dict[str, dict] = {

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.data.limits import DEFAULT_MAX_IMAGE_PIXELS
-from components.diffusion.options import DEFAULT_GUIDANCE, SAMPLERS, guidance_interval_ok
+from components.diffusion.options import DEFAULT_GUIDANCE, SAMPLERS, LatentKind, LatentScale, guidance_interval_ok
 from components.errors import ConfigError
 from components.models.unet_presets import AUTO, BLOCK_NAMES, PRESET_NAMES, check_block_list, resolve_auto, resolve_layout
 
@@ -242,9 +242,13 @@ class DiffusionParams(TrainingParams):
     vlb_weight: float = Field(0.001, ge=0.0, description="lambda of the hybrid loss (learned_range only)")
     min_snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting; null = off")
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
-    latents: Literal["posterior_sample", "posterior_mean"] = Field(
+    latents: LatentKind = Field(
         "posterior_sample", description="what the U-Net learns: a fresh draw of the autoencoder's posterior each batch (LDM) or "
                                         "its mean (KL only; VQ and plain autoencoders are deterministic either way)")
+    latent_scale: LatentScale = Field(
+        "autoencoder", description="what the latents are multiplied by: the autoencoder's scale factor (1/std of its posterior "
+                                   "draws, LDM) or 1/std of the latents the U-Net learns (unit variance; the same for "
+                                   "posterior_sample, larger for posterior_mean); recorded in the U-Net's checkpoint")
     batch_size: BatchSize = 128
     max_images: ImageBudget = 110_000
     lr: LearningRate = 1e-3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,6 +56,12 @@ class LatentDiffusionGenerator:
         self.betas = make_betas(sched["schedule"], sched["num_timesteps"], sched["beta_start"], sched["beta_end"],
                                 zero_terminal_snr=sched.get("zero_terminal_snr", False))
         self.prediction_type = sched["prediction_type"]
+        # the scale the U-Net's latents carry (train_diffusion.latent_scale); checkpoints without it: the autoencoder's
+        scale = diffusion_meta.get("latent_scale", float(autoencoder.scale_factor))
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise CheckpointError(f"diffusion/config.json: latent_scale {scale!r} is not a positive number; "
+                                  "re-run train_diffusion or restore the folder (dvc checkout)")
+        self.latent_scale = float(scale)
         cfg = autoencoder.config
         self.image_shape = (cfg.image_size, cfg.image_size, cfg.in_channels)
         self.latent_shape = cfg.latent_shape
@@ -166,7 +173,8 @@ class LatentDiffusionGenerator:
         (bool ``[N, H, W]``, True = repaint), inpainting; see :func:`components.diffusion.editing.edit_latents`.
 
         Each image is encoded to its posterior mean (deterministic; for KL models the posterior's std is tiny), times
-        the scale factor. The random numbers are drawn as in :meth:`generate` (the initial noise of all N images from one
+        the U-Net's latent scale (:attr:`latent_scale`). The random numbers are drawn as in :meth:`generate` (the
+        initial noise of all N images from one
         generator seeded with ``seed``, every later draw of image i from its own generator, :func:`image_seed`), so
         strength 1 without a mask gives exactly ``generate``'s images, whatever ``batch_size``.
         Strength 0 (no step) returns the autoencoder's reconstruction, decode(encode(x)). With a mask the latent
@@ -198,7 +206,7 @@ class LatentDiffusionGenerator:
             raise ValueError(f"batch_size must be >= 1 (images per sampler call), got {batch_size}")
         noise = torch.randn((len(labels), *self.latent_shape), generator=torch.Generator().manual_seed(seed))
         out = []
-        scale = self.autoencoder.scale_factor
+        scale = self.latent_scale
         for start in range(0, len(labels), batch_size):
             part = slice(start, start + batch_size)
             generators = image_generators(seed, start, len(labels[part]))
@@ -270,7 +278,7 @@ class LatentDiffusionGenerator:
                                        guidance_rescale=guidance_rescale, guidance_interval=guidance_interval)
                 # Undo the latent scale; ``decode`` is each kind's path: KL and plain decode z, VQ quantises z to
                 # its nearest codes first (the diffusion model generates pre-quantisation latents, as LDM's VQ-reg).
-                x = self.autoencoder.decode(z / self.autoencoder.scale_factor)
+                x = self.autoencoder.decode(z / self.latent_scale)
             out.append(to_uint8(x.float()))
         if not out:
             return np.zeros((0, *self.image_shape), dtype=np.uint8)

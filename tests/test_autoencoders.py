@@ -316,10 +316,12 @@ def test_diffusion_latents_are_scaled_draws_or_the_scaled_means():
     model.encoder = _KnownLatents(a=1.0, b=3.0, sigma=2.0)
     data = torch.zeros(6, 1, 8, 8)
     expected_mean = 0.5 * model.encoder(data)[:, :4]
-    mean, logvar = diffusion_latents(model, data, torch.device("cpu"))
+    mean, logvar, scale = diffusion_latents(model, data, torch.device("cpu"))
+    assert scale == 0.5
     torch.testing.assert_close(mean, expected_mean)
     torch.testing.assert_close(torch.exp(0.5 * logvar), torch.full_like(mean, 0.5 * 2.0))  # s * sigma
-    mean_only, logvar_mean = diffusion_latents(model, data, torch.device("cpu"), "posterior_mean")
+    mean_only, logvar_mean, scale_mean = diffusion_latents(model, data, torch.device("cpu"), "posterior_mean")
+    assert scale_mean == 0.5  # the default scale is the autoencoder's, whatever the latents
     torch.testing.assert_close(mean_only, expected_mean)
     assert torch.isneginf(logvar_mean).all()
     n = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
@@ -328,6 +330,37 @@ def test_diffusion_latents_are_scaled_draws_or_the_scaled_means():
         diffusion_latents(model, data, torch.device("cpu"), "mode")
     with pytest.raises(ValueError, match="latents"):
         DiffusionParams(latents="mode")
+
+
+def test_unit_latent_scale_gives_the_means_unit_variance_and_leaves_the_draws_at_the_autoencoders():
+    """``latent_scale: unit`` is 1/std of what the U-Net learns (LDM's intent for the scale factor): for the means,
+    whose std (here 4) differs from the draws' the autoencoder's scale factor was made for, 1/std(means); for the draws
+    the autoencoder's own scale factor (it is 1/std of those draws). A number is used as given (distill's teacher's)."""
+    model = build_autoencoder(AutoencoderConfig(in_channels=1, image_size=8, channels=(8, 16), latent_channels=4,
+                                                regularizer="kl"), scale_factor=0.5)
+    model.encoder = _KnownLatents(a=4.0, b=3.0, sigma=2.0)
+    data = torch.zeros(6, 1, 8, 8)
+    means = model.encoder(data)[:, :4]
+    cpu = torch.device("cpu")
+    mean, logvar, scale = diffusion_latents(model, data, cpu, "posterior_mean", "unit")
+    assert scale == pytest.approx(1.0 / float(means.double().std()), rel=1e-12)
+    assert scale == pytest.approx(0.25, rel=0.01)  # population std 4 (Bessel's correction over 384 elements: 0.13 %)
+    torch.testing.assert_close(mean, scale * means)
+    assert float(mean.double().std()) == pytest.approx(1.0, abs=1e-6)
+    assert torch.isneginf(logvar).all()
+    m_unit, lv_unit, s_unit = diffusion_latents(model, data, cpu, "posterior_sample", "unit")
+    m_ae, lv_ae, s_ae = diffusion_latents(model, data, cpu, "posterior_sample", "autoencoder")
+    assert s_unit == s_ae == 0.5
+    assert torch.equal(m_unit, m_ae) and torch.equal(lv_unit, lv_ae)
+    m2, lv2, s2 = diffusion_latents(model, data, cpu, "posterior_sample", 2.0)
+    assert s2 == 2.0
+    torch.testing.assert_close(m2, 2.0 * means)
+    torch.testing.assert_close(torch.exp(0.5 * lv2), torch.full_like(m2, 2.0 * 2.0))
+    for bad in ("ones", 0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="latent scale"):
+            diffusion_latents(model, data, cpu, "posterior_mean", bad)
+    with pytest.raises(ValueError, match="latent_scale"):
+        DiffusionParams(latent_scale="ones")
 
 
 @pytest.mark.parametrize("regularizer", ["kl", "vq", "none"])

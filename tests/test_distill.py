@@ -358,7 +358,8 @@ def test_the_stage_writes_loadable_students_and_reuses_finished_rounds(tmp_path:
     save_checkpoint(models / "autoencoder", ae, ae.config.to_dict(), {"scale_factor": 0.8})
     teacher = tiny_unet()
     save_checkpoint(models / "diffusion", teacher, teacher.config.to_dict(),
-                    {"schedule": {**SCHEDULE, "prediction_type": "epsilon"}, "class_names": ["a", "b", "c"], "dataset_digest": "d" * 64})
+                    {"schedule": {**SCHEDULE, "prediction_type": "epsilon"}, "class_names": ["a", "b", "c"], "dataset_digest": "d" * 64,
+                     "latent_scale": 1.3})  # the teacher learnt latents at its own scale (train_diffusion.latent_scale: unit)
     rng = np.random.default_rng(0)
     ds = SimpleNamespace(images={"train": rng.integers(0, 255, (24, 8, 8, 1), dtype=np.uint8)}, labels={"train": np.arange(24) % 3},
                          manifest={"dataset_digest": "d" * 64})
@@ -381,6 +382,7 @@ def test_the_stage_writes_loadable_students_and_reuses_finished_rounds(tmp_path:
     for steps, folder in ((1, out), (2, out / "rounds" / "steps_2"), (1, out / "rounds" / "steps_1")):
         gen = LatentDiffusionGenerator.from_dir(folder)
         assert gen.default_steps == steps and gen.distilled.guidance == 3.0 and gen.prediction_type == "v_prediction"
+        assert gen.latent_scale == 1.3  # decoded at the teacher's scale, not the autoencoder's 0.8
         assert gen.generate([0, 1], seed=0, steps=steps).shape == (2, 8, 8, 1)
     from components.registry.lineage import file_sha256
 
@@ -391,11 +393,14 @@ def test_the_stage_writes_loadable_students_and_reuses_finished_rounds(tmp_path:
     assert not all(torch.equal(student[k], teacher.state_dict()[k]) for k in student)  # it trained
 
 
-@pytest.mark.parametrize(("training", "expected"), [({"latents": "posterior_mean"}, "posterior_mean"),
-                                                    ({"latents": "posterior_sample"}, "posterior_sample"),
-                                                    (None, "posterior_sample")])  # a checkpoint from before the option
-def test_students_learn_from_the_latents_their_teacher_learnt(tmp_path: Path, monkeypatch, training, expected) -> None:
-    """The student's training latents follow the teacher checkpoint's train_diffusion.latents, not params.yaml."""
+@pytest.mark.parametrize(("training", "scale", "expected"), [
+    ({"latents": "posterior_mean"}, 1.7, ("posterior_mean", 1.7)),
+    ({"latents": "posterior_sample"}, 0.8, ("posterior_sample", 0.8)),
+    (None, None, ("posterior_sample", "autoencoder")),  # a checkpoint from before the options
+])
+def test_students_learn_from_the_latents_their_teacher_learnt(tmp_path: Path, monkeypatch, training, scale, expected) -> None:
+    """The student's training latents follow the teacher checkpoint's train_diffusion.latents and latent_scale, not
+    params.yaml."""
     from types import SimpleNamespace
 
     import components.data.artifact as artifact
@@ -407,7 +412,8 @@ def test_students_learn_from_the_latents_their_teacher_learnt(tmp_path: Path, mo
     save_checkpoint(models / "autoencoder", ae, ae.config.to_dict(), {"scale_factor": 0.8})
     teacher = tiny_unet()
     meta = {"schedule": {**SCHEDULE, "prediction_type": "epsilon"}, "class_names": ["a", "b", "c"], "dataset_digest": "d" * 64}
-    save_checkpoint(models / "diffusion", teacher, teacher.config.to_dict(), {**meta, **({"training": training} if training else {})})
+    save_checkpoint(models / "diffusion", teacher, teacher.config.to_dict(), {**meta, **({"training": training} if training else {}),
+                                                                         **({"latent_scale": scale} if scale else {})})
     ds = SimpleNamespace(images={"train": np.zeros((6, 8, 8, 1), dtype=np.uint8)}, labels={"train": np.arange(6) % 3},
                          manifest={"dataset_digest": "d" * 64})
     monkeypatch.setattr(artifact, "read_dataset", lambda *a, **k: ds)
@@ -416,13 +422,13 @@ def test_students_learn_from_the_latents_their_teacher_learnt(tmp_path: Path, mo
     class Stop(Exception):
         """Raised by the recorder: the stage stops once it has asked for the training latents."""
 
-    def recorder(model, data, device, latents="posterior_sample", workers=0):
-        seen.append(latents)
+    def recorder(model, data, device, latents="posterior_sample", scale="autoencoder", workers=0):
+        seen.append((latents, scale))
         raise Stop
 
     monkeypatch.setattr(ae_training, "diffusion_latents", recorder)
-    other = "posterior_sample" if expected == "posterior_mean" else "posterior_mean"  # params.yaml says the other one
-    params = Params.model_validate({"base": {"device": "cpu"}, "train_diffusion": {"latents": other},
+    other = "posterior_sample" if expected[0] == "posterior_mean" else "posterior_mean"  # params.yaml says the other one
+    params = Params.model_validate({"base": {"device": "cpu"}, "train_diffusion": {"latents": other, "latent_scale": "unit"},
                                     "distill": {"enabled": True, "steps": [2], "teacher_steps": 4}})
     with pytest.raises(Stop):
         stage.run(params, data_dir=tmp_path / "data", models_dir=models, metrics_dir=tmp_path / "metrics",

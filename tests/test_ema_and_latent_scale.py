@@ -230,3 +230,60 @@ def test_generator_from_checkpoints_feeds_the_decoder_z_over_scale(tmp_path: Pat
     assert torch.allclose(z, (bias / 2.5)[None, :, None, None].expand(2, 2, 4, 4), atol=1e-6)
     with torch.no_grad():
         assert np.array_equal(out, ((ae.decode(z).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+
+
+def _bias_pair(tmp_path: Path, diffusion_extra: dict) -> torch.Tensor:
+    """The checkpoints of the test above (autoencoder scale factor 2.5, a U-Net whose x0 is its output-conv bias), with
+    ``diffusion_extra`` in the U-Net's config.json; returns the bias."""
+    from components.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ae_cfg = AutoencoderConfig(in_channels=1, image_size=8, channels=(8, 16), latent_channels=2, regularizer="kl")
+    ae = build_autoencoder(ae_cfg, scale_factor=2.5)
+    save_checkpoint(tmp_path / "autoencoder", ae, ae_cfg.to_dict(), {"scale_factor": 2.5})
+    unet = UNet(UNetConfig(in_channels=2, out_channels=2, sample_size=4, num_classes=3, channels=(8, 16), num_heads=2))
+    bias = torch.tensor([1.5, -0.75])
+    with torch.no_grad():
+        unet.conv_out.bias.copy_(bias)
+    save_checkpoint(tmp_path / "diffusion", unet, unet.config.to_dict(), {"schedule": SCHEDULE, **diffusion_extra})
+    return bias
+
+
+def test_generator_divides_by_the_latent_scale_the_unet_was_trained_at(tmp_path: Path, monkeypatch):
+    """A U-Net trained with ``train_diffusion.latent_scale: unit`` records its own scale (here 4.0, not the
+    autoencoder's 2.5): generate decodes z / 4.0, and edit hands the sampler the encoded means times 4.0 and decodes
+    what comes back divided by 4.0."""
+    import components.generation as generation
+
+    bias = _bias_pair(tmp_path, {"latent_scale": 4.0})
+    gen = LatentDiffusionGenerator.from_dir(tmp_path)
+    assert gen.latent_scale == 4.0 and float(gen.autoencoder.scale_factor) == 2.5
+    seen: list[torch.Tensor] = []
+    gen.autoencoder.decoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    gen.generate([0, 2], seed=3, steps=3, guidance=3.0)
+    assert torch.allclose(seen.pop(), (bias / 4.0)[None, :, None, None].expand(2, 2, 4, 4), atol=1e-6)
+
+    handed: list[torch.Tensor] = []
+
+    def identity_edit(unet, z0, noise, **kwargs):
+        handed.append(z0.clone())
+        return z0  # the sampler returns the input latents: decode must get the means back
+
+    monkeypatch.setattr(generation, "edit_latents", identity_edit)
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+    gen.edit(images, [0, 1], seed=0, strength=0.5, steps=4)
+    with torch.no_grad():
+        means = gen.autoencoder.encode(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0).mean
+    torch.testing.assert_close(handed[0], 4.0 * means)
+    torch.testing.assert_close(seen.pop(), means, rtol=1e-6, atol=1e-6)
+
+
+def test_checkpoints_without_a_latent_scale_use_the_autoencoders_and_a_bad_one_is_refused(tmp_path: Path):
+    from components.models.checkpoint import CheckpointError
+
+    _bias_pair(tmp_path / "old", {})
+    assert LatentDiffusionGenerator.from_dir(tmp_path / "old").latent_scale == 2.5
+    for bad in (0.0, -1.0, "4", True, None, float("nan")):
+        _bias_pair(tmp_path / "bad", {"latent_scale": bad})
+        with pytest.raises(CheckpointError, match="latent_scale"):
+            LatentDiffusionGenerator.from_dir(tmp_path / "bad")

@@ -129,6 +129,51 @@ def test_repro_writes_every_output(project: Path):
     assert ae["val_psnr"] > 16 and ae["scale_factor"] > 0
 
 
+def test_the_unet_records_the_latent_scale_it_learnt_at(project: Path):
+    """models/diffusion/config.json and metrics/diffusion.json carry the scale train_diffusion multiplied the latents by:
+    1/std of the training set's posterior means under ``latents: posterior_mean`` with ``latent_scale: unit`` (recomputed
+    here from the saved autoencoder), the autoencoder's scale factor otherwise; the generator decodes with it."""
+    from components.data.artifact import read_dataset
+    from components.generation import LatentDiffusionGenerator
+    from components.models.checkpoint import load_autoencoder, read_checkpoint
+    from components.training.autoencoder import encode_dataset
+
+    cfg = yaml.safe_load((project / "params.yaml").read_text())["train_diffusion"]
+    ae, _ = load_autoencoder(project / "models/autoencoder")
+    if (cfg["latents"], cfg["latent_scale"]) == ("posterior_mean", "unit"):
+        mean, _ = encode_dataset(ae, read_dataset(project / "data/dataset", stream=True).images["train"], torch.device("cpu"))
+        expected = 1.0 / float(mean.double().std())
+        assert abs(expected - float(ae.scale_factor)) > 0.01 * expected  # the means' scale is not the draws'
+    else:
+        expected = float(ae.scale_factor)
+    _, meta = read_checkpoint(project / "models/diffusion")
+    assert meta["latent_scale"] == pytest.approx(expected, rel=1e-5)
+    assert json.loads((project / "metrics/diffusion.json").read_text())["latent_scale"] == meta["latent_scale"]
+    assert LatentDiffusionGenerator.from_dir(project / "models").latent_scale == meta["latent_scale"]
+
+
+def test_posterior_ceiling_scores_the_means_as_evaluate_does(project: Path, tmp_path: Path):
+    """benchmarks.posterior_ceiling on the finished run: its decoded-means row is evaluate's own ceiling
+    (``fd_ratio_reconstruction_<e>``, ``recall_ratio_reconstruction_<e>``) to rounding, and each seed's decoded posterior
+    draws are another image set (a different FD, the same seed the same figures)."""
+    from benchmarks.posterior_ceiling import main
+
+    out = main(["--run", str(project), "--seeds", "0", "1", "--num-threads", "1", "--out", str(tmp_path / "ceiling.json")])
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert json.loads((tmp_path / "ceiling.json").read_text())["rows"] == out["rows"]
+    assert out["num"] == metrics["protocol"]["real_vs_real"]["num"]
+    for e in ("classifier", "effnet_lite0"):
+        means = out["rows"]["means"][e]
+        assert means["fd_ratio"] == pytest.approx(metrics[f"fd_ratio_reconstruction_{e}"], rel=1e-3), e
+        assert means["recall_ratio"] == pytest.approx(metrics[f"recall_ratio_reconstruction_{e}"], rel=1e-3), e
+        assert out["rows"]["real"][e]["fd"] == pytest.approx(metrics[f"fd_real_{e}"], rel=1e-3), e
+        assert out["rows"]["draws_seed0"][e]["fd"] != out["rows"]["draws_seed1"][e]["fd"] != means["fd"], e
+    again = main(["--run", str(project), "--seeds", "1", "--num-threads", "1", "--extractors", "classifier",
+                  "--out", str(tmp_path / "again.json")])
+    assert again["rows"]["draws_seed1"]["classifier"] == out["rows"]["draws_seed1"]["classifier"]  # seeded
+    assert out["posterior"]["noise_to_signal"] > 0
+
+
 def test_registered_champion_with_lineage(project: Path):
     import mlflow
 

@@ -95,10 +95,12 @@ def test_learned_variance_model_trains_and_samples_with_every_sampler():
         assert out.shape == x_T.shape and torch.isfinite(out).all(), sampler
 
 
+@pytest.mark.parametrize("latent_scale", ["autoencoder", "unit"])
 @pytest.mark.parametrize("latents", ["posterior_sample", "posterior_mean"])
-def test_the_train_diffusion_stage_hands_the_unet_the_latents_params_ask_for(tmp_path, monkeypatch, latents):
-    """train_diffusion.latents reaches the U-Net's training: the scaled posterior means either way, and the posterior's
-    log-variance (shifted by 2 log s) for posterior_sample, -inf (every draw is the mean) for posterior_mean."""
+def test_the_train_diffusion_stage_hands_the_unet_the_latents_params_ask_for(tmp_path, monkeypatch, latents, latent_scale):
+    """train_diffusion.latents and latent_scale reach the U-Net's training: the scaled posterior means either way, and
+    the posterior's log-variance (shifted by 2 log s) for posterior_sample, -inf (every draw is the mean) for
+    posterior_mean; s is the autoencoder's 0.8 except for the means at ``unit``, 1/std of the means."""
     import math
     from types import SimpleNamespace
 
@@ -126,12 +128,16 @@ def test_the_train_diffusion_stage_hands_the_unet_the_latents_params_ask_for(tmp
         raise Stop
 
     monkeypatch.setattr(diffusion_training, "train_diffusion", recorder)
-    params = Params.model_validate({"base": {"device": "cpu"}, "train_diffusion": {"latents": latents}})
+    params = Params.model_validate({"base": {"device": "cpu"}, "train_diffusion": {"latents": latents, "latent_scale": latent_scale}})
     with pytest.raises(Stop):
         stage.run(params, data_dir=tmp_path / "data", models_dir=tmp_path / "models", metrics_dir=tmp_path / "metrics")
     mean, logvar = encode_dataset(ae.eval(), images, torch.device("cpu"))
-    torch.testing.assert_close(seen["mean"], 0.8 * mean)
+    s = 0.8
+    if (latents, latent_scale) == ("posterior_mean", "unit"):
+        s = 1.0 / float(mean.double().std())
+        assert abs(s - 0.8) > 0.05  # the two scales differ, so a stage that ignores latent_scale fails
+    torch.testing.assert_close(seen["mean"], s * mean)
     if latents == "posterior_mean":
         assert torch.isneginf(seen["logvar"]).all()
     else:
-        torch.testing.assert_close(seen["logvar"], logvar + 2 * math.log(0.8))
+        torch.testing.assert_close(seen["logvar"], logvar + 2 * math.log(s))

@@ -1,8 +1,9 @@
 """Image editing in latent space with a trained class-conditional model, no retraining: image-to-image (SDEdit) and
 inpainting (Blended Latent Diffusion's known-region replacement, optionally with RePaint's resampling).
 
-Everything works on the diffusion model's latents (the autoencoder's latents times its ``scale_factor``); the image
-side (encoding, the pixel mask, decoding, pasting pixels) is :meth:`components.generation.LatentDiffusionGenerator.edit`.
+Everything works on the diffusion model's latents (the autoencoder's latents times the U-Net's latent scale: the
+autoencoder's ``scale_factor`` unless ``train_diffusion.latent_scale: unit``); the image side (encoding, the pixel
+mask, decoding, pasting pixels) is :meth:`components.generation.LatentDiffusionGenerator.edit`.
 Every random draw comes from the caller's ``torch.Generator``.
 """
 

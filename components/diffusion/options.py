@@ -1,4 +1,5 @@
-"""The sampling API's names and defaults, in one place: the sampler names and the guidance default.
+"""The diffusion API's names and defaults, in one place: the sampler names, the guidance default, the latent kinds
+and scales.
 
 Pure Python (no torch), so ``components.config`` and the CLI can validate against them without importing torch.
 """
@@ -6,7 +7,15 @@ Pure Python (no torch), so ``components.config`` and the CLI can validate agains
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
+# what the U-Net learns of the autoencoder's posterior: a fresh draw z = mean + std * n each batch (LDM), or its mean
+LatentKind = Literal["posterior_sample", "posterior_mean"]
+LATENT_KINDS: tuple[str, ...] = get_args(LatentKind)
+# the scale those latents are multiplied by: the autoencoder's scale factor (1/std of its posterior draws, LDM), or 1/std
+# of the latents the U-Net learns (the same for posterior draws; for the means, which vary less, a larger one)
+LatentScale = Literal["autoencoder", "unit"]
+LATENT_SCALES: tuple[str, ...] = get_args(LatentScale)
 SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras")
 DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale (Ho & Salimans 2022); 1 = no guidance
 # image editing (``latentflow edit``, the pyfunc's ``image`` rows): SDEdit strength without a mask (Meng et al. 2022 use

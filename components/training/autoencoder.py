@@ -19,6 +19,7 @@ from torch import nn
 
 from components.config import AutoencoderParams
 from components.data.loader import iter_batches, to_model
+from components.diffusion.options import LATENT_KINDS, LATENT_SCALES
 from components.models.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from components.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from components.models.summary import model_summary
@@ -178,18 +179,35 @@ def encode_dataset(model: Autoencoder, data, device: torch.device, batch_size: i
 
 @torch.no_grad()
 def diffusion_latents(model: Autoencoder, data, device: torch.device, latents: str = "posterior_sample",
-                      workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scaled posterior ``(mean, logvar)`` the U-Net trains on: ``z = s * (mean + std * n)`` with ``s`` the
-    autoencoder's scale factor (Rombach et al. 2022, sec. 3.3 and G), i.e. the mean times ``s`` and the log-variance
-    plus ``2 log s``. ``latents="posterior_mean"`` sets the log-variance to -inf (std 0), so every draw is the mean:
-    the U-Net then learns the distribution of the latents the decoder reconstructs from, not of its noisy draws."""
-    if latents not in ("posterior_sample", "posterior_mean"):
-        raise ValueError(f"latents must be 'posterior_sample' or 'posterior_mean', got {latents!r}")
+                      scale: str | float = "autoencoder", workers: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The scaled posterior ``(mean, logvar)`` the U-Net trains on, and the scale ``s``: ``z = s * (mean + std * n)``
+    (Rombach et al. 2022, sec. 3.3 and G), i.e. the mean times ``s`` and the log-variance plus ``2 log s``.
+    ``latents="posterior_mean"`` sets the log-variance to -inf (std 0), so every draw is the mean: the U-Net then
+    learns the distribution of the latents the decoder reconstructs from, not of its noisy draws.
+
+    ``scale``: ``"autoencoder"`` is the autoencoder's ``scale_factor`` (1/std of its posterior draws over the training
+    set, LDM sec. G); ``"unit"`` is 1/std of the latents the U-Net learns, so they have unit variance as LDM intends:
+    for posterior draws that is the autoencoder's scale factor (computed so), for the means ``1 / std(mean)`` over every
+    element (larger: the means vary less than the draws); a number is used as it is (``distill`` passes its teacher's)."""
+    if latents not in LATENT_KINDS:
+        raise ValueError(f"latents must be one of {', '.join(LATENT_KINDS)}, got {latents!r}")
+    if isinstance(scale, str) and scale not in LATENT_SCALES:
+        raise ValueError(f"latent scale must be one of {', '.join(LATENT_SCALES)} or a positive number, got {scale!r}")
     mean, logvar = encode_dataset(model, data, device, workers=workers)
-    scale = float(model.scale_factor)
+    if isinstance(scale, str):
+        if scale == "unit" and latents == "posterior_mean":
+            std = float(mean.double().std())
+            if not math.isfinite(std) or std <= 0:
+                raise ValueError(f"the posterior means have std {std}: the autoencoder collapsed; retrain it (lower its learning rate)")
+            scale = 1.0 / std
+        else:
+            scale = float(model.scale_factor)
+    scale = float(scale)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"latent scale must be a positive number, got {scale}")
     if latents == "posterior_mean":
-        return mean * scale, torch.full_like(logvar, -math.inf)
-    return mean * scale, logvar + 2 * math.log(scale)
+        return mean * scale, torch.full_like(logvar, -math.inf), scale
+    return mean * scale, logvar + 2 * math.log(scale), scale
 
 
 @torch.no_grad()

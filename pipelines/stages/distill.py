@@ -64,9 +64,11 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     rounds = plan_rounds(cfg.steps, cfg.teacher_steps, guidance, len(betas), guidance_rescale=rescale, guidance_interval=interval)
     ds = read_dataset(data_dir, stream=True)
     autoencoder, _ = load_autoencoder(models_dir / "autoencoder", device)
-    # the latents the teacher learnt (its checkpoint's train_diffusion.latents; older checkpoints: posterior draws)
+    # the latents the teacher learnt, at the teacher's scale (its checkpoint's train_diffusion.latents and latent_scale;
+    # older checkpoints: posterior draws at the autoencoder's scale factor)
     latents = meta.get("training", {}).get("latents", "posterior_sample")
-    mean, logvar = diffusion_latents(autoencoder, ds.images["train"], device, latents, workers=cfg.runtime.data_workers)
+    mean, logvar, latent_scale = diffusion_latents(autoencoder, ds.images["train"], device, latents, meta.get("latent_scale", "autoencoder"),
+                                                   workers=cfg.runtime.data_workers)
     labels = torch.from_numpy(ds.labels["train"]).long()
     teacher_file = models_dir / "diffusion" / "model.safetensors"
     # what every round learns from: the section less `steps` and `enabled` (a round's own step counts and its teacher's
@@ -109,6 +111,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
         info = DistilledInfo(steps=rnd.student_steps, guidance=guidance, teacher=teacher_record, rounds=recs)
         return {"schedule": {**sched, "prediction_type": cfg.prediction_type, "variance_type": "fixed_small"},
                 "class_names": meta.get("class_names"), "dataset_digest": meta.get("dataset_digest"), "weights": "ema",
+                "latent_scale": latent_scale,
                 "training": params_dict(params)["distill"], "distilled": info.to_dict()}
 
     with atomic_dir(out_dir) as tmp:

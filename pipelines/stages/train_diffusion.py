@@ -37,7 +37,8 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
     autoencoder, _ = load_autoencoder(Path(models_dir) / "autoencoder", device)
     # KL: posterior mean and log-variance (z is sampled afresh each batch; train_diffusion.latents: posterior_mean, std 0);
     # VQ: the pre-quantisation encoder output (decode quantises); plain: the encoder output (logvar -inf, std 0)
-    mean, logvar = diffusion_latents(autoencoder, ds.images["train"], device, cfg.latents, workers=cfg.runtime.data_workers)
+    mean, logvar, latent_scale = diffusion_latents(autoencoder, ds.images["train"], device, cfg.latents, cfg.latent_scale,
+                                                   workers=cfg.runtime.data_workers)
     ctx = init_distributed(device)
     fingerprint = training_fingerprint(params, "train_diffusion", ds.manifest["dataset_digest"], Path(models_dir) / "autoencoder" / "model.safetensors")
     # rank 0 opens (or joins) the execution's MLflow run and logs loss, lr and images/s as it trains
@@ -61,6 +62,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
         "parameters": sum(p.numel() for p in ema_unet.parameters()),
         "macs_per_forward": size["macs_per_forward"],
         "images_seen": result.images_seen,
+        "latent_scale": latent_scale,
         "processes": ctx.world_size,
         "resumed_from_step": result.resumed_from_step,
         "stopped_by_max_time": result.stopped_by_max_time,
@@ -72,6 +74,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, models_dir: Path = MODELS_DIR
                      "beta_end": cfg.beta_end, "zero_terminal_snr": cfg.zero_terminal_snr,
                      "prediction_type": cfg.prediction_type, "variance_type": cfg.variance_type},
         "class_names": ds.class_names,
+        "latent_scale": latent_scale,  # what the generator divides the U-Net's latents by before decoding
         "training": params_dict(params)["train_diffusion"],
         "dataset_digest": ds.manifest["dataset_digest"],
         "weights": "ema",
