@@ -1,4 +1,5 @@
-"""The diffusion weights that are returned and saved are the EMA ones; generation decodes ``z / scale_factor``.
+"""The diffusion weights that are returned and saved are the EMA ones; generation decodes ``z / latent_scale`` (the
+autoencoder's ``scale_factor`` unless the U-Net's checkpoint records its own).
 
 EMA: the expected average is rebuilt by hand from the online model's parameter trajectory (recorded at every
 step) with the warmup decay ``min(target, (1 + n) / (10 + n))`` of :func:`components.training.common.ema_model`,
@@ -205,9 +206,9 @@ def test_generator_decodes_scaled_latents_divided_by_the_scale_factor():
     assert torch.allclose(z, images[[2, 0, 1]], atol=1e-5)  # decode got z / 0.25, not z or z * 0.25
 
 
-def test_generator_from_checkpoints_feeds_the_decoder_z_over_scale(tmp_path: Path):
-    """Real checkpoints: a U-Net whose output is its (constant) output-conv bias, i.e. x0 = bias per channel,
-    and a KL autoencoder with scale factor 2.5; the decoder must receive bias / 2.5."""
+def _bias_pair(tmp_path: Path, diffusion_extra: dict) -> torch.Tensor:
+    """Real checkpoints in ``tmp_path``: a KL autoencoder with scale factor 2.5 and a U-Net whose output is its
+    (constant) output-conv bias, i.e. x0 = bias per channel, with ``diffusion_extra`` in its config.json; returns the bias."""
     from components.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
@@ -218,8 +219,14 @@ def test_generator_from_checkpoints_feeds_the_decoder_z_over_scale(tmp_path: Pat
     bias = torch.tensor([1.5, -0.75])
     with torch.no_grad():
         unet.conv_out.bias.copy_(bias)  # the output conv's weight is zero: out = bias everywhere
-    save_checkpoint(tmp_path / "diffusion", unet, unet.config.to_dict(), {"schedule": SCHEDULE})
+    save_checkpoint(tmp_path / "diffusion", unet, unet.config.to_dict(), {"schedule": SCHEDULE, **diffusion_extra})
+    return bias
 
+
+def test_generator_from_checkpoints_feeds_the_decoder_z_over_scale(tmp_path: Path):
+    """Real checkpoints (:func:`_bias_pair`): x0 = bias per channel and a KL autoencoder with scale factor 2.5; the
+    decoder must receive bias / 2.5."""
+    bias = _bias_pair(tmp_path, {})
     gen = LatentDiffusionGenerator.from_dir(tmp_path)
     assert float(gen.autoencoder.scale_factor) == 2.5
     seen: list[torch.Tensor] = []
@@ -229,24 +236,8 @@ def test_generator_from_checkpoints_feeds_the_decoder_z_over_scale(tmp_path: Pat
     (z,) = seen
     assert torch.allclose(z, (bias / 2.5)[None, :, None, None].expand(2, 2, 4, 4), atol=1e-6)
     with torch.no_grad():
-        assert np.array_equal(out, ((ae.decode(z).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-
-
-def _bias_pair(tmp_path: Path, diffusion_extra: dict) -> torch.Tensor:
-    """The checkpoints of the test above (autoencoder scale factor 2.5, a U-Net whose x0 is its output-conv bias), with
-    ``diffusion_extra`` in the U-Net's config.json; returns the bias."""
-    from components.models.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    ae_cfg = AutoencoderConfig(in_channels=1, image_size=8, channels=(8, 16), latent_channels=2, regularizer="kl")
-    ae = build_autoencoder(ae_cfg, scale_factor=2.5)
-    save_checkpoint(tmp_path / "autoencoder", ae, ae_cfg.to_dict(), {"scale_factor": 2.5})
-    unet = UNet(UNetConfig(in_channels=2, out_channels=2, sample_size=4, num_classes=3, channels=(8, 16), num_heads=2))
-    bias = torch.tensor([1.5, -0.75])
-    with torch.no_grad():
-        unet.conv_out.bias.copy_(bias)
-    save_checkpoint(tmp_path / "diffusion", unet, unet.config.to_dict(), {"schedule": SCHEDULE, **diffusion_extra})
-    return bias
+        decoded = gen.autoencoder.decoder(z)
+    assert np.array_equal(out, ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
 
 
 def test_generator_divides_by_the_latent_scale_the_unet_was_trained_at(tmp_path: Path, monkeypatch):
