@@ -9,7 +9,7 @@ file (built from the settings the JSON records, see ``command``) and the provena
 - ``throughput.json`` (ours vs diffusers), ``ldm_vs_pixel.json`` (latent vs pixel space),
 - ``autoencoders.json``, ``autoencoders_perceptual_gan.json``, ``autoencoders_downstream.json`` (autoencoder variants),
 - ``unet_layouts*.json`` (U-Net layouts), ``pipeline_run.json`` and ``pipeline_run_<preset>.json`` (what a ``make run`` measured),
-  ``stage_profile.json`` (where a pipeline run's time goes, per stage),
+  ``stage_profile.json`` (where a pipeline run's time goes, per stage), ``eval_speed.json`` (the evaluation's fixed costs),
 - ``quality_vs_steps.json`` (quality vs sampler steps of the default model),
 - ``distill.json`` (distilled few-step students vs their teacher),
 - ``autoencoder_ceiling.json`` (the autoencoder's ceiling on FD and recall, per autoencoder variant),
@@ -429,6 +429,27 @@ def stage_profile_section(r: dict | None) -> list[str]:
     return lines
 
 
+def eval_speed_section(r: dict | None) -> list[str]:
+    """The evaluation's fixed costs, each against its former way in the same process (``benchmarks/eval_speed.py``)."""
+    title = "## The evaluation's fixed costs (EfficientNet features, classifier training, Fréchet distance)"
+    if r is None:
+        return [title, "", "Not measured yet: `.venv/bin/python -m benchmarks.eval_speed` writes `reports/benchmarks/eval_speed.json`.", ""]
+    e, c, f = r["effnet_lite0_features"], r["classifier_training"], r["frechet_distance"]
+    return [
+        title, "", f"From `reports/benchmarks/eval_speed.json`; regenerate with `.venv/bin/{r['command']}`. {describe(r.get('provenance'))} "
+        f"Medians of {r['repeats']} alternating runs each; speed-up = the former way's time / today's.", "",
+        "| piece | today | former way | today's time | former time | speed-up |", "|---|---|---|---:|---:|---:|",
+        f"| EfficientNet-Lite0 features, {e['images']} images, batches of {e['batch_size']} | channels-last | contiguous | "
+        f"{e['ours_s']:.2f} s ({e['ours_images_per_s']:.1f} img/s) | {e['peer_s']:.2f} s ({e['peer_images_per_s']:.1f} img/s) | {e['speedup']:.2f}x |",
+        f"| reference classifier, one training step of {c['batch_size']} | channels-last | contiguous | {c['ours_s_per_step']:.3f} s | "
+        f"{c['peer_s_per_step']:.3f} s | {c['speedup']:.2f}x |",
+        f"| Fréchet distance, {f['dim']}-d statistics of {f['images']} images | two `eigh` | pytorch-fid's `sqrtm` | {f['ours_s']:.3f} s | "
+        f"{f['peer_s']:.3f} s | {f['speedup']:.2f}x |", "",
+        f"The features differ by at most {e['max_abs_feature_difference']:.1e} (rounding); the two Fréchet distances by "
+        f"{f['relative_difference']:.1e} relative.", "",
+    ]
+
+
 def quality_vs_steps_section(r: dict | None) -> list[str]:
     """Class consistency and Fréchet distance (classifier features) per sampler and step count."""
     title = "## Quality vs sampler steps"
@@ -723,6 +744,7 @@ def render(root: Path) -> list[str]:
                                  _load(b / "autoencoders_downstream.json"))
     lines += unet_layouts_section({p.name: _load(p) for p in sorted(b.glob("unet_layouts*.json"))})
     lines += stage_profile_section(_load(b / "stage_profile.json"))
+    lines += eval_speed_section(_load(b / "eval_speed.json"))
     lines += quality_vs_steps_section(_load(b / "quality_vs_steps.json"))
     lines += distill_section(_load(b / "distill.json"))
     lines += text_prompts_section(_load(b / "text_prompts.json"))

@@ -343,7 +343,7 @@ def test_unit_latent_scale_gives_the_means_unit_variance_and_leaves_the_draws_at
     means = model.encoder(data)[:, :4]
     cpu = torch.device("cpu")
     mean, logvar, scale = diffusion_latents(model, data, cpu, "posterior_mean", "unit")
-    assert scale == pytest.approx(1.0 / float(means.double().std()), rel=1e-12)
+    assert scale == pytest.approx(1.0 / float(means.double().std()), rel=1e-6)  # float32 reduction vs a float64 one
     assert scale == pytest.approx(0.25, rel=0.01)  # population std 4 (Bessel's correction over 384 elements: 0.13 %)
     torch.testing.assert_close(mean, scale * means)
     assert float(mean.double().std()) == pytest.approx(1.0, abs=1e-6)

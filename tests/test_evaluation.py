@@ -42,6 +42,39 @@ def test_frechet_distance_rank_deficient_is_finite():
     assert np.isfinite(fd) and fd > 50  # mean shift alone contributes 64
 
 
+def test_frechet_distance_rank_deficient_high_dim_matches_sqrtm():
+    """The evaluate case: 1280-d features of 300 images (rank 299), where sigma1 sigma2 is singular. The eigh route
+    must give pytorch-fid's sqrtm value (with its diagonal offset, which moves it by far less than the tolerance)."""
+    rng = np.random.default_rng(1)
+    mix = rng.normal(size=(1280, 1280)) * 0.05
+    a = np.maximum(rng.normal(size=(300, 1280)) @ mix, 0)  # ReLU-like, non-negative, correlated features
+    b = np.maximum(rng.normal(size=(300, 1280)) @ mix + 0.1, 0)
+    (mu1, s1), (mu2, s2) = feature_statistics(a), feature_statistics(b)
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(1280) * 1e-6
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    expected = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=1e-6)  # symmetric in its two arguments
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6 * np.trace(s1))
+
+
+@pytest.mark.parametrize("which", ["sigma1", "sigma2"])
+def test_frechet_distance_refuses_a_matrix_that_is_no_covariance(which):
+    good = np.diag([1.0, 2.0, 3.0])
+    asymmetric = good + np.triu(np.ones((3, 3)), 1)
+    indefinite = np.diag([1.0, -0.5, 3.0])
+    for bad, match in ((asymmetric, "not symmetric"), (indefinite, "negative eigenvalue")):
+        s1, s2 = (bad, good) if which == "sigma1" else (good, bad)
+        with pytest.raises(ValueError, match=f"{which} .*{match}"):
+            frechet_distance(np.zeros(3), s1, np.zeros(3), s2)
+    # rounding-level negative eigenvalues (a float64 covariance of collinear features) are not refused
+    x = np.random.default_rng(0).normal(size=(50, 1))
+    s = np.cov(np.hstack([x, 2 * x, -x]), rowvar=False)
+    assert frechet_distance(np.zeros(3), s, np.zeros(3), s) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_frechet_distance_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="shape mismatch"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))

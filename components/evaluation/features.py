@@ -252,7 +252,9 @@ class _EffNetLite0Extractor(_BatchedExtractor):
         except PretrainedWeightsUnavailable as e:
             raise FeatureExtractorUnavailable(str(e)) from e
         self.device = device
-        self.model = model
+        # channels-last: oneDNN's depthwise convolutions run ~1.8x faster on a 2-core CPU (16-image batches; measured
+        # in benchmarks/throughput.py's extractor row); the features move by ~1e-5 (rounding), nothing else changes
+        self.model = model.to(memory_format=torch.channels_last)
         self.info = ExtractorInfo(
             name="effnet_lite0",
             feature_dim=1280,
@@ -267,7 +269,7 @@ class _EffNetLite0Extractor(_BatchedExtractor):
         if x.shape[-2:] != (s, s):
             # The network's "same" paddings are static, computed for 224x224: the input must be exactly that size.
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=False)
-        return (x * 255.0 - EFFNET_LITE_MEAN) / EFFNET_LITE_STD
+        return ((x * 255.0 - EFFNET_LITE_MEAN) / EFFNET_LITE_STD).contiguous(memory_format=torch.channels_last)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.extract_features(self._preprocess(x)).mean(dim=(2, 3))  # = the model's AdaptiveAvgPool2d(1)

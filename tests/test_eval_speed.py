@@ -1,0 +1,62 @@
+"""benchmarks/eval_speed.py: the faster ways of the evaluation give the figures of the former ones, and the report
+renders the committed JSON's table from the file (not from typed numbers)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import eval_speed, report
+
+
+def test_channels_last_extractor_gives_the_contiguous_features():
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 32, 32, 1), dtype=np.uint8)
+    r = eval_speed.effnet_features(images, batch_size=4, repeats=1)
+    assert r["images"] == 6 and r["ours_s"] > 0 and r["peer_s"] > 0
+    assert r["max_abs_feature_difference"] < 1e-3  # rounding only: features are O(1-10)
+
+
+def test_frechet_distance_agrees_with_pytorch_fid_formula_in_the_benchmark():
+    r = eval_speed.frechet(n=60, dim=96, repeats=1)  # rank-deficient: 60 images, 96 dimensions
+    assert r["relative_difference"] < 1e-6 and r["ours"] > 0
+
+
+def test_classifier_step_benchmark_trains_both_layouts():
+    r = eval_speed.classifier_steps(batch=8, side=32, steps=1, repeats=1)
+    assert r["ours_s_per_step"] > 0 and r["peer_s_per_step"] > 0 and r["speedup"] == pytest.approx(
+        r["peer_s_per_step"] / r["ours_s_per_step"], rel=0.01)
+
+
+def test_trained_classifier_is_returned_contiguous_so_safetensors_can_save_it():
+    from components.evaluation.classifier import train_classifier
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 32, 32, 1), dtype=np.uint8)
+    model = train_classifier(images, rng.integers(0, 10, size=40), 10, epochs=1, batch_size=20, lr=1e-3, seed=0, progress=False)
+    assert all(p.is_contiguous() for p in model.state_dict().values())
+    assert not model.training
+
+
+def test_report_renders_eval_speed_from_the_json(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    r = {"command": "python -m benchmarks.eval_speed", "repeats": 5,
+         "effnet_lite0_features": {"images": 160, "batch_size": 16, "ours_s": 4.0, "peer_s": 7.2, "ours_images_per_s": 40.0,
+                                   "peer_images_per_s": 22.2, "speedup": 1.8, "max_abs_feature_difference": 1.1e-5},
+         "classifier_training": {"batch_size": 128, "image_side": 32, "steps": 10, "ours_s_per_step": 0.137,
+                                 "peer_s_per_step": 0.174, "speedup": 1.27},
+         "frechet_distance": {"images": 500, "dim": 1280, "ours_s": 0.65, "peer_s": 2.3, "speedup": 3.54, "ours": 1.0, "peer": 1.0,
+                              "relative_difference": 2.3e-8},
+         "provenance": {"git_commit": "abc", "torch_threads": 2}}
+    (tmp_path / "benchmarks" / "eval_speed.json").write_text(json.dumps(r))
+    text = "\n".join(report.render(tmp_path))
+    assert "| EfficientNet-Lite0 features, 160 images, batches of 16 | channels-last | contiguous | 4.00 s (40.0 img/s) | 7.20 s (22.2 img/s) | 1.80x |" in text
+    assert "| 0.137 s | 0.174 s | 1.27x |" in text and "| 0.650 s | 2.300 s | 3.54x |" in text
+    assert "by 2.3e-08 relative" in text
+    (tmp_path / "benchmarks" / "eval_speed.json").unlink()
+    assert "Not measured yet: `.venv/bin/python -m benchmarks.eval_speed`" in "\n".join(report.render(tmp_path))
+
+
+def test_median_pair_alternates_and_takes_medians():
+    calls = []
+    ours, peer = eval_speed._median_pair(lambda: calls.append("o"), lambda: calls.append("p"), repeats=3)
+    assert calls == ["o", "p"] * 4 and ours >= 0 and peer >= 0
