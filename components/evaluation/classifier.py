@@ -100,7 +100,7 @@ def train_classifier(
     device = resolve_device(device, key="device")
     torch.manual_seed(seed)
     config = ClassifierConfig(in_channels=images.shape[-1], num_classes=num_classes, input_pool=input_pool_for(max(images.shape[1:3]), max_side))
-    # channels-last for training: ~1.25x the steps/s of the default layout on a 2-core CPU (benchmarks/eval_speed.py)
+    # channels-last for training: ~1.3x the steps/s of the default layout on a 2-core CPU (benchmarks/eval_speed.py)
     model = Classifier(config).to(device, memory_format=torch.channels_last)
     y = torch.from_numpy(labels).long()
     gen = torch.Generator().manual_seed(seed)

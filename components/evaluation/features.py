@@ -252,8 +252,8 @@ class _EffNetLite0Extractor(_BatchedExtractor):
         except PretrainedWeightsUnavailable as e:
             raise FeatureExtractorUnavailable(str(e)) from e
         self.device = device
-        # channels-last: oneDNN's depthwise convolutions run ~1.8x faster on a 2-core CPU (16-image batches; measured
-        # in benchmarks/throughput.py's extractor row); the features move by ~1e-5 (rounding), nothing else changes
+        # channels-last: 1.3-1.5x the images/s of the default layout on a 2-core CPU at 16-image batches
+        # (benchmarks/eval_speed.py); the features move by ~1e-5 (rounding), nothing else changes
         self.model = model.to(memory_format=torch.channels_last)
         self.info = ExtractorInfo(
             name="effnet_lite0",
