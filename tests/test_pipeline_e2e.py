@@ -445,3 +445,22 @@ def test_evaluate_fails_fast_on_stale_reference_stats(project: Path, tmp_path: P
     assert res.returncode != 0
     assert "re-run `latentflow reference_stats`" in res.stderr
     assert (proj / "metrics.json").read_bytes() == before
+
+
+def test_judge_spread_reproduces_evaluate_at_the_base_seed(project: Path, tmp_path: Path):
+    """benchmarks.judge_spread on the finished run: the classifier retrained at base.seed is reference_stats' own, so its
+    row gives evaluate's classifier-feature figures; another seed gives another feature space (other figures)."""
+    import yaml
+
+    from benchmarks.judge_spread import EVALUATE_KEYS, main
+
+    seed = yaml.safe_load((project / "params.yaml").read_text())["base"]["seed"]
+    out = main(["--run", str(project), "--seeds", str(seed), str(seed + 1), "--out", str(tmp_path / "spread.json")])
+    metrics = json.loads((project / "metrics.json").read_text())
+    base, other = out["rows"]
+    assert base["seed"] == seed and out["evaluate"]["base_seed_row_matches"] is True
+    for ours, theirs in EVALUATE_KEYS.items():
+        assert base[ours] == pytest.approx(metrics[theirs], rel=1e-3), ours
+    assert other["fd_real"] != base["fd_real"] and other["fd_ratio_samples"] != base["fd_ratio_samples"]
+    spread = out["spread"]["fd_ratio_samples"]
+    assert spread["min"] == min(base["fd_ratio_samples"], other["fd_ratio_samples"]) and spread["max_over_min"] >= 1.0

@@ -1,0 +1,30 @@
+"""The report's judge-spread table comes from benchmarks/judge_spread.py's JSON (rows, spread, the base-seed check)."""
+
+import json
+
+from benchmarks import report
+
+
+def _row(seed: int, fd_ratio: float) -> dict:
+    return {"seed": seed, "val_accuracy": 0.974, "class_consistency": 0.99, "fd_real": 0.32, "fd_ratio_samples": fd_ratio,
+            "precision_ratio_samples": 1.0, "recall_ratio_samples": 0.84, "fd_ratio_reconstruction": 2.88,
+            "precision_ratio_reconstruction": 1.0, "recall_ratio_reconstruction": 0.95}
+
+
+def test_report_renders_judge_spread_rows_and_ratio(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    assert "judge spread" not in "\n".join(report.render(tmp_path))  # no file, no section
+    rows = [_row(0, 3.10), _row(1, 4.65)]
+    spread = {k: {"min": min(r[k] for r in rows), "max": max(r[k] for r in rows),
+                  "max_over_min": max(r[k] for r in rows) / min(r[k] for r in rows)} for k in rows[0] if k != "seed"}
+    r = {"command": "python -m benchmarks.judge_spread --run /tmp/r --seeds 0 1", "run": "/tmp/r", "num": 500, "rows": rows,
+         "spread": spread, "evaluate": {"figures": {}, "base_seed_row_matches": True}, "provenance": {"git_commit": "abc"}}
+    (tmp_path / "benchmarks" / "judge_spread.json").write_text(json.dumps(r))
+    text = "\n".join(report.render(tmp_path))
+    assert "| 0 | 0.974 | 0.990 | 0.320 | 3.10 | 0.84 | 2.88 | 0.95 |" in text
+    assert "| 1 | 0.974 | 0.990 | 0.320 | 4.65 | 0.84 | 2.88 | 0.95 |" in text
+    assert "| max / min | 1.00 | 1.00 | 1.00 | 1.50 | 1.00 | 1.00 | 1.00 |" in text
+    assert "reproduces its `metrics.json`" in text
+    r["evaluate"]["base_seed_row_matches"] = False
+    (tmp_path / "benchmarks" / "judge_spread.json").write_text(json.dumps(r))
+    assert "does **not** reproduce" in "\n".join(report.render(tmp_path))
