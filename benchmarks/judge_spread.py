@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="reference classifier training seeds")
     ap.add_argument("--num-threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--note", default=None, help="a sentence saying what the run is, kept in the JSON and the report")
     args = ap.parse_args(argv)
     if len(set(args.seeds)) < 2:
         ap.error("give at least two distinct --seeds: a spread needs two classifiers")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate["base_seed_row_matches"] = all(abs(base[k] - v) <= 1e-3 * abs(v) for k, v in evaluate["figures"].items())
     result = {"command": "python -m benchmarks.judge_spread " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "run": str(run), "num": int(len(real)), "seeds": args.seeds, "rows": rows,
-              "spread": {k: _summary([r[k] for r in rows]) for k in keys}, "evaluate": evaluate,
+              "spread": {k: _summary([r[k] for r in rows]) for k in keys}, "evaluate": evaluate, "note": args.note,
               "seconds": round(time.perf_counter() - t0, 1), "provenance": provenance()}
     atomic_write_json(args.out, result)
     if evaluate is not None and "base_seed_row_matches" in evaluate:

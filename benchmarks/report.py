@@ -10,7 +10,7 @@ file (built from the settings the JSON records, see ``command``) and the provena
 - ``autoencoders.json``, ``autoencoders_perceptual_gan.json``, ``autoencoders_downstream.json`` (autoencoder variants),
 - ``unet_layouts*.json`` (U-Net layouts), ``pipeline_run.json`` and ``pipeline_run_<preset>.json`` (what a ``make run`` measured),
   ``stage_profile.json`` (where a pipeline run's time goes, per stage), ``eval_speed.json`` (the evaluation's fixed costs),
-  ``judge_spread.json`` (one run's classifier-feature figures under reference classifiers of several seeds),
+  ``judge_spread*.json`` (one run's classifier-feature figures under reference classifiers of several seeds),
 - ``quality_vs_steps.json`` (quality vs sampler steps of the default model),
 - ``distill.json`` (distilled few-step students vs their teacher),
 - ``autoencoder_ceiling.json`` (the autoencoder's ceiling on FD and recall, per autoencoder variant),
@@ -451,15 +451,17 @@ def eval_speed_section(r: dict | None) -> list[str]:
     ]
 
 
-def judge_spread_section(r: dict | None) -> list[str]:
+def judge_spread_section(r: dict | None, name: str = "judge_spread.json") -> list[str]:
     """One run's classifier-feature figures read by reference classifiers trained with several seeds."""
     if r is None:
         return []
     title = "## How much one run's classifier-feature figures depend on the reference classifier (judge spread)"
+    if name != "judge_spread.json":
+        title += f" — `{name}`"
     cols = [("val_accuracy", "val accuracy", 3), ("class_consistency", "class consistency", 3), ("fd_real", "FD real-vs-real", 3),
             ("fd_ratio_samples", "FD ratio samples", 2), ("recall_ratio_samples", "recall ratio samples", 2),
             ("fd_ratio_reconstruction", "FD ratio ceiling", 2), ("recall_ratio_reconstruction", "recall ratio ceiling", 2)]
-    lines = [title, "", f"From `reports/benchmarks/judge_spread.json`; regenerate with `.venv/bin/{r['command']}`. "
+    lines = [title, "", f"From `reports/benchmarks/{name}`; regenerate with `.venv/bin/{r['command']}`. "
              f"{describe(r.get('provenance'))} The run `{r['run']}` scored {r['num']} images per set with the classifier of each "
              "seed (everything else as `reference_stats`).", "",
              "| classifier seed | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -470,6 +472,8 @@ def judge_spread_section(r: dict | None) -> list[str]:
     if "base_seed_row_matches" in ev:
         lines += ["", "The row of the run's own seed " + ("reproduces" if ev["base_seed_row_matches"] else "does **not** reproduce")
                   + " its `metrics.json` (rel 1e-3)."]
+    if r.get("note"):
+        lines += ["", r["note"]]
     return [*lines, ""]
 
 
@@ -769,6 +773,8 @@ def render(root: Path) -> list[str]:
     lines += stage_profile_section(_load(b / "stage_profile.json"))
     lines += eval_speed_section(_load(b / "eval_speed.json"))
     lines += judge_spread_section(_load(b / "judge_spread.json"))
+    for path in sorted(b.glob("judge_spread_*.json")):
+        lines += judge_spread_section(_load(path), path.name)
     lines += quality_vs_steps_section(_load(b / "quality_vs_steps.json"))
     lines += distill_section(_load(b / "distill.json"))
     lines += text_prompts_section(_load(b / "text_prompts.json"))

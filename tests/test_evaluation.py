@@ -43,16 +43,17 @@ def test_frechet_distance_rank_deficient_is_finite():
 
 
 def test_frechet_distance_rank_deficient_high_dim_matches_sqrtm():
-    """The evaluate case: 1280-d features of 300 images (rank 299), where sigma1 sigma2 is singular. The eigh route
-    must give pytorch-fid's sqrtm value (with its diagonal offset, which moves it by far less than the tolerance)."""
+    """The evaluate case (EfficientNet-Lite0: 1280-d features of 500 images), scaled down: 384-d features of 150
+    images (rank 149), where sigma1 sigma2 is singular. The eigh route must give pytorch-fid's sqrtm value (with its
+    diagonal offset, which moves it by far less than the tolerance)."""
     rng = np.random.default_rng(1)
-    mix = rng.normal(size=(1280, 1280)) * 0.05
-    a = np.maximum(rng.normal(size=(300, 1280)) @ mix, 0)  # ReLU-like, non-negative, correlated features
-    b = np.maximum(rng.normal(size=(300, 1280)) @ mix + 0.1, 0)
+    mix = rng.normal(size=(384, 384)) * 0.05
+    a = np.maximum(rng.normal(size=(150, 384)) @ mix, 0)  # ReLU-like, non-negative, correlated features
+    b = np.maximum(rng.normal(size=(150, 384)) @ mix + 0.1, 0)
     (mu1, s1), (mu2, s2) = feature_statistics(a), feature_statistics(b)
     covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
-        offset = np.eye(1280) * 1e-6
+        offset = np.eye(384) * 1e-6
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
     expected = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
