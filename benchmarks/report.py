@@ -11,6 +11,7 @@ file (built from the settings the JSON records, see ``command``) and the provena
 - ``unet_layouts*.json`` (U-Net layouts), ``pipeline_run.json`` and ``pipeline_run_<preset>.json`` (what a ``make run`` measured),
   ``stage_profile.json`` (where a pipeline run's time goes, per stage), ``eval_speed.json`` (the evaluation's fixed costs),
   ``judge_spread*.json`` (one run's classifier-feature figures under reference classifiers of several seeds),
+  ``sampling_spread.json`` (one run's figures over sampling seeds),
 - ``quality_vs_steps.json`` (quality vs sampler steps of the default model),
 - ``distill.json`` (distilled few-step students vs their teacher),
 - ``autoencoder_ceiling.json`` (the autoencoder's ceiling on FD and recall, per autoencoder variant),
@@ -477,6 +478,28 @@ def judge_spread_section(r: dict | None, name: str = "judge_spread.json") -> lis
     return [*lines, ""]
 
 
+def sampling_spread_section(r: dict | None) -> list[str]:
+    """One run's figures over sampling seeds: the same U-Net, judge and reference (``benchmarks/sampling_spread.py``)."""
+    if r is None:
+        return []
+    cols = [("class_consistency", "class consistency", 3), ("fd_ratio_classifier", "FD ratio classifier", 2),
+            ("fd_ratio_effnet_lite0", "FD ratio EfficientNet", 3), ("recall_ratio_classifier", "recall ratio classifier", 2),
+            ("recall_ratio_effnet_lite0", "recall ratio EfficientNet", 2)]
+    cols = [c for c in cols if c[0] in r["spread"]]
+    lines = ["## How much one run's figures move with the sampling seed (sampling spread)", "",
+             f"From `reports/benchmarks/sampling_spread.json`; regenerate with `.venv/bin/{r['command']}`. {describe(r.get('provenance'))} "
+             f"The run `{r['run']}` sampled again ({r['sampler']['name']}, {r['sampler']['steps']} steps, guidance {r['sampler']['guidance']:g}) "
+             "and scored by `evaluate`'s code with the run's own judge and reference.", "",
+             "| sampling seed | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for row in r["rows"]:
+        lines.append(f"| {row['seed']} | " + " | ".join(f"{row[k]:.{d}f}" for k, _, d in cols) + " |")
+    lines.append("| max / min | " + " | ".join(f"{r['spread'][k]['max_over_min']:.3f}" for k, _, _ in cols) + " |")
+    if r.get("base_seed_row_matches") is not None:
+        lines += ["", "The row of the run's own seed " + ("reproduces" if r["base_seed_row_matches"] else "does **not** reproduce")
+                  + " its `metrics.json` (rel 1e-3)."]
+    return [*lines, ""]
+
+
 def quality_vs_steps_section(r: dict | None) -> list[str]:
     """Class consistency and Fréchet distance (classifier features) per sampler and step count."""
     title = "## Quality vs sampler steps"
@@ -773,6 +796,7 @@ def render(root: Path) -> list[str]:
     lines += stage_profile_section(_load(b / "stage_profile.json"))
     lines += eval_speed_section(_load(b / "eval_speed.json"))
     lines += judge_spread_section(_load(b / "judge_spread.json"))
+    lines += sampling_spread_section(_load(b / "sampling_spread.json"))
     for path in sorted(b.glob("judge_spread_*.json")):
         lines += judge_spread_section(_load(path), path.name)
     lines += quality_vs_steps_section(_load(b / "quality_vs_steps.json"))

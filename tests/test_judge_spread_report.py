@@ -28,3 +28,21 @@ def test_report_renders_judge_spread_rows_and_ratio(tmp_path):
     r["evaluate"]["base_seed_row_matches"] = False
     (tmp_path / "benchmarks" / "judge_spread.json").write_text(json.dumps(r))
     assert "does **not** reproduce" in "\n".join(report.render(tmp_path))
+
+
+def test_report_renders_sampling_spread_from_the_json(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    assert "sampling spread" not in "\n".join(report.render(tmp_path))
+    rows = [{"seed": 0, "images": 500, "class_consistency": 0.99, "fd_ratio_classifier": 3.10, "fd_ratio_effnet_lite0": 3.279,
+             "recall_ratio_classifier": 0.84, "recall_ratio_effnet_lite0": 0.52},
+            {"seed": 1, "images": 500, "class_consistency": 0.986, "fd_ratio_classifier": 2.77, "fd_ratio_effnet_lite0": 3.288,
+             "recall_ratio_classifier": 0.89, "recall_ratio_effnet_lite0": 0.53}]
+    spread = {k: {"max_over_min": max(r[k] for r in rows) / min(r[k] for r in rows)} for k in rows[0] if k not in ("seed", "images")}
+    r = {"command": "python -m benchmarks.sampling_spread --run /tmp/r --seeds 0 1", "run": "/tmp/r", "seeds": [0, 1],
+         "sampler": {"name": "ddim", "steps": 25, "guidance": 3.0}, "rows": rows, "spread": spread, "base_seed_row_matches": True,
+         "provenance": {"git_commit": "abc"}}
+    (tmp_path / "benchmarks" / "sampling_spread.json").write_text(json.dumps(r))
+    text = "\n".join(report.render(tmp_path))
+    assert "| 1 | 0.986 | 2.77 | 3.288 | 0.89 | 0.53 |" in text
+    assert "| max / min | 1.004 | 1.119 | 1.003 | 1.060 | 1.019 |" in text
+    assert "(ddim, 25 steps, guidance 3)" in text and "reproduces its `metrics.json`" in text
