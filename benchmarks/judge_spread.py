@@ -54,17 +54,24 @@ def _evaluate_figures(metrics_path: Path) -> dict | None:
     return {"figures": {ours: m[theirs] for ours, theirs in EVALUATE_KEYS.items() if m.get(theirs) is not None}}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_spread_args(doc: str, argv: list[str] | None, seeds: list[int], seeds_help: str, what: str) -> argparse.Namespace:
+    """The arguments of a spread benchmark (``--run``, ``--seeds``, ``--num-threads``, ``--out``, ``--note``), with the
+    torch thread count applied; fewer than two distinct seeds is a usage error (a spread needs two ``what``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="a finished run folder")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="reference classifier training seeds")
+    ap.add_argument("--seeds", nargs="+", type=int, default=seeds, help=seeds_help)
     ap.add_argument("--num-threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--note", default=None, help="a sentence saying what the run is, kept in the JSON and the report")
     args = ap.parse_args(argv)
     if len(set(args.seeds)) < 2:
-        ap.error("give at least two distinct --seeds: a spread needs two classifiers")
+        ap.error(f"give at least two distinct --seeds: a spread needs two {what}")
     torch.set_num_threads(args.num_threads)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_spread_args(__doc__, argv, [0, 1, 2, 3], "reference classifier training seeds", "classifiers")
 
     from components.config import load_params
     from components.data.artifact import read_dataset

@@ -452,6 +452,18 @@ def eval_speed_section(r: dict | None) -> list[str]:
     ]
 
 
+def _spread_table(r: dict, cols: list[tuple[str, str, int]], seed_header: str, ratio_digits: int, matches: bool | None) -> list[str]:
+    """A spread benchmark's table: one row per seed, the max/min row, whether the base seed reproduced the run, the note."""
+    lines = [f"| {seed_header} | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines += [f"| {row['seed']} | " + " | ".join(f"{row[k]:.{d}f}" for k, _, d in cols) + " |" for row in r["rows"]]
+    lines.append("| max / min | " + " | ".join(f"{r['spread'][k]['max_over_min']:.{ratio_digits}f}" for k, _, _ in cols) + " |")
+    if matches is not None:
+        lines += ["", "The row of the run's own seed " + ("reproduces" if matches else "does **not** reproduce") + " its `metrics.json` (rel 1e-3)."]
+    if r.get("note"):
+        lines += ["", r["note"]]
+    return [*lines, ""]
+
+
 def judge_spread_section(r: dict | None, name: str = "judge_spread.json") -> list[str]:
     """One run's classifier-feature figures read by reference classifiers trained with several seeds."""
     if r is None:
@@ -462,20 +474,10 @@ def judge_spread_section(r: dict | None, name: str = "judge_spread.json") -> lis
     cols = [("val_accuracy", "val accuracy", 3), ("class_consistency", "class consistency", 3), ("fd_real", "FD real-vs-real", 3),
             ("fd_ratio_samples", "FD ratio samples", 2), ("recall_ratio_samples", "recall ratio samples", 2),
             ("fd_ratio_reconstruction", "FD ratio ceiling", 2), ("recall_ratio_reconstruction", "recall ratio ceiling", 2)]
-    lines = [title, "", f"From `reports/benchmarks/{name}`; regenerate with `.venv/bin/{r['command']}`. "
-             f"{describe(r.get('provenance'))} The run `{r['run']}` scored {r['num']} images per set with the classifier of each "
-             "seed (everything else as `reference_stats`).", "",
-             "| classifier seed | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
-    for row in r["rows"]:
-        lines.append(f"| {row['seed']} | " + " | ".join(f"{row[k]:.{d}f}" for k, _, d in cols) + " |")
-    lines.append("| max / min | " + " | ".join(f"{r['spread'][k]['max_over_min']:.2f}" for k, _, _ in cols) + " |")
-    ev = r.get("evaluate") or {}
-    if "base_seed_row_matches" in ev:
-        lines += ["", "The row of the run's own seed " + ("reproduces" if ev["base_seed_row_matches"] else "does **not** reproduce")
-                  + " its `metrics.json` (rel 1e-3)."]
-    if r.get("note"):
-        lines += ["", r["note"]]
-    return [*lines, ""]
+    head = [title, "", f"From `reports/benchmarks/{name}`; regenerate with `.venv/bin/{r['command']}`. "
+            f"{describe(r.get('provenance'))} The run `{r['run']}` scored {r['num']} images per set with the classifier of each "
+            "seed (everything else as `reference_stats`).", ""]
+    return head + _spread_table(r, cols, "classifier seed", 2, (r.get("evaluate") or {}).get("base_seed_row_matches"))
 
 
 def sampling_spread_section(r: dict | None) -> list[str]:
@@ -485,19 +487,11 @@ def sampling_spread_section(r: dict | None) -> list[str]:
     cols = [("class_consistency", "class consistency", 3), ("fd_ratio_classifier", "FD ratio classifier", 2),
             ("fd_ratio_effnet_lite0", "FD ratio EfficientNet", 3), ("recall_ratio_classifier", "recall ratio classifier", 2),
             ("recall_ratio_effnet_lite0", "recall ratio EfficientNet", 2)]
-    cols = [c for c in cols if c[0] in r["spread"]]
-    lines = ["## How much one run's figures move with the sampling seed (sampling spread)", "",
-             f"From `reports/benchmarks/sampling_spread.json`; regenerate with `.venv/bin/{r['command']}`. {describe(r.get('provenance'))} "
-             f"The run `{r['run']}` sampled again ({r['sampler']['name']}, {r['sampler']['steps']} steps, guidance {r['sampler']['guidance']:g}) "
-             "and scored by `evaluate`'s code with the run's own judge and reference.", "",
-             "| sampling seed | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
-    for row in r["rows"]:
-        lines.append(f"| {row['seed']} | " + " | ".join(f"{row[k]:.{d}f}" for k, _, d in cols) + " |")
-    lines.append("| max / min | " + " | ".join(f"{r['spread'][k]['max_over_min']:.3f}" for k, _, _ in cols) + " |")
-    if r.get("base_seed_row_matches") is not None:
-        lines += ["", "The row of the run's own seed " + ("reproduces" if r["base_seed_row_matches"] else "does **not** reproduce")
-                  + " its `metrics.json` (rel 1e-3)."]
-    return [*lines, ""]
+    head = ["## How much one run's figures move with the sampling seed (sampling spread)", "",
+            f"From `reports/benchmarks/sampling_spread.json`; regenerate with `.venv/bin/{r['command']}`. {describe(r.get('provenance'))} "
+            f"The run `{r['run']}` sampled again ({r['sampler']['name']}, {r['sampler']['steps']} steps, guidance {r['sampler']['guidance']:g}) "
+            "and scored by `evaluate`'s code with the run's own judge and reference.", ""]
+    return head + _spread_table(r, [c for c in cols if c[0] in r["spread"]], "sampling seed", 3, r.get("base_seed_row_matches"))
 
 
 def quality_vs_steps_section(r: dict | None) -> list[str]:

@@ -15,7 +15,6 @@ RUN is a finished run folder (params.yaml, data/dataset, models/, reference_stat
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -23,9 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from benchmarks.judge_spread import _summary
+from benchmarks.judge_spread import _summary, parse_spread_args
 from benchmarks.provenance import provenance
 from components.io import atomic_write_json
 
@@ -34,15 +31,7 @@ FIGURES = ("class_consistency", "fd_ratio_classifier", "fd_ratio_effnet_lite0", 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="a finished run folder")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="sampling seeds (include base.seed to check the run)")
-    ap.add_argument("--num-threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    if len(set(args.seeds)) < 2:
-        ap.error("give at least two distinct --seeds: a spread needs two sample sets")
-    torch.set_num_threads(args.num_threads)
+    args = parse_spread_args(__doc__, argv, [0, 1, 2], "sampling seeds (include base.seed to check the run)", "sample sets")
 
     from components.config import load_params
     from pipelines.stages import evaluate, sample
@@ -76,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"seed {params.base.seed} (the run's own samples) reproduces its metrics.json: {matches}")
     result = {"command": "python -m benchmarks.sampling_spread " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "run": str(run), "seeds": args.seeds, "sampler": {"name": s.sampler, "steps": s.steps, "guidance": s.guidance},
-              "rows": rows, "spread": {k: _summary([r[k] for r in rows]) for k in keys}, "base_seed_row_matches": matches,
+              "rows": rows, "spread": {k: _summary([r[k] for r in rows]) for k in keys}, "base_seed_row_matches": matches, "note": args.note,
               "seconds": round(time.perf_counter() - t0, 1), "provenance": provenance()}
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
