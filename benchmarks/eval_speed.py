@@ -10,7 +10,7 @@ take most of those stages' time apart from sampling:
   channels-last model and input against the default format, same initial weights.
 - **The Fréchet distance** of 1280-d statistics from fewer images than dimensions (as in evaluate: 500 images):
   ``components.evaluation.metrics.frechet_distance`` (two symmetric eigendecompositions) against pytorch-fid's
-  formula (``scipy.linalg.sqrtm`` of the product, with its diagonal offset when that is singular), and the
+  ``calculate_frechet_distance`` (``scipy.linalg.sqrtm`` of the product, with its diagonal offset when that is singular), and the
   relative difference of the two values.
 
 Each pair runs alternately (ours, peer, ours, peer...) after a warm-up; the figures are medians of ``--repeats`` runs
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
+from pytorch_fid.fid_score import calculate_frechet_distance
 
 from benchmarks.provenance import provenance
 from components.evaluation.classifier import Classifier, ClassifierConfig
-from components.evaluation.features import get_extractor
+from components.evaluation.features import _to_unit_rgb, get_extractor
 from components.evaluation.metrics import feature_statistics, frechet_distance
 from components.io import atomic_write_json
 
@@ -64,8 +64,7 @@ def effnet_features(images: np.ndarray, batch_size: int, repeats: int) -> dict:
         out = []
         with torch.inference_mode():
             for s in range(0, len(images), batch_size):
-                x = torch.from_numpy(images[s : s + batch_size]).permute(0, 3, 1, 2).float().div(255.0).expand(-1, 3, -1, -1)
-                x = ex._preprocess(x).contiguous()
+                x = ex._preprocess(_to_unit_rgb(images[s : s + batch_size], ex.device)).contiguous()
                 out.append(contiguous.extract_features(x).mean(dim=(2, 3)).double().numpy())
         return np.concatenate(out)
 
@@ -103,16 +102,6 @@ def classifier_steps(batch: int, side: int, steps: int, repeats: int) -> dict:
             "peer_s_per_step": round(peer_s / steps, 4), "speedup": round(peer_s / ours_s, 3)}
 
 
-def pytorch_fid_formula(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """pytorch-fid's ``calculate_frechet_distance``: sqrtm of the (non-symmetric) product, offset when singular."""
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    diff = mu1 - mu2
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(np.real(covmean)))
-
-
 def frechet(n: int, dim: int, repeats: int) -> dict:
     """Seconds for one Fréchet distance of ``dim``-d statistics of ``n`` images each: ours vs pytorch-fid's formula."""
     rng = np.random.default_rng(0)
@@ -120,8 +109,8 @@ def frechet(n: int, dim: int, repeats: int) -> dict:
     a = np.maximum(rng.normal(size=(n, dim)) @ mix, 0)  # ReLU-like correlated features, rank n - 1 < dim
     b = np.maximum(rng.normal(size=(n, dim)) @ mix + 0.1, 0)
     stats = (*feature_statistics(a), *feature_statistics(b))
-    ours_s, peer_s = _median_pair(lambda: frechet_distance(*stats), lambda: pytorch_fid_formula(*stats), repeats)
-    ours, peer = frechet_distance(*stats), pytorch_fid_formula(*stats)
+    ours_s, peer_s = _median_pair(lambda: frechet_distance(*stats), lambda: calculate_frechet_distance(*stats), repeats)
+    ours, peer = frechet_distance(*stats), calculate_frechet_distance(*stats)
     return {"images": n, "dim": dim, "ours_s": round(ours_s, 4), "peer_s": round(peer_s, 4), "speedup": round(peer_s / ours_s, 3),
             "ours": ours, "peer": peer, "relative_difference": abs(ours - peer) / abs(peer)}
 
