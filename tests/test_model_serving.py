@@ -6,8 +6,9 @@ registered into a throwaway SQLite store as ``latentflow@champion``. A new venv 
 fails there and the model must bring its own code. The REST answer must equal, bit for bit, the in-process
 ``LatentDiffusionGenerator`` with the pyfunc's defaults.
 
-The venv is built once per test session (minutes: torch is in it). Set ``LATENTFLOW_SERVING_VENV_CACHE`` to a
-folder to keep it between sessions (one venv per requirements.txt content).
+The venv is built once per test session (minutes: torch is in it, about 6 GB with its CUDA libraries) and deleted
+when the session ends. Set ``LATENTFLOW_SERVING_VENV_CACHE`` to a folder to keep it between sessions (one venv per
+requirements.txt content). Before building it the test checks the disk has room for it and names the shortfall.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib.metadata
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,9 +107,34 @@ def _run(args: list, cwd: Path, env: dict, timeout: float) -> subprocess.Complet
 
 
 @pytest.fixture(scope="session")
-def serving_venv_cache(tmp_path_factory) -> Path:
+def serving_venv_cache(tmp_path_factory):
+    """Where the serving venv is built: ``$LATENTFLOW_SERVING_VENV_CACHE`` (kept), else a temp folder removed at the
+    end of the session whatever the outcome (a 6 GB venv left in each of pytest's three kept sessions filled a disk)."""
     cache = os.environ.get("LATENTFLOW_SERVING_VENV_CACHE")
-    return Path(cache) if cache else tmp_path_factory.mktemp("serving-venvs")
+    if cache:
+        yield Path(cache)
+        return
+    folder = tmp_path_factory.mktemp("serving-venvs")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _site_packages_bytes() -> int:
+    """Bytes under this interpreter's site-packages: an upper bound on a venv with a subset of its distributions."""
+    total = 0
+    for root in {Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()}:
+        for dirpath, _dirs, files in os.walk(root):
+            total += sum(os.lstat(os.path.join(dirpath, name)).st_size for name in files)
+    return total
+
+
+def _require_free_space(folder: Path, needed: int) -> None:
+    """Fail with the figures and the remedy, not halfway through ``pip install`` with ``No space left on device``."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        pytest.fail(f"{free / 1e9:.1f} GB free under {folder}, but the serving venv needs about {needed / 1e9:.1f} GB "
+                    f"(torch with its CUDA libraries is most of it): free disk space there, or point "
+                    f"LATENTFLOW_SERVING_VENV_CACHE at a folder on a disk with room")
 
 
 def _serving_venv(cache: Path, requirements: Path, cwd: Path) -> Path:
@@ -115,6 +142,8 @@ def _serving_venv(cache: Path, requirements: Path, cwd: Path) -> Path:
     venv = cache / hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
     if (venv / "installed").is_file():
         return venv
+    cache.mkdir(parents=True, exist_ok=True)
+    _require_free_space(cache, _site_packages_bytes())
     base_python = getattr(sys, "_base_executable", None) or "python3"
     env = _clean_env()
     started = time.monotonic()
@@ -222,3 +251,10 @@ def test_mlflow_models_serve_in_a_fresh_venv_matches_in_process_generation(regis
     assert served.dtype == np.uint8 and served.shape == expected.shape == (2, 8, 8, 3)
     assert np.array_equal(served, expected)
     assert not np.array_equal(served[0], served[1]) and len(np.unique(served)) > 8  # not a degenerate model
+
+
+def test_a_disk_without_room_for_the_serving_venv_is_named_before_pip_starts(tmp_path):
+    assert _site_packages_bytes() > 1e9  # torch alone is over a GB: the estimate measures the real installation
+    _require_free_space(tmp_path, 1)
+    with pytest.raises(pytest.fail.Exception, match=r"GB free under .*LATENTFLOW_SERVING_VENV_CACHE"):
+        _require_free_space(tmp_path, shutil.disk_usage(tmp_path).free * 2)
