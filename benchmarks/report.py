@@ -109,10 +109,10 @@ def command(name: str, r: dict | list | None) -> str:
         threads = r.get("num_threads", 1) if isinstance(r, dict) else 1
         return (f"python -m benchmarks.autoencoders --datasets {datasets} --variants {variants}"
                 + (f" --downstream --diffusion-images {down[0]}" if down else "") + f" --num-threads {threads}{out}")
-    if name == "autoencoder_ceiling.json" and isinstance(r, dict) and r.get("rows"):
+    if name.startswith("autoencoder_ceiling") and isinstance(r, dict) and r.get("rows"):
         variants = " ".join(x["variant"] for x in r["rows"])
         ae_images = f" --ae-images {r['ae_images']}" if r.get("ae_images") else ""
-        return f"python -m benchmarks.autoencoder_ceiling --variants {variants}{ae_images} --num-threads {r.get('num_threads', 1)}"
+        return f"python -m benchmarks.autoencoder_ceiling --variants {variants}{ae_images} --num-threads {r.get('num_threads', 1)}{out}"
     return COMMANDS[name]
 
 
@@ -702,16 +702,18 @@ def _per_class_cells(confusion: list[list[int]], names: list[str]) -> list[str]:
     return cells
 
 
-def ceiling_section(r: dict | None) -> list[str]:
+def ceiling_section(r: dict | None, name: str = "autoencoder_ceiling.json") -> list[str]:
     """Issue 14: the autoencoder's ceiling on the distribution figures (its reconstructions of the real-vs-real baseline,
-    scored like samples) per autoencoder variant, with each variant's training time relative to the default's."""
+    scored like samples) per autoencoder variant, with each variant's training time relative to the default's. Another
+    file (``autoencoder_ceiling_<what>.json``, its own default row: another machine or day) gets its own section."""
     title = "## The autoencoder's ceiling per variant"
-    name = "autoencoder_ceiling.json"
+    if name != "autoencoder_ceiling.json":
+        title += f": {name.removeprefix('autoencoder_ceiling_').removesuffix('.json')}"
     if not r or not r.get("rows"):
-        return [title, "", f"Not measured yet: `{COMMANDS[name]}`.", ""]
+        return [title, "", f"Not measured yet: `{COMMANDS[name]}`.", ""] if name in COMMANDS else []
     rows = r["rows"]
     base = next((x for x in rows if x["variant"] == "default"), rows[0])
-    lines = [title, "", _source(name, r), "",
+    lines = [title, "", _source(name, r) + (f" {r['note']}" if r.get("note") else ""), "",
              "Each variant is params.yaml's autoencoder with one change, trained on the same MNIST artifact with the same seed; its "
              "reconstructions of the real-vs-real baseline (500 train images) are scored like samples against the val reference. "
              f"Ratios are over the real-vs-real baseline. Compute is the autoencoder's MACs per forward times images seen (a perceptual "
@@ -727,6 +729,9 @@ def ceiling_section(r: dict | None) -> list[str]:
                      f"{x['fd_ratio_reconstruction_effnet_lite0']:.2f} | {x['recall_ratio_reconstruction_classifier']:.2f} | "
                      f"{x['recall_ratio_reconstruction_effnet_lite0']:.2f} |")
     best = min(rows, key=lambda x: x["fd_ratio_reconstruction_effnet_lite0"])
+    if best is base:
+        return [*lines, "", f"No variant has a lower EfficientNet-Lite0 FD ratio than `{base['variant']}` "
+                f"({base['fd_ratio_reconstruction_effnet_lite0']:.2f}).", ""]
     lines += ["", f"Lowest EfficientNet-Lite0 FD ratio: `{best['variant']}`, {best['fd_ratio_reconstruction_effnet_lite0']:.2f} against "
               f"{base['fd_ratio_reconstruction_effnet_lite0']:.2f} for `{base['variant']}` "
               f"({best['fd_ratio_reconstruction_effnet_lite0'] / base['fd_ratio_reconstruction_effnet_lite0']:.2f}x) at "
@@ -801,6 +806,8 @@ def render(root: Path) -> list[str]:
     for path in sorted(b.glob("frontier_*.json")):
         lines += frontier_section(_load(path), path.name)
     lines += ceiling_section(_load(b / "autoencoder_ceiling.json"))
+    for path in sorted(b.glob("autoencoder_ceiling_*.json")):
+        lines += ceiling_section(_load(path), path.name)  # files without variant rows (a downstream record) render nothing
     for path in sorted(b.glob("autoencoder_spots_*.json")):
         lines += spots_section(_load(path), path.name)
     for path in sorted(b.glob("downstream*.json")):

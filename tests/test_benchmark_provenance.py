@@ -628,3 +628,22 @@ def test_posterior_ceiling_section_renders_means_and_each_draw_per_extractor():
     assert "| posterior draws (seed0) | 4.99 | 1.00 | 0.94 | 2.97 | 0.44 | 0.69 |" in text
     assert "real-vs-real FD: classifier 0.352, effnet_lite0 6.883" in text and "0.41x the variance of its means" in text
     assert report.posterior_ceiling_section(None) == []
+
+
+def test_a_second_ceiling_file_gets_its_own_titled_section_with_its_note_and_command():
+    row = lambda v, o, fd_c, fd_e, s: {"variant": v, "override": o, "val_psnr": 29.9, "parameters": 402041,  # noqa: E731
+                                       "macs_per_forward": 1e6, "images": 40000, "train_seconds": s,
+                                       "fd_ratio_reconstruction_classifier": fd_c, "fd_ratio_reconstruction_effnet_lite0": fd_e,
+                                       "recall_ratio_reconstruction_classifier": 0.95, "recall_ratio_reconstruction_effnet_lite0": 0.77}
+    r = {"num_threads": 1, "rows": [row("default", {}, 3.94, 2.54, 739.0), row("gan", {"disc_weight": 0.5}, 32.6, 6.97, 1012.0)],
+         "note": "Session 26 note.", "provenance": {"git_commit": "abc"}}
+    text = "\n".join(report.ceiling_section(r, "autoencoder_ceiling_gan.json"))
+    assert text.startswith("## The autoencoder's ceiling per variant: gan")
+    assert ("`python -m benchmarks.autoencoder_ceiling --variants default gan --num-threads 1 "
+            "--out reports/benchmarks/autoencoder_ceiling_gan.json`") in text and "Session 26 note." in text
+    assert "| gan | disc_weight 0.5 | 29.90 | 402,041 | 1.00 | 1012 (1.37) | 32.60 | 6.97 | 0.95 | 0.77 |" in text
+    assert "No variant has a lower EfficientNet-Lite0 FD ratio than `default` (2.54)." in text
+    r["rows"][1]["fd_ratio_reconstruction_effnet_lite0"] = 1.27
+    assert "Lowest EfficientNet-Lite0 FD ratio: `gan`, 1.27 against 2.54 for `default` (0.50x)" in "\n".join(report.ceiling_section(r))
+    # a file of that name without variant rows (a downstream record) renders nothing
+    assert report.ceiling_section({"variant": "ae_latent8"}, "autoencoder_ceiling_downstream_latent8.json") == []
