@@ -37,6 +37,18 @@ def test_the_loss_is_the_reconstruction_plus_the_weighted_regulariser(regularize
         assert h["loss"] == pytest.approx(h["mse"] + reg_weight * h["reg"], rel=1e-5)
 
 
+def test_with_the_l1_reconstruction_loss_the_step_loss_is_the_mean_absolute_error_plus_the_weighted_kl():
+    cfg = AutoencoderParams(regularizer="kl", reconstruction_loss="l1", kl_weight=0.25, max_images=24, **TINY)
+    _, result = fit_autoencoder(_images(), cfg, seed=0, progress=False, log_every=1)
+    for h in result.history:
+        assert h["reg"] > 1e-4
+        assert h["loss"] == pytest.approx(h["l1"] + 0.25 * h["reg"], rel=1e-5)
+        assert h["l1"] ** 2 <= h["mse"] * (1 + 1e-5) and abs(h["l1"] - h["mse"]) > 0.05  # Jensen; and not the MSE renamed
+    mse_run = fit_autoencoder(_images(), cfg.model_copy(update={"reconstruction_loss": "mse"}), seed=0, progress=False, log_every=1)[1]
+    assert all("l1" not in h for h in mse_run.history)
+    assert mse_run.history[-1]["mse"] != pytest.approx(result.history[-1]["mse"], rel=1e-3)  # a different objective trains differently
+
+
 def test_without_disc_weight_there_is_no_discriminator(tmp_path: Path):
     cfg = AutoencoderParams(regularizer="kl", disc_weight=0.0, disc_start_images=0, max_images=24, **TINY)
     _, result = fit_autoencoder(_images(), cfg, seed=0, progress=False, log_every=1, checkpoint_dir=tmp_path)

@@ -1,8 +1,9 @@
 """Training of the autoencoders (KL, VQ or plain) and computation of their latent scale factor.
 
 Loss per step (Rombach et al. 2022, appendix G; Esser et al. 2021, eq. 5-7):
-``MSE(x, x_hat) + perceptual_weight * P(x, x_hat) + w_reg * R + disc_factor * lambda * disc_weight * L_G``
-with ``R`` the KL (``w_reg = kl_weight``) or the VQ loss (``w_reg = 1``; its beta is in the model), ``L_G``
+``D(x, x_hat) + perceptual_weight * P(x, x_hat) + w_reg * R + disc_factor * lambda * disc_weight * L_G``
+with ``D`` the mean squared error or, with ``reconstruction_loss: l1``, the mean absolute error (LDM's choice), ``P`` the
+perceptual distance, ``R`` the KL (``w_reg = kl_weight``) or the VQ loss (``w_reg = 1``; its beta is in the model), ``L_G``
 the PatchGAN hinge generator loss and ``lambda`` the adaptive weight at the decoder's last layer.
 The discriminator takes one hinge step per generator step once ``disc_start_images`` images were seen.
 """
@@ -109,6 +110,9 @@ def fit_autoencoder(
         recon, reg, parts = net(x, g)
         mse = F.mse_loss(recon.float(), x)
         rec_loss = mse
+        if cfg.reconstruction_loss == "l1":
+            rec_loss = F.l1_loss(recon.float(), x)
+            parts["l1"] = rec_loss.detach()
         if perceptual is not None:
             p_loss = perceptual(x, recon).mean()
             rec_loss = rec_loss + cfg.perceptual_weight * p_loss
