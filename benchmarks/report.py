@@ -11,6 +11,7 @@ file (built from the settings the JSON records, see ``command``) and the provena
 - ``unet_layouts*.json`` (U-Net layouts), ``pipeline_run.json`` and ``pipeline_run_<preset>.json`` (what a ``make run`` measured),
   ``stage_profile.json`` (where a pipeline run's time goes, per stage), ``eval_speed.json`` (the evaluation's fixed costs),
   ``judge_spread*.json`` (one run's classifier-feature figures under reference classifiers of several seeds),
+  ``judge_sensitivity*.json`` (known degradations of real images scored like samples: what a ratio means),
   ``sampling_spread.json`` (one run's figures over sampling seeds),
 - ``quality_vs_steps.json`` (quality vs sampler steps of the default model),
 - ``distill.json`` (distilled few-step students vs their teacher),
@@ -480,6 +481,31 @@ def judge_spread_section(r: dict | None, name: str = "judge_spread.json") -> lis
     return head + _spread_table(r, cols, "classifier seed", 2, (r.get("evaluate") or {}).get("base_seed_row_matches"))
 
 
+def judge_sensitivity_section(r: dict | None, name: str = "judge_sensitivity.json") -> list[str]:
+    """Known degradations of real images scored like samples (``benchmarks/judge_sensitivity.py``): what a ratio means."""
+    if r is None:
+        return []
+    title = "## What an FD ratio means: the judges on known degradations of real images (judge sensitivity)"
+    if name != "judge_sensitivity.json":
+        title += f" — `{name}`"
+    extractors = [e for e in ("classifier", "effnet_lite0") if e in r["real"]]
+    label = {"classifier": "classifier", "effnet_lite0": "EfficientNet"}
+    check = (r.get("evaluate") or {}).get("reconstruction_row_matches")
+    lines = [title, "", f"From `reports/benchmarks/{name}`; regenerate with `.venv/bin/{r['command']}`. {describe(r.get('provenance'))} "
+             f"The run `{r['run']}`'s real-vs-real subset ({r['num']} train images; {r['real_zero_fraction']:.1%} of their pixels are "
+             "exactly 0), changed one way per row and scored against the run's val reference by its own judges, as `evaluate` "
+             "scores samples. The reconstruction row is `evaluate`'s autoencoder ceiling"
+             + ("" if check is None else f" (it reproduces the run's metrics.json: {'yes' if check else '**no**'})") + "."
+             + (f" {r['note']}" if r.get("note") else ""), "",
+             "| images | PSNR dB | exactly-0 pixels | " + " | ".join(f"FD ratio {label[e]} | recall ratio {label[e]}" for e in extractors) + " |",
+             "|---|---|---|" + "---|---|" * len(extractors)]
+    for row in r["rows"]:
+        cells = " | ".join(f"{row[e]['fd']:.2f} | {row[e]['recall']:.2f}" if row[e]["recall"] is not None else f"{row[e]['fd']:.2f} | -"
+                           for e in extractors)
+        lines.append(f"| {row['set']} | {row['psnr']:.1f} | {row['zero_fraction']:.3f} | {cells} |")
+    return [*lines, ""]
+
+
 def sampling_spread_section(r: dict | None) -> list[str]:
     """One run's figures over sampling seeds: the same U-Net, judge and reference (``benchmarks/sampling_spread.py``)."""
     if r is None:
@@ -798,6 +824,8 @@ def render(root: Path) -> list[str]:
     lines += sampling_spread_section(_load(b / "sampling_spread.json"))
     for path in sorted(b.glob("judge_spread_*.json")):
         lines += judge_spread_section(_load(path), path.name)
+    for path in sorted(b.glob("judge_sensitivity*.json")):
+        lines += judge_sensitivity_section(_load(path), path.name)
     lines += quality_vs_steps_section(_load(b / "quality_vs_steps.json"))
     lines += distill_section(_load(b / "distill.json"))
     lines += text_prompts_section(_load(b / "text_prompts.json"))

@@ -130,8 +130,9 @@ class AutoencoderParams(TrainingParams):
     num_res_blocks: int = Field(1, ge=1)
     norm: Literal["group", "layer"] = Field("group", description="normalisation in the encoder and decoder: group (GroupNorm, "
                                             "LDM's) | layer (per-position LayerNorm over channels: no spot artifacts)")
-    reconstruction_loss: Literal["mse", "l1"] = Field("mse", description="pixel loss: mse | l1 (LDM's autoencoders use L1: "
-                                                    "a median, not a mean, so flat backgrounds come back flat)")
+    reconstruction_loss: Literal["mse", "l1"] = Field("mse", description="pixel loss: l1 (params.yaml's; LDM's: a median, not a "
+                                                    "mean, so flat backgrounds come back flat) | mse (when the key is absent: "
+                                                    "what every run before the key used)")
     kl_weight: float = Field(1e-5, ge=0.0, description="kl only: weight of KL(q(z|x) || N(0, I))")
     codebook_size: int = Field(256, ge=2, le=65536, description="vq only: number of codes")
     commitment_beta: float = Field(0.25, ge=0.0, description="vq only: weight of the commitment loss")

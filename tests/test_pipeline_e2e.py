@@ -464,3 +464,20 @@ def test_judge_spread_reproduces_evaluate_at_the_base_seed(project: Path, tmp_pa
     assert other["fd_real"] != base["fd_real"] and other["fd_ratio_samples"] != base["fd_ratio_samples"]
     spread = out["spread"]["fd_ratio_samples"]
     assert spread["min"] == min(base["fd_ratio_samples"], other["fd_ratio_samples"]) and spread["max_over_min"] >= 1.0
+
+
+def test_judge_sensitivity_reproduces_evaluates_autoencoder_ceiling(project: Path, tmp_path: Path):
+    """benchmarks.judge_sensitivity's reconstruction row is evaluate's ceiling (same subset, judges and reference), so
+    it equals metrics.json's fd_ratio_reconstruction_* for both extractors; the haze row leaves the images' PSNR high."""
+    from benchmarks.judge_sensitivity import main
+
+    out = main(["--run", str(project), "--num-threads", "1", "--out", str(tmp_path / "sensitivity.json")])
+    metrics = json.loads((project / "metrics.json").read_text())
+    rec = out["rows"][0]
+    assert rec["set"] == "reconstruction" and out["evaluate"]["reconstruction_row_matches"] is True
+    for e in ("classifier", "effnet_lite0"):
+        assert rec[e]["fd"] == pytest.approx(metrics[f"fd_ratio_reconstruction_{e}"], rel=1e-3)
+        assert rec[e]["recall"] == pytest.approx(metrics[f"recall_ratio_reconstruction_{e}"], rel=1e-3)
+    rows = {r["set"]: r for r in out["rows"]}
+    assert rows["haze"]["psnr"] > 40 and rows["blur_0.7"]["psnr"] < rows["blur_0.4"]["psnr"]
+    assert json.loads((tmp_path / "sensitivity.json").read_text())["rows"] == json.loads(json.dumps(out["rows"]))
