@@ -57,8 +57,11 @@ def variants(base: dict) -> dict[str, dict]:
         # LDM's PatchGAN hinge term with its adaptive weight (Rombach et al. 2022, app. G; Esser et al. 2021, eq. 7),
         # switched on halfway: sharper reconstructions at some PSNR; unlike `perceptual`, no judge's network in the loss
         "gan": {"disc_weight": 0.5, "disc_start_images": base["max_images"] // 2},
-        # LDM's pixel loss: the mean absolute error (a median: a background that is 0 in most images comes back 0)
+        # the pixel loss, named explicitly (params.yaml's default moved from mse to l1, LDM's, in dd29b8e; one of the two
+        # rows repeats `default`): the mean absolute error's optimum is a median, so a background that is 0 in most
+        # images comes back 0
         "l1": {"reconstruction_loss": "l1"},
+        "mse": {"reconstruction_loss": "mse"},
     }
 
 
