@@ -34,8 +34,11 @@ from components.io import atomic_write_json
 
 
 def _summary(values: list[float]) -> dict:
-    return {"min": min(values), "max": max(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "max_over_min": max(values) / min(values)}
+    """min, max, mean, std and max/min of one figure over the seeds; max/min is ``None`` (undefined) when the
+    smallest value is not positive (a recall ratio of 0 on a barely trained run, say)."""
+    low = min(values)
+    return {"min": low, "max": max(values), "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "max_over_min": max(values) / low if low > 0 else None}
 
 
 # this script's row keys -> the run's metrics.json keys for the same figures (evaluate's classifier-feature ones)

@@ -457,7 +457,8 @@ def _spread_table(r: dict, cols: list[tuple[str, str, int]], seed_header: str, r
     """A spread benchmark's table: one row per seed, the max/min row, whether the base seed reproduced the run, the note."""
     lines = [f"| {seed_header} | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     lines += [f"| {row['seed']} | " + " | ".join(f"{row[k]:.{d}f}" for k, _, d in cols) + " |" for row in r["rows"]]
-    lines.append("| max / min | " + " | ".join(f"{r['spread'][k]['max_over_min']:.{ratio_digits}f}" for k, _, _ in cols) + " |")
+    ratios = [r["spread"][k]["max_over_min"] for k, _, _ in cols]
+    lines.append("| max / min | " + " | ".join("-" if v is None else f"{v:.{ratio_digits}f}" for v in ratios) + " |")
     if matches is not None:
         lines += ["", "The row of the run's own seed " + ("reproduces" if matches else "does **not** reproduce") + " its `metrics.json` (rel 1e-3)."]
     if r.get("note"):

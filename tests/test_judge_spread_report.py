@@ -46,3 +46,20 @@ def test_report_renders_sampling_spread_from_the_json(tmp_path):
     assert "| 1 | 0.986 | 2.77 | 3.288 | 0.89 | 0.53 |" in text
     assert "| max / min | 1.004 | 1.119 | 1.003 | 1.060 | 1.019 |" in text
     assert "(ddim, 25 steps, guidance 3)" in text and "reproduces its `metrics.json`" in text
+
+
+def test_a_zero_in_a_spread_makes_its_max_over_min_undefined_not_a_crash(tmp_path):
+    """A barely trained run (the tiny e2e project) can read a recall ratio of 0 under one judge: max / min is then
+    undefined (None in the JSON, "-" in the report), and the other columns are still summarised."""
+    from benchmarks.judge_spread import _summary
+
+    assert _summary([0.0, 0.068])["max_over_min"] is None and _summary([0.0, 0.068])["max"] == 0.068
+    assert _summary([2.0, 3.0])["max_over_min"] == 1.5
+    rows = [_row(0, 3.10), _row(1, 4.65)]
+    rows[0]["recall_ratio_samples"] = 0.0
+    spread = {k: _summary([r[k] for r in rows]) for k in rows[0] if k != "seed"}
+    r = {"command": "python -m benchmarks.judge_spread --run /tmp/r --seeds 0 1", "run": "/tmp/r", "num": 500, "rows": rows,
+         "spread": spread, "evaluate": None, "provenance": {"git_commit": "abc"}}
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "judge_spread.json").write_text(json.dumps(r))
+    assert "| max / min | 1.00 | 1.00 | 1.00 | 1.50 | - | 1.00 | 1.00 |" in "\n".join(report.render(tmp_path))
