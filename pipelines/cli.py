@@ -31,10 +31,27 @@ app = typer.Typer(
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (one section per stage)")]
 
 
+OWN_LOGGERS = ("latentflow", "components", "pipelines")
+
+
+def _own_or_warning(record: logging.LogRecord) -> bool:
+    """Our records at any level; a library's only from WARNING up (a level set on the logger is not enough:
+    great-expectations pins one of its loggers to INFO when imported)."""
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] in OWN_LOGGERS
+
+
 def _setup() -> None:
+    """Telemetry off; our log lines at INFO, libraries' from WARNING up (great-expectations alone logged ~200 INFO lines
+    about its own decorators per ``validate``)."""
     for k, v in TELEMETRY_OFF.items():
         os.environ.setdefault(k, v)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig, plus the filter; a host's handlers (pytest's, an app's) are left alone
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_own_or_warning)
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
 
 def _with_max_time(params, stage: str, minutes: float | None):

@@ -38,3 +38,19 @@ def test_data_stages_start_without_torch(tiny_project):
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.strip().splitlines()[-1] == "no torch", f"latentflow {stage} imported torch"
     assert (tiny_project / "reports" / "validation").is_dir()
+
+
+def test_stage_logging_keeps_our_info_and_libraries_warnings_only():
+    import logging
+
+    from pipelines.cli import _own_or_warning
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "message", None, None)
+
+    assert _own_or_warning(record("latentflow", logging.INFO))
+    assert _own_or_warning(record("components.training.loop", logging.INFO))
+    assert not _own_or_warning(record("great_expectations.data_context.types.base", logging.INFO))
+    assert not _own_or_warning(record("latentflowx", logging.INFO))  # a prefix is not our logger
+    assert _own_or_warning(record("great_expectations", logging.WARNING))
+    assert _own_or_warning(record("mlflow.tracking", logging.ERROR))

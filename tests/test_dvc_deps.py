@@ -4,6 +4,7 @@ and its code (the stage module and every project file it imports, ``latentflow d
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -86,6 +87,11 @@ def test_add_data_puts_a_folder_under_dvc_and_a_changed_image_reruns_ingest(fold
 
     res = run_cli(["dvc", "repro", "validate"], cwd=proj)
     assert res.returncode == 0, res.stderr[-3000:]
+    # the console holds our summary line, not great-expectations' own INFO logging (~200 lines of it per validate
+    # before), nor DVC's "'components/__init__.py' is empty" warnings (4 per stage before)
+    console = res.stdout + res.stderr
+    assert re.search(r"validate: (\d+) of \1 expectations passed \(rows: train 130, val 10\)", console), console[-2000:]
+    assert "great_expectations" not in console and "is empty" not in console, console[-2000:]
     first = json.loads((proj / "data/dataset/manifest.json").read_text())
     assert first["counts"] == {"train": 130, "val": 10}  # stratified: one image per class held out
     assert "data/raw/digits" in [d["path"] for d in yaml.safe_load((proj / "dvc.lock").read_text())["stages"]["ingest"]["deps"]]

@@ -73,6 +73,18 @@ def test_frechet_distance_refuses_a_matrix_that_is_no_covariance(which):
     assert frechet_distance(np.zeros(3), s, np.zeros(3), s) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("which", ["mu1", "sigma1", "mu2", "sigma2"])
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_frechet_distance_names_non_finite_statistics(which, bad_value):
+    # features of a diverged model's images are NaN; eigh of a NaN matrix either raises LinAlgError or returns NaN,
+    # and NaN fails the symmetry check: the message must name NaN/inf, not call the matrix asymmetric
+    args = {"mu1": np.zeros(3), "sigma1": np.eye(3), "mu2": np.zeros(3), "sigma2": np.eye(3)}
+    args[which] = args[which].copy()
+    args[which].flat[1 if which.startswith("sigma") else 0] = bad_value
+    with pytest.raises(ValueError, match=f"{which} has 1 non-finite entries .*not finite"):
+        frechet_distance(**args)
+
+
 def test_frechet_distance_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="shape mismatch"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))

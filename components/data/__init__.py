@@ -1,0 +1,1 @@
+"""Data: sources, the sharded dataset artifact and its loader, validation, captions, generated shapes."""

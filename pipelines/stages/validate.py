@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
 from components.config import Params
 from components.io import atomic_dir
 from pipelines.stages.paths import DATA_DIR, VALIDATION_DIR
+
+log = logging.getLogger("latentflow")
 
 
 def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = VALIDATION_DIR) -> dict:
@@ -46,4 +49,7 @@ def run(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = VALIDATION_DI
             shutil.rmtree(failed_dir, ignore_errors=True)
             shutil.copytree(tmp, failed_dir)
             raise_for_failures(dataclasses.replace(report, docs_index=str(failed_dir / "data_docs" / "index.html")))
+    rows = ", ".join(f"{split} {facts['rows']}" for split, facts in report.dataset_facts["splits"].items())
+    log.info("validate: %d of %d expectations passed (rows: %s) -> %s", report.statistics["successful"],
+             report.statistics["evaluated"], rows, Path(out_dir) / "report.json")
     return summary
