@@ -3,9 +3,11 @@
 Three pieces of ``reference_stats`` and ``evaluate`` that the stage profile (``benchmarks/stage_profile.py``) found to
 take most of those stages' time apart from sampling:
 
-- **EfficientNet-Lite0 features** (``components.evaluation.features``): the extractor as it runs now (model and input
-  in channels-last memory format) against the same module in the default (contiguous) format, the same images, the
-  same batch size (16, the CPU default of ``evaluate.feature_batch_size``). Also the largest feature difference.
+- **EfficientNet-Lite0 features** (``components.evaluation.features``): the extractor as it runs now (BatchNorm folded
+  into the convolutions, ``components.models.effnet_lite.fuse_for_inference``; model and input in channels-last memory
+  format) against the network as loaded in the default (contiguous) format, and against it in channels-last (the
+  fusion alone); the same images, the same batch size (16, the CPU default of ``evaluate.feature_batch_size``). Also
+  the largest feature difference.
 - **The reference classifier's training step** (``components.evaluation.classifier``, batch 128 as in params.yaml):
   channels-last model and input against the default format, same initial weights.
 - **The Fréchet distance** of 1280-d statistics from fewer images than dimensions (as in evaluate: 500 images):
@@ -55,22 +57,35 @@ def _median_pair(ours: Callable[[], object], peer: Callable[[], object], repeats
     return statistics.median(t_ours), statistics.median(t_peer)
 
 
-def effnet_features(images: np.ndarray, batch_size: int, repeats: int) -> dict:
-    """Seconds for the features of ``images``: the extractor as shipped (channels-last) vs a contiguous copy."""
+EFFNET_PEERS = {  # former ways of computing the same features: name -> (description, model from the unfused network)
+    "contiguous": ("unfused, contiguous", lambda model: copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()),
+    "unfused": ("unfused, channels-last", lambda model: copy.deepcopy(model).to(memory_format=torch.channels_last).eval()),
+}
+
+
+def effnet_features(images: np.ndarray, batch_size: int, repeats: int, peer: str = "contiguous") -> dict:
+    """Seconds for the features of ``images``: the extractor as shipped (BatchNorm folded into the convolutions,
+    channels-last) vs the same network as loaded (``load_effnet_lite0``, BatchNorm apart) in the ``peer`` layout:
+    ``contiguous`` (the first way) or ``unfused`` (channels-last: the fusion alone)."""
+    from components.models.effnet_lite import load_effnet_lite0
+
     ex = get_extractor("effnet_lite0", device="cpu")
-    contiguous = copy.deepcopy(ex.model).to(memory_format=torch.contiguous_format).eval()
+    description, build = EFFNET_PEERS[peer]
+    former = build(load_effnet_lite0("cpu")[0])
+    layout = torch.contiguous_format if peer == "contiguous" else torch.channels_last
 
     def peer_features() -> np.ndarray:
         out = []
         with torch.inference_mode():
             for s in range(0, len(images), batch_size):
-                x = ex._preprocess(_to_unit_rgb(images[s : s + batch_size], ex.device)).contiguous()
-                out.append(contiguous.extract_features(x).mean(dim=(2, 3)).double().numpy())
+                x = ex._preprocess(_to_unit_rgb(images[s : s + batch_size], ex.device)).contiguous(memory_format=layout)
+                out.append(former.extract_features(x).mean(dim=(2, 3)).double().numpy())
         return np.concatenate(out)
 
     ours_s, peer_s = _median_pair(lambda: ex(images, batch_size=batch_size), peer_features, repeats)
     diff = float(np.abs(ex(images, batch_size=batch_size) - peer_features()).max())
-    return {"images": len(images), "batch_size": batch_size, "ours_s": round(ours_s, 3), "peer_s": round(peer_s, 3),
+    return {"images": len(images), "batch_size": batch_size, "ours": "BatchNorm folded, channels-last", "peer": description,
+            "ours_s": round(ours_s, 3), "peer_s": round(peer_s, 3),
             "ours_images_per_s": round(len(images) / ours_s, 1), "peer_images_per_s": round(len(images) / peer_s, 1),
             "speedup": round(peer_s / ours_s, 3), "max_abs_feature_difference": diff}
 
@@ -134,6 +149,7 @@ def main() -> None:
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "out" and v != ap.get_default(k)),
         "repeats": a.repeats,
         "effnet_lite0_features": effnet_features(images, a.feature_batch, a.repeats),
+        "effnet_lite0_fusion": effnet_features(images, a.feature_batch, a.repeats, peer="unfused"),
         "classifier_training": classifier_steps(128, 32, a.classifier_steps, a.repeats),
         "frechet_distance": frechet(a.fd_images, a.fd_dim, a.repeats),
         "provenance": provenance(),

@@ -442,8 +442,9 @@ def eval_speed_section(r: dict | None) -> list[str]:
         title, "", f"From `reports/benchmarks/eval_speed.json`; regenerate with `.venv/bin/{r['command']}`. {describe(r.get('provenance'))} "
         f"Medians of {r['repeats']} alternating runs each; speed-up = the former way's time / today's.", "",
         "| piece | today | former way | today's time | former time | speed-up |", "|---|---|---|---:|---:|---:|",
-        f"| EfficientNet-Lite0 features, {e['images']} images, batches of {e['batch_size']} | channels-last | contiguous | "
-        f"{e['ours_s']:.2f} s ({e['ours_images_per_s']:.1f} img/s) | {e['peer_s']:.2f} s ({e['peer_images_per_s']:.1f} img/s) | {e['speedup']:.2f}x |",
+        *(f"| EfficientNet-Lite0 features, {x['images']} images, batches of {x['batch_size']} | {x.get('ours', 'channels-last')} | "
+          f"{x.get('peer', 'contiguous')} | {x['ours_s']:.2f} s ({x['ours_images_per_s']:.1f} img/s) | {x['peer_s']:.2f} s "
+          f"({x['peer_images_per_s']:.1f} img/s) | {x['speedup']:.2f}x |" for x in (e, r.get("effnet_lite0_fusion")) if x),
         f"| reference classifier, one training step of {c['batch_size']} | channels-last | contiguous | {c['ours_s_per_step']:.3f} s | "
         f"{c['peer_s_per_step']:.3f} s | {c['speedup']:.2f}x |",
         f"| Fréchet distance, {f['dim']}-d statistics of {f['images']} images | two `eigh` | pytorch-fid's `sqrtm` | {f['ours_s']:.3f} s | "

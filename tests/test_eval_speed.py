@@ -9,11 +9,12 @@ import pytest
 from benchmarks import eval_speed, report
 
 
-def test_channels_last_extractor_gives_the_contiguous_features():
+@pytest.mark.parametrize(("peer", "description"), [("contiguous", "unfused, contiguous"), ("unfused", "unfused, channels-last")])
+def test_the_shipped_extractor_gives_the_features_of_the_network_as_loaded(peer, description):
     images = np.random.default_rng(0).integers(0, 256, size=(6, 32, 32, 1), dtype=np.uint8)
-    r = eval_speed.effnet_features(images, batch_size=4, repeats=1)
-    assert r["images"] == 6 and r["ours_s"] > 0 and r["peer_s"] > 0
-    assert r["max_abs_feature_difference"] < 1e-3  # rounding only: features are O(1-10)
+    r = eval_speed.effnet_features(images, batch_size=4, repeats=1, peer=peer)
+    assert r["images"] == 6 and r["ours_s"] > 0 and r["peer_s"] > 0 and r["peer"] == description
+    assert 0 < r["max_abs_feature_difference"] < 1e-3  # rounding only (features are O(1-10)); 0 would mean no fusion ran
 
 
 def test_frechet_distance_agrees_with_pytorch_fid_formula_in_the_benchmark():
@@ -42,6 +43,9 @@ def test_report_renders_eval_speed_from_the_json(tmp_path):
     r = {"command": "python -m benchmarks.eval_speed", "repeats": 5,
          "effnet_lite0_features": {"images": 160, "batch_size": 16, "ours_s": 4.0, "peer_s": 7.2, "ours_images_per_s": 40.0,
                                    "peer_images_per_s": 22.2, "speedup": 1.8, "max_abs_feature_difference": 1.1e-5},
+         "effnet_lite0_fusion": {"images": 160, "batch_size": 16, "ours": "BatchNorm folded, channels-last", "peer": "unfused, channels-last",
+                                 "ours_s": 4.0, "peer_s": 5.0, "ours_images_per_s": 40.0, "peer_images_per_s": 32.0, "speedup": 1.25,
+                                 "max_abs_feature_difference": 1.2e-5},
          "classifier_training": {"batch_size": 128, "image_side": 32, "steps": 10, "ours_s_per_step": 0.137,
                                  "peer_s_per_step": 0.174, "speedup": 1.27},
          "frechet_distance": {"images": 500, "dim": 1280, "ours_s": 0.65, "peer_s": 2.3, "speedup": 3.54, "ours": 1.0, "peer": 1.0,
@@ -50,6 +54,8 @@ def test_report_renders_eval_speed_from_the_json(tmp_path):
     (tmp_path / "benchmarks" / "eval_speed.json").write_text(json.dumps(r))
     text = "\n".join(report.render(tmp_path))
     assert "| EfficientNet-Lite0 features, 160 images, batches of 16 | channels-last | contiguous | 4.00 s (40.0 img/s) | 7.20 s (22.2 img/s) | 1.80x |" in text
+    assert ("| EfficientNet-Lite0 features, 160 images, batches of 16 | BatchNorm folded, channels-last | unfused, channels-last | "
+            "4.00 s (40.0 img/s) | 5.00 s (32.0 img/s) | 1.25x |") in text
     assert "| 0.137 s | 0.174 s | 1.27x |" in text and "| 0.650 s | 2.300 s | 3.54x |" in text
     assert "by 2.3e-08 relative" in text
     (tmp_path / "benchmarks" / "eval_speed.json").unlink()

@@ -168,6 +168,28 @@ def test_effnet_shapes_dtype_and_determinism(effnet):
     np.testing.assert_allclose(effnet(np.repeat(gray, 3, axis=-1)), f_gray, rtol=1e-4, atol=1e-5)
 
 
+def test_fusing_for_inference_folds_every_batchnorm_and_keeps_the_function():
+    import torch
+    from torch import nn
+
+    from components.models.effnet_lite import fuse_for_inference, load_effnet_lite0
+
+    model, _ = load_effnet_lite0("cpu")
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    fused = fuse_for_inference(model)
+    assert norms == 49 and not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == norms  # the loaded network is left as it was
+    # only the stride-2 convolutions keep a ZeroPad2d (TensorFlow's asymmetric "same" padding); each is asymmetric
+    pads = [m.static_padding for m in fused.modules() if isinstance(getattr(m, "static_padding", None), nn.ZeroPad2d)]
+    assert pads and all(len(set(p.padding)) > 1 for p in pads)
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = model.extract_features(x), fused.extract_features(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    with pytest.raises(ValueError, match="eval-mode"):
+        fuse_for_inference(model.train())
+
+
 def test_effnet_features_separate_digits_from_noise(effnet):
     digits_a, digits_b, noise = effnet(_strokes(6, 0)), effnet(_strokes(6, 5)), effnet(_noise(6, 1))
     # the two digit sets (same law, different draws) are close; digits vs noise are far apart

@@ -22,12 +22,27 @@ pytestmark = pytest.mark.slow  # an integration test: see README "Tests"
 STAGES = ["ingest", "validate", "train_autoencoder", "train_diffusion", "distill", "sample", "reference_stats", "evaluate", "register"]
 
 
+REPRO_CONSOLE: dict[str, str] = {}  # what the fixture's `dvc repro` printed, stdout + stderr
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     proj = make_project(tmp_path_factory.mktemp("e2e") / "project", tiny_params())
     res = run_cli(["dvc", "repro"], cwd=proj, timeout=900)
     assert res.returncode == 0, f"dvc repro failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    REPRO_CONSOLE["text"] = res.stdout + res.stderr
     return proj
+
+
+def test_repro_console_holds_each_stages_summary_and_no_library_chatter(project: Path):
+    """A user reads this console: one summary line per stage, not great-expectations' INFO logging of its own
+    decorators (~200 lines per validate before) nor DVC's "is empty" warning per empty __init__.py per stage."""
+    text = REPRO_CONSOLE["text"]
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in text
+    for stage in ("ingest", "validate", "train_autoencoder", "train_diffusion", "sample", "reference_stats", "evaluate", "register"):
+        assert re.search(rf"INFO latentflow: {stage}: ", text), f"no summary line of {stage}"
+    assert "is empty" not in text and "INFO great_expectations" not in text, text[-3000:]
 
 
 def test_repro_writes_every_output(project: Path):

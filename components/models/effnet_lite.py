@@ -9,6 +9,7 @@ checkpoint), so it works offline. One loader for both users: the perceptual loss
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -47,3 +48,43 @@ def load_effnet_lite0(device: str | torch.device = "cpu") -> tuple[nn.Module, Pa
     model = EfficientNet.from_name("efficientnet-lite0")
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return model.to(device).eval(), path
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """``(owner, conv attribute, its BatchNorm attribute)`` for every convolution of the EfficientNet that a BatchNorm
+    follows: the stem, each MBConv block's expansion (when it has one), depthwise and projection, the head."""
+    pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+    for block in model._blocks:
+        if block._block_args.expand_ratio != 1:
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    return pairs
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode EfficientNet built for inference: each BatchNorm folded into the convolution before it,
+    and each symmetric "same" zero padding made the convolution's own padding.
+
+    In eval mode a BatchNorm is the affine map y = gamma (x - mean) / sqrt(var + eps) + beta (Ioffe & Szegedy 2015,
+    Algorithm 2, the inference network), so conv-then-BN is one convolution with weights w gamma / sqrt(var + eps) and
+    bias (b - mean) gamma / sqrt(var + eps) + beta (``torch.nn.utils.fusion.fuse_conv_bn_eval``). A stride-1 "same"
+    convolution pads (k - 1) / 2 on every side, which ``F.conv2d``'s ``padding`` does without the separate ``ZeroPad2d``
+    copy of the input; the stride-2 ones pad asymmetrically (TensorFlow's rule) and keep their ``ZeroPad2d``. The
+    function is the same up to float32 rounding (features within ~1e-5 relative, ``tests/test_evaluation_features.py``);
+    it runs 1.2-1.7x faster on a 2-core CPU (``benchmarks/eval_speed.py``). For inference only: the folded network
+    has no batch statistics to train.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fuse_for_inference needs an eval-mode model: BatchNorm folds only with its running statistics")
+    fused = copy.deepcopy(model)
+    for owner, conv_name, bn_name in _conv_bn_pairs(fused):
+        conv = fuse_conv_bn_eval(getattr(owner, conv_name), getattr(owner, bn_name))
+        pad = getattr(conv, "static_padding", None)
+        if isinstance(pad, nn.ZeroPad2d) and len(set(pad.padding)) == 1 and conv.padding == (0, 0):
+            conv.padding = (pad.padding[0], pad.padding[0])
+            conv.static_padding = nn.Identity()
+        setattr(owner, conv_name, conv)
+        setattr(owner, bn_name, nn.Identity())
+    return fused
