@@ -31,13 +31,14 @@ app = typer.Typer(
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (one section per stage)")]
 
 
-OWN_LOGGERS = ("latentflow", "components", "pipelines")
+# ours, and Prefect's flow and task run loggers, which carry `latentflow flow`'s per-stage lines and run states
+OWN_LOGGERS = ("latentflow", "components", "pipelines", "prefect.flow_runs", "prefect.task_runs")
 
 
 def _own_or_warning(record: logging.LogRecord) -> bool:
     """Our records at any level; a library's only from WARNING up (a level set on the logger is not enough:
     great-expectations pins one of its loggers to INFO when imported)."""
-    return record.levelno >= logging.WARNING or record.name.split(".")[0] in OWN_LOGGERS
+    return record.levelno >= logging.WARNING or any(record.name == n or record.name.startswith(n + ".") for n in OWN_LOGGERS)
 
 
 def _setup() -> None:

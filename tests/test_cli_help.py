@@ -52,5 +52,8 @@ def test_stage_logging_keeps_our_info_and_libraries_warnings_only():
     assert _own_or_warning(record("components.training.loop", logging.INFO))
     assert not _own_or_warning(record("great_expectations.data_context.types.base", logging.INFO))
     assert not _own_or_warning(record("latentflowx", logging.INFO))  # a prefix is not our logger
+    assert _own_or_warning(record("prefect.task_runs", logging.INFO))  # `latentflow flow`'s per-stage lines
+    assert _own_or_warning(record("prefect.flow_runs", logging.INFO))
+    assert not _own_or_warning(record("prefect.client", logging.INFO))
     assert _own_or_warning(record("great_expectations", logging.WARNING))
     assert _own_or_warning(record("mlflow.tracking", logging.ERROR))
