@@ -57,9 +57,9 @@ def _median_pair(ours: Callable[[], object], peer: Callable[[], object], repeats
     return statistics.median(t_ours), statistics.median(t_peer)
 
 
-EFFNET_PEERS = {  # former ways of computing the same features: name -> (description, model from the unfused network)
-    "contiguous": ("unfused, contiguous", lambda model: copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()),
-    "unfused": ("unfused, channels-last", lambda model: copy.deepcopy(model).to(memory_format=torch.channels_last).eval()),
+EFFNET_PEERS = {  # former ways of computing the same features: name -> (description, memory format of the unfused network)
+    "contiguous": ("unfused, contiguous", torch.contiguous_format),
+    "unfused": ("unfused, channels-last", torch.channels_last),
 }
 
 
@@ -70,9 +70,8 @@ def effnet_features(images: np.ndarray, batch_size: int, repeats: int, peer: str
     from components.models.effnet_lite import load_effnet_lite0
 
     ex = get_extractor("effnet_lite0", device="cpu")
-    description, build = EFFNET_PEERS[peer]
-    former = build(load_effnet_lite0("cpu")[0])
-    layout = torch.contiguous_format if peer == "contiguous" else torch.channels_last
+    description, layout = EFFNET_PEERS[peer]
+    former = load_effnet_lite0("cpu")[0].to(memory_format=layout)
 
     def peer_features() -> np.ndarray:
         out = []
