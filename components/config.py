@@ -130,6 +130,9 @@ class AutoencoderParams(TrainingParams):
     num_res_blocks: int = Field(1, ge=1)
     norm: Literal["group", "layer"] = Field("group", description="normalisation in the encoder and decoder: group (GroupNorm, "
                                             "LDM's) | layer (per-position LayerNorm over channels: no spot artifacts)")
+    resample_with_conv: bool = Field(True, description="a 3x3 convolution in each down/upsampling (stride 2 / after the "
+                                     "nearest upsampling); false: average pooling and nearest upsampling alone (LDM's "
+                                     "resamp_with_conv), which drops the decoder's two costliest layers")
     reconstruction_loss: Literal["mse", "l1"] = Field("mse", description="pixel loss: l1 (params.yaml's; LDM's: a median, not a "
                                                     "mean, so flat backgrounds come back flat) | mse (when the key is absent: "
                                                     "what every run before the key used)")

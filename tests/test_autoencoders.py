@@ -39,6 +39,7 @@ VARIANTS = {
     "vq_f4_straight_through": dict(regularizer="vq", channels=(8, 16, 16), codebook_size=32, vq_ema=False),
     "none_f4": dict(regularizer="none", channels=(8, 16, 16)),
     "kl_f4_layer_norm": dict(regularizer="kl", channels=(8, 16, 16), norm="layer"),
+    "kl_f8_no_resample_conv": dict(regularizer="kl", channels=(8, 16, 16, 16), resample_with_conv=False),
 }
 
 
@@ -93,6 +94,9 @@ def test_kinds_are_distinguished_and_mismatches_are_clear(tmp_path: Path):
     # ... and one written before `norm` existed has GroupNorm layers
     del old["norm"]
     assert AutoencoderConfig.from_dict(old).norm == "group"
+    # ... and one written before `resample_with_conv` existed has its resampling convolutions
+    del old["resample_with_conv"]
+    assert AutoencoderConfig.from_dict(old).resample_with_conv is True
     with pytest.raises(ValueError, match="norm"):
         AutoencoderConfig(norm="batch")
     # weights of one kind under the config of another: CheckpointError, not a crash deep in torch
@@ -133,6 +137,35 @@ def test_layer_norm_autoencoder_keeps_each_position_to_itself():
     assert autoencoder_config(AutoencoderParams(norm="layer"), in_channels=1, image_size=32).norm == "layer"
     with pytest.raises(ValueError, match="norm"):
         AutoencoderParams(norm="batch")
+
+
+def test_resampling_without_convolutions_is_average_pooling_and_nearest_upsampling():
+    """``resample_with_conv: false`` (LDM's ``resamp_with_conv``): Downsample is 2x2 average pooling, Upsample repeats
+    each pixel 2x2, and neither has a weight; the flag reaches every resampling layer of the encoder and decoder, which
+    then costs what the default MNIST model costs without its two upsampling convolutions at the doubled resolution."""
+    from components.models.blocks import Downsample, Upsample
+
+    x = torch.randn(2, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    down, up = Downsample(3, with_conv=False), Upsample(3, with_conv=False)
+    assert not list(down.parameters()) and not list(up.parameters())
+    expected_down = x.reshape(2, 3, 2, 2, 3, 2).mean(dim=(3, 5))
+    torch.testing.assert_close(down(x), expected_down, rtol=0, atol=1e-6)
+    assert torch.equal(up(x), x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+    assert len(list(Downsample(3).parameters())) == len(list(Upsample(3).parameters())) == 2  # the default keeps its convs
+
+    params = AutoencoderParams(resample_with_conv=False)
+    cfg = autoencoder_config(params, in_channels=1, image_size=32)
+    model = build_autoencoder(cfg)
+    resamplers = [m for m in model.modules() if isinstance(m, (Downsample, Upsample))]
+    assert len(resamplers) == 4 and all(m.conv is None for m in resamplers)
+    default = autoencoder_summary(build_autoencoder(autoencoder_config(AutoencoderParams(), in_channels=1, image_size=32)))
+    cheap = autoencoder_summary(model)
+    # the encoder loses its two stride-2 convolutions (16 and 32 channels at 16x16 and 8x8 outputs)
+    assert default["encoder_macs"] - cheap["encoder_macs"] == 9 * (16 * 16 * 16 * 16 + 32 * 32 * 8 * 8)
+    # the decoder its two upsampling convolutions (64 channels at 16x16, 32 channels at 32x32): 30 % of the round trip
+    assert default["decoder_macs"] - cheap["decoder_macs"] == 9 * (64 * 64 * 16 * 16 + 32 * 32 * 32 * 32)
+    assert cheap["macs_per_forward"] / default["macs_per_forward"] == pytest.approx(0.678, abs=1e-3)
+    assert model.decode(torch.zeros(1, *cfg.latent_shape)).shape == (1, 1, 32, 32)
 
 
 def test_params_validation_names_the_key():

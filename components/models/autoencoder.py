@@ -42,6 +42,7 @@ class AutoencoderConfig:
     vq_ema: bool = True  # vq only: EMA codebook (else learned by the codebook loss term)
     vq_decay: float = 0.99  # vq only
     norm: str = "group"  # group (GroupNorm, LDM's) | layer (per-position LayerNorm over channels); checkpoints without it: group
+    resample_with_conv: bool = True  # False: average pooling / nearest upsampling alone (LDM's resamp_with_conv); checkpoints without it: True
 
     def __post_init__(self) -> None:
         if self.regularizer not in KINDS:
@@ -111,7 +112,7 @@ class _Encoder(nn.Module):
                 layers.append(ResBlock(ch, cout, norm=cfg.norm))
                 ch = cout
             if i < len(cfg.channels) - 1:
-                layers.append(Downsample(ch))
+                layers.append(Downsample(ch, cfg.resample_with_conv))
         layers += [ResBlock(ch, ch, norm=cfg.norm), norm_layer(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
@@ -129,7 +130,7 @@ class _Decoder(nn.Module):
                 layers.append(ResBlock(ch, cout, norm=cfg.norm))
                 ch = cout
             if i > 0:
-                layers.append(Upsample(ch))
+                layers.append(Upsample(ch, cfg.resample_with_conv))
         layers += [norm_layer(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, cfg.in_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 

@@ -190,22 +190,25 @@ class ChannelAttention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 convolution (halves the resolution)."""
+    """Halves the resolution: a stride-2 3x3 convolution, or (``with_conv=False``) 2x2 average pooling, as LDM's
+    ``resamp_with_conv`` (Rombach et al. 2022, the first-stage models' code)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, with_conv: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution."""
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution (``with_conv=False``: the upsampling alone, as LDM's
+    ``resamp_with_conv``; the convolution runs at the doubled resolution, so it is the costliest layer of a decoder)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, with_conv: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if self.conv is not None else x

@@ -35,6 +35,7 @@ def autoencoder_config(cfg: AutoencoderParams, in_channels: int, image_size: int
         in_channels=in_channels, image_size=image_size, channels=tuple(cfg.channels), latent_channels=cfg.latent_channels,
         num_res_blocks=cfg.num_res_blocks, regularizer=cfg.regularizer, codebook_size=cfg.codebook_size,
         commitment_beta=cfg.commitment_beta, vq_ema=cfg.vq_ema, vq_decay=cfg.vq_decay, norm=cfg.norm,
+        resample_with_conv=cfg.resample_with_conv,
     )
     if image_size % model_cfg.downsampling_factor:
         raise ValueError(
