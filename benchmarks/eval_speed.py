@@ -6,8 +6,11 @@ take most of those stages' time apart from sampling:
 - **EfficientNet-Lite0 features** (``components.evaluation.features``): the extractor as it runs now (BatchNorm folded
   into the convolutions, ``components.models.effnet_lite.fuse_for_inference``; model and input in channels-last memory
   format) against the network as loaded in the default (contiguous) format, and against it in channels-last (the
-  fusion alone); the same images, the same batch size (16, the CPU default of ``evaluate.feature_batch_size``). Also
-  the largest feature difference.
+  fusion alone); the same images, the same batch size (``--feature-batch``, 16 as when these were chosen). Also the
+  largest feature difference.
+- **EfficientNet-Lite0's batch size**: the extractor as shipped at its CPU default batch (4,
+  ``components.evaluation.protocol.IMAGENET_CPU_BATCH``) against the same extractor at 16, the default before it; the
+  same images, and the largest feature difference (a convolution computes each image on its own: expect 0).
 - **The reference classifier's training step** (``components.evaluation.classifier``, batch 128 as in params.yaml):
   channels-last model and input against the default format, same initial weights.
 - **The Fréchet distance** of 1280-d statistics from fewer images than dimensions (as in evaluate: 500 images):
@@ -42,6 +45,7 @@ from benchmarks.provenance import provenance
 from components.evaluation.classifier import Classifier, ClassifierConfig
 from components.evaluation.features import _to_unit_rgb, get_extractor
 from components.evaluation.metrics import feature_statistics, frechet_distance
+from components.evaluation.protocol import IMAGENET_CPU_BATCH
 from components.io import atomic_write_json
 
 
@@ -89,6 +93,17 @@ def effnet_features(images: np.ndarray, batch_size: int, repeats: int, peer: str
             "speedup": round(peer_s / ours_s, 3), "max_abs_feature_difference": diff}
 
 
+def effnet_batch(images: np.ndarray, batch_size: int, peer_batch_size: int, repeats: int) -> dict:
+    """Seconds for the features of ``images`` by the extractor as shipped, ``batch_size`` images per forward pass
+    against ``peer_batch_size``, and the largest difference between the two feature arrays."""
+    ex = get_extractor("effnet_lite0", device="cpu")
+    ours_s, peer_s = _median_pair(lambda: ex(images, batch_size=batch_size), lambda: ex(images, batch_size=peer_batch_size), repeats)
+    diff = float(np.abs(ex(images, batch_size=batch_size) - ex(images, batch_size=peer_batch_size)).max())
+    return {"images": len(images), "ours": f"batch {batch_size}", "peer": f"batch {peer_batch_size}", "ours_s": round(ours_s, 3),
+            "peer_s": round(peer_s, 3), "ours_images_per_s": round(len(images) / ours_s, 1),
+            "peer_images_per_s": round(len(images) / peer_s, 1), "speedup": round(peer_s / ours_s, 3), "max_abs_feature_difference": diff}
+
+
 def classifier_steps(batch: int, side: int, steps: int, repeats: int) -> dict:
     """Seconds for ``steps`` AdamW steps of the reference classifier: channels-last vs the default format."""
     gen = torch.Generator().manual_seed(0)
@@ -132,7 +147,8 @@ def frechet(n: int, dim: int, repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=160, help="images per EfficientNet-Lite0 timing run")
-    ap.add_argument("--feature-batch", type=int, default=16, help="images per extractor forward pass (evaluate's CPU default)")
+    ap.add_argument("--feature-batch", type=int, default=16, help="images per forward pass in the fusion and layout pairs")
+    ap.add_argument("--small-batch", type=int, default=IMAGENET_CPU_BATCH, help="the batch pair's ours (evaluate's CPU default); its peer is --feature-batch")
     ap.add_argument("--classifier-steps", type=int, default=10, help="optimizer steps per classifier timing run")
     ap.add_argument("--fd-images", type=int, default=500, help="images behind each Fréchet statistic (evaluate: 500)")
     ap.add_argument("--fd-dim", type=int, default=1280, help="feature dimension (EfficientNet-Lite0: 1280)")
@@ -149,6 +165,7 @@ def main() -> None:
         "repeats": a.repeats,
         "effnet_lite0_features": effnet_features(images, a.feature_batch, a.repeats),
         "effnet_lite0_fusion": effnet_features(images, a.feature_batch, a.repeats, peer="unfused"),
+        "effnet_lite0_batch": effnet_batch(images, a.small_batch, a.feature_batch, a.repeats),
         "classifier_training": classifier_steps(128, 32, a.classifier_steps, a.repeats),
         "frechet_distance": frechet(a.fd_images, a.fd_dim, a.repeats),
         "provenance": provenance(),

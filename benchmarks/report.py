@@ -445,11 +445,16 @@ def eval_speed_section(r: dict | None) -> list[str]:
         *(f"| EfficientNet-Lite0 features, {x['images']} images, batches of {x['batch_size']} | {x.get('ours', 'channels-last')} | "
           f"{x.get('peer', 'contiguous')} | {x['ours_s']:.2f} s ({x['ours_images_per_s']:.1f} img/s) | {x['peer_s']:.2f} s "
           f"({x['peer_images_per_s']:.1f} img/s) | {x['speedup']:.2f}x |" for x in (e, r.get("effnet_lite0_fusion")) if x),
+        *(f"| EfficientNet-Lite0 features, {b['images']} images | {b['ours']} | {b['peer']} | {b['ours_s']:.2f} s "
+          f"({b['ours_images_per_s']:.1f} img/s) | {b['peer_s']:.2f} s ({b['peer_images_per_s']:.1f} img/s) | {b['speedup']:.2f}x |"
+          for b in (r.get("effnet_lite0_batch"),) if b),
         f"| reference classifier, one training step of {c['batch_size']} | channels-last | contiguous | {c['ours_s_per_step']:.3f} s | "
         f"{c['peer_s_per_step']:.3f} s | {c['speedup']:.2f}x |",
         f"| Fréchet distance, {f['dim']}-d statistics of {f['images']} images | two `eigh` | pytorch-fid's `sqrtm` | {f['ours_s']:.3f} s | "
         f"{f['peer_s']:.3f} s | {f['speedup']:.2f}x |", "",
-        f"The features differ by at most {e['max_abs_feature_difference']:.1e} (rounding); the two Fréchet distances by "
+        f"The features differ by at most {e['max_abs_feature_difference']:.1e} (rounding)"
+        + (f", across the two batch sizes by {r['effnet_lite0_batch']['max_abs_feature_difference']:.1e}" if "effnet_lite0_batch" in r else "")
+        + f"; the two Fréchet distances by "
         f"{f['relative_difference']:.1e} relative.", "",
     ]
 

@@ -371,7 +371,7 @@ class EvaluateParams(_Section):
     data_workers: int = Field(0, ge=0, description="DataLoader worker processes reading the real images (classifier training, "
                               "reference features); 0 = the stage's process reads them; results do not depend on it")
     feature_batch_size: int | None = Field(None, ge=1, description="images per forward pass of every feature extractor "
-                                           "(classifier, EfficientNet-Lite0, Inception); null = 500 for the classifier, 16 for the others")
+                                           "(classifier, EfficientNet-Lite0, Inception); null = 500 for the classifier, 4 for the others")
     extractors: tuple[Literal["classifier", "effnet_lite0", "inception"], ...] = ("classifier", "effnet_lite0", "inception")
     require_inception: bool = Field(False, description="fail when the Inception weights are missing (else skip it)")
     inception_weights: str | None = Field(None, description="path to pt_inception-2015-12-05-6726825d.pth; default: torch hub cache")

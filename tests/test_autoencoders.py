@@ -139,6 +139,29 @@ def test_layer_norm_autoencoder_keeps_each_position_to_itself():
         AutoencoderParams(norm="batch")
 
 
+def test_every_model_field_comes_from_its_params_key():
+    """``autoencoder_config`` takes every field of ``AutoencoderConfig`` (but the image shape) from the
+    ``train_autoencoder`` key of the same name: each field set to a value other than its default arrives, so a new
+    model option cannot be left out of the mapping."""
+    from dataclasses import fields
+
+    model_fields = {f.name for f in fields(AutoencoderConfig)} - {"in_channels", "image_size"}
+    assert model_fields <= set(AutoencoderParams.model_fields), "a model field has no train_autoencoder key"
+    others = {
+        "channels": [8, 16, 16, 16], "latent_channels": 3, "num_res_blocks": 2, "regularizer": "vq", "codebook_size": 64,
+        "commitment_beta": 0.5, "vq_ema": False, "vq_decay": 0.9, "norm": "layer", "resample_with_conv": False,
+    }
+    assert set(others) == model_fields, "give the new field a non-default value here"
+    defaults = AutoencoderConfig()
+    cfg = autoencoder_config(AutoencoderParams(**others), in_channels=3, image_size=32)
+    for name, value in others.items():
+        expected = tuple(value) if name == "channels" else value
+        assert getattr(cfg, name) == expected != getattr(defaults, name), name
+    assert (cfg.in_channels, cfg.image_size) == (3, 32)
+    with pytest.raises(ValueError, match="not divisible by f=4"):
+        autoencoder_config(AutoencoderParams(channels=[8, 16, 16]), in_channels=1, image_size=30)
+
+
 def test_resampling_without_convolutions_is_average_pooling_and_nearest_upsampling():
     """``resample_with_conv: false`` (LDM's ``resamp_with_conv``): Downsample is 2x2 average pooling, Upsample repeats
     each pixel 2x2, and neither has a weight; the flag reaches every resampling layer of the encoder and decoder, which

@@ -17,6 +17,21 @@ def test_the_shipped_extractor_gives_the_features_of_the_network_as_loaded(peer,
     assert 0 < r["max_abs_feature_difference"] < 1e-3  # rounding only (features are O(1-10)); 0 would mean no fusion ran
 
 
+def test_the_default_imagenet_batch_is_small_and_changes_no_feature():
+    """The CPU default batch of the ImageNet extractors (4) gives the features of batch 16, the former default, to the
+    rounding of one image's convolutions; an explicit evaluate.feature_batch_size wins, and a bad one is refused."""
+    from components.evaluation.protocol import IMAGENET_CPU_BATCH, extractor_batch_size
+
+    assert extractor_batch_size("effnet_lite0") == extractor_batch_size("inception") == IMAGENET_CPU_BATCH == 4
+    assert extractor_batch_size("classifier") == 500 and extractor_batch_size("effnet_lite0", 64) == 64
+    with pytest.raises(ValueError, match="feature batch size"):
+        extractor_batch_size("effnet_lite0", 0)
+    images = np.random.default_rng(1).integers(0, 256, size=(10, 32, 32, 1), dtype=np.uint8)  # 10: a last batch of 2
+    r = eval_speed.effnet_batch(images, batch_size=4, peer_batch_size=16, repeats=1)
+    assert (r["ours"], r["peer"], r["images"]) == ("batch 4", "batch 16", 10) and r["ours_s"] > 0 and r["peer_s"] > 0
+    assert r["max_abs_feature_difference"] < 1e-4  # features are O(1-10): a mixed-up or dropped image moves them by O(1)
+
+
 def test_frechet_distance_agrees_with_pytorch_fid_formula_in_the_benchmark():
     r = eval_speed.frechet(n=60, dim=96, repeats=1)  # rank-deficient: 60 images, 96 dimensions
     assert r["relative_difference"] < 1e-6 and r["ours"] > 0
@@ -46,6 +61,8 @@ def test_report_renders_eval_speed_from_the_json(tmp_path):
          "effnet_lite0_fusion": {"images": 160, "batch_size": 16, "ours": "BatchNorm folded, channels-last", "peer": "unfused, channels-last",
                                  "ours_s": 4.0, "peer_s": 5.0, "ours_images_per_s": 40.0, "peer_images_per_s": 32.0, "speedup": 1.25,
                                  "max_abs_feature_difference": 1.2e-5},
+         "effnet_lite0_batch": {"images": 160, "ours": "batch 4", "peer": "batch 16", "ours_s": 2.0, "peer_s": 4.4,
+                                "ours_images_per_s": 80.0, "peer_images_per_s": 36.4, "speedup": 2.2, "max_abs_feature_difference": 0.0},
          "classifier_training": {"batch_size": 128, "image_side": 32, "steps": 10, "ours_s_per_step": 0.137,
                                  "peer_s_per_step": 0.174, "speedup": 1.27},
          "frechet_distance": {"images": 500, "dim": 1280, "ours_s": 0.65, "peer_s": 2.3, "speedup": 3.54, "ours": 1.0, "peer": 1.0,
@@ -57,6 +74,8 @@ def test_report_renders_eval_speed_from_the_json(tmp_path):
     assert ("| EfficientNet-Lite0 features, 160 images, batches of 16 | BatchNorm folded, channels-last | unfused, channels-last | "
             "4.00 s (40.0 img/s) | 5.00 s (32.0 img/s) | 1.25x |") in text
     assert "| 0.137 s | 0.174 s | 1.27x |" in text and "| 0.650 s | 2.300 s | 3.54x |" in text
+    assert "| EfficientNet-Lite0 features, 160 images | batch 4 | batch 16 | 2.00 s (80.0 img/s) | 4.40 s (36.4 img/s) | 2.20x |" in text
+    assert "across the two batch sizes by 0.0e+00" in text
     assert "by 2.3e-08 relative" in text
     (tmp_path / "benchmarks" / "eval_speed.json").unlink()
     assert "Not measured yet: `.venv/bin/python -m benchmarks.eval_speed`" in "\n".join(report.render(tmp_path))

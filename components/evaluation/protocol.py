@@ -41,15 +41,20 @@ def build_extractors(names: Sequence[str], classifier, *, inception_weights: str
     return extractors, skipped
 
 
+IMAGENET_CPU_BATCH = 4  # images per forward pass of an ImageNet network by default (see extractor_batch_size)
+
+
 def extractor_batch_size(extractor: str, batch_size: int | None = None) -> int:
     """Images per forward pass of ``extractor``: ``batch_size`` (``evaluate.feature_batch_size``) when given, else the
-    default, 500 for the small classifier and 16 for the ImageNet networks (small batches are fastest for them on a CPU,
-    measured: 38 vs 20 img/s at 4 vs 64; on a GPU set evaluate.feature_batch_size to a few hundred)."""
+    default, 500 for the small classifier and :data:`IMAGENET_CPU_BATCH` (4) for the ImageNet networks. Small batches
+    are fastest for them on a CPU: at 224x224 a batch's activations outgrow the cache. EfficientNet-Lite0 (BatchNorm
+    folded, channels-last) on the 2-core machine: 2.2x the images/s at 4 as at 16, bit-identical features
+    (``benchmarks/eval_speed.py``, ``effnet_lite0_batch``). On a GPU set evaluate.feature_batch_size to a few hundred."""
     if batch_size is not None:
         if batch_size < 1:
             raise ValueError(f"feature batch size must be >= 1, got {batch_size}")
         return batch_size
-    return 500 if extractor == "classifier" else 16
+    return 500 if extractor == "classifier" else IMAGENET_CPU_BATCH
 
 
 def load_reference(ref_dir: Path, dataset_digest: str) -> tuple[dict, dict[str, dict]]:
@@ -120,7 +125,7 @@ def load_judge(ref_dir: Path, used: str, classifier, extractors: dict, *, device
 
 def quality_vs_steps(generator, classifier, ref: dict, *, samplers: Sequence[str], steps: Sequence[int], num_per_class: int,
                      seed: int, guidance: float, eta: float, timestep_spacing: str, batch_size: int = 500,
-                     feature_batch_size: int = 500, judge=None, judge_batch_size: int = 16,
+                     feature_batch_size: int = 500, judge=None, judge_batch_size: int = IMAGENET_CPU_BATCH,
                      generate_kwargs: Mapping | None = None) -> list[dict]:
     """Class consistency and classifier-feature FD for each sampler x number of steps, sampled on the generator's
     device ``batch_size`` images per sampler call and classified ``feature_batch_size`` at a time. ``judge`` (anything

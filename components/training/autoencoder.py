@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -31,12 +32,12 @@ from components.training.loop import Batch, LogFn, LoopConfig, LoopResult, Train
 
 def autoencoder_config(cfg: AutoencoderParams, in_channels: int, image_size: int) -> AutoencoderConfig:
     """The model config of a ``train_autoencoder`` params section for images of the given shape."""
-    model_cfg = AutoencoderConfig(
-        in_channels=in_channels, image_size=image_size, channels=tuple(cfg.channels), latent_channels=cfg.latent_channels,
-        num_res_blocks=cfg.num_res_blocks, regularizer=cfg.regularizer, codebook_size=cfg.codebook_size,
-        commitment_beta=cfg.commitment_beta, vq_ema=cfg.vq_ema, vq_decay=cfg.vq_decay, norm=cfg.norm,
-        resample_with_conv=cfg.resample_with_conv,
-    )
+    shared = {f.name for f in fields(AutoencoderConfig)} - {"in_channels", "image_size"}
+    # every model field has a params key of the same name (tests/test_autoencoders.py checks it), so a new option
+    # reaches the model without being listed here
+    values = {name: getattr(cfg, name) for name in shared}
+    values["channels"] = tuple(values["channels"])
+    model_cfg = AutoencoderConfig(in_channels=in_channels, image_size=image_size, **values)
     if image_size % model_cfg.downsampling_factor:
         raise ValueError(
             f"images {image_size}x{image_size} are not divisible by f={model_cfg.downsampling_factor}; "
