@@ -67,6 +67,20 @@ def test_kid_subsets_match_naive_loops_on_documented_draws():
     assert kernel_inception_distance(a, b, num_subsets=6, subset_size=12, seed=8) != (mean, std)
 
 
+def test_kid_from_the_whole_sets_kernels_equals_kid_from_each_subsets_own():
+    """KID reads each subset's kernels from the whole sets' kernel matrices when they are small enough; the per-subset
+    products (above the size limit) give the same mean and std on the same documented draws."""
+    rng = np.random.default_rng(5)
+    a, b = np.maximum(rng.normal(size=(40, 16)), 0), np.maximum(rng.normal(size=(30, 16)) + 0.2, 0)  # unequal sizes
+    whole = kernel_inception_distance(a, b, num_subsets=8, subset_size=20, seed=3)
+    apart = kernel_inception_distance(a, b, num_subsets=8, subset_size=20, seed=3, max_kernel_elements=0)
+    assert whole == pytest.approx(apart, rel=1e-12) and whole[1] > 0
+    assert kernel_inception_distance(a, b, num_subsets=8, subset_size=20, seed=3, max_kernel_elements=40 * 40) == whole
+    draws = np.random.default_rng(3)
+    first = [(draws.choice(40, 20, replace=False), draws.choice(30, 20, replace=False)) for _ in range(8)]
+    assert whole[0] == pytest.approx(np.mean([polynomial_mmd2(a[i], b[j]) for i, j in first]), rel=1e-12)
+
+
 def test_kid_subset_size_is_capped_at_the_smaller_set():
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=(20, 5)), rng.normal(size=(23, 5))

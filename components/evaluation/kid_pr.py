@@ -48,6 +48,14 @@ def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
+def _mmd2_from_kernels(k_aa: np.ndarray, k_bb: np.ndarray, k_ab: np.ndarray) -> float:
+    """MMD²_u of :func:`polynomial_mmd2` from the three kernel matrices of the two samples."""
+    m, n = k_aa.shape[0], k_bb.shape[0]
+    within_a = (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+    within_b = (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
+    return float(within_a + within_b - 2.0 * k_ab.mean())
+
+
 def polynomial_mmd2(feats_a, feats_b) -> float:
     """Unbiased MMD² between two samples with the cubic polynomial kernel (Gretton et al. 2012, Lemma 6):
 
@@ -57,20 +65,25 @@ def polynomial_mmd2(feats_a, feats_b) -> float:
     """
     a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
     _check_pair(a, b, ("feats_a", "feats_b"), min_n=2)
-    m, n = a.shape[0], b.shape[0]
-    k_aa, k_bb = polynomial_kernel(a, a), polynomial_kernel(b, b)
-    within_a = (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
-    within_b = (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
-    return float(within_a + within_b - 2.0 * polynomial_kernel(a, b).mean())
+    return _mmd2_from_kernels(polynomial_kernel(a, a), polynomial_kernel(b, b), polynomial_kernel(a, b))
 
 
-def kernel_inception_distance(feats_a, feats_b, *, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+# Up to this many entries per kernel matrix (8 bytes each: 32 MiB), KID computes the three kernels of the whole sets once
+# and reads each subset's from them (evaluate's 500 x 500 EfficientNet-Lite0 sets: 100 subsets in a tenth of the time of
+# 100 x 3 products of 1280-d features); above it, each subset's kernels are computed on their own.
+_KID_FULL_KERNEL_ELEMENTS = 1 << 22
+
+
+def kernel_inception_distance(feats_a, feats_b, *, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0,
+                              max_kernel_elements: int = _KID_FULL_KERNEL_ELEMENTS) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018): mean and standard deviation (ddof=0) of :func:`polynomial_mmd2` over
     ``num_subsets`` pairs of random subsets of ``m = min(subset_size, len(a), len(b))`` samples each.
 
     Subset ``s`` draws, in this order, ``rng.choice(len(a), m, replace=False)`` then
     ``rng.choice(len(b), m, replace=False)`` with ``rng = numpy.random.default_rng(seed)``.
     Features are usually Inception pool3 (2048-d); values are often reported x 1e3.
+    When no kernel matrix of the whole sets has more than ``max_kernel_elements`` entries they are computed once and
+    each subset's kernels are read from them (the same values up to the summation order of a dot product).
     """
     a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
     _check_pair(a, b, ("feats_a", "feats_b"), min_n=2)
@@ -80,11 +93,17 @@ def kernel_inception_distance(feats_a, feats_b, *, num_subsets: int = 100, subse
         raise ValueError(f"subset_size must be >= 2, got {subset_size}")
     m = min(subset_size, a.shape[0], b.shape[0])
     rng = np.random.default_rng(seed)
+    whole = max(a.shape[0], b.shape[0]) ** 2 <= max_kernel_elements
+    if whole:
+        k_aa, k_bb, k_ab = polynomial_kernel(a, a), polynomial_kernel(b, b), polynomial_kernel(a, b)
     mmds = np.empty(num_subsets, dtype=np.float64)
     for s in range(num_subsets):
         ia = rng.choice(a.shape[0], m, replace=False)
         ib = rng.choice(b.shape[0], m, replace=False)
-        mmds[s] = polynomial_mmd2(a[ia], b[ib])
+        if whole:
+            mmds[s] = _mmd2_from_kernels(k_aa[np.ix_(ia, ia)], k_bb[np.ix_(ib, ib)], k_ab[np.ix_(ia, ib)])
+        else:
+            mmds[s] = polynomial_mmd2(a[ia], b[ib])
     return float(mmds.mean()), float(mmds.std())
 
 
