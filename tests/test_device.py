@@ -272,7 +272,7 @@ def test_every_stage_passes_base_device_down(tmp_path, monkeypatch, spies):
     p["sample"].update(num_per_class=1, steps=2, batch_size=3)
     # judge: effnet_probe, so the EfficientNet-Lite0 probe's features (its training in reference_stats, class consistency, the grid and
     # the sweep in evaluate) are on the device and in feature_batch_size batches too
-    p["evaluate"].update(classifier_epochs=1, classifier_batch_size=16, feature_batch_size=4, extractors=["classifier", "effnet_lite0"],
+    p["evaluate"].update(classifier_epochs=1, classifier_batch_size=16, feature_batch_size=3, extractors=["classifier", "effnet_lite0"],
                          judge="effnet_probe", kid_subsets=2, quality_grid={"samplers": ["ddim"], "steps": [2], "num_per_class": 1},
                          guidance_sweep={"guidances": [2.0], "num_per_class": 1, "steps": 2, "extractors": ["classifier", "effnet_lite0"]})
     params = Params.model_validate(p)
@@ -310,9 +310,10 @@ def test_every_stage_passes_base_device_down(tmp_path, monkeypatch, spies):
     moved = _moved(spies.moves, nets)
     assert {"Classifier", "EfficientNet", "UNet"} <= set(moved) and all(devs == {SENTINEL} for devs in moved.values()), moved
     assert spies.calls["generate"] == [(SENTINEL, 3)] * 2  # the quality grid and the guidance sweep: on the device, sample.batch_size per call
-    # evaluate.feature_batch_size: the classifier (reference val accuracy, features, class consistency, the grid) and EfficientNet
-    assert spies.calls["classify"] and set(spies.calls["classify"]) == {4}, spies.calls["classify"]
-    assert spies.calls["extract"] and all(c == ("effnet_lite0", SENTINEL, 4) for c in spies.calls["extract"]), spies.calls["extract"]
+    # evaluate.feature_batch_size (3: neither extractor's default, 500 and 4): the classifier (reference val accuracy, features,
+    # class consistency, the grid) and EfficientNet
+    assert spies.calls["classify"] and set(spies.calls["classify"]) == {3}, spies.calls["classify"]
+    assert spies.calls["extract"] and all(c == ("effnet_lite0", SENTINEL, 3) for c in spies.calls["extract"]), spies.calls["extract"]
 
 
 def test_pyfunc_loads_on_the_device_the_caller_asks_for(tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ from components.evaluation.probe import (
     subset_indices,
     train_probe_judge,
 )
+from components.evaluation.protocol import IMAGENET_CPU_BATCH
 from components.models.checkpoint import CheckpointError, save_checkpoint
 from tests.conftest import ROOT, tiny_params
 
@@ -419,7 +420,7 @@ def test_auto_picks_the_probe_when_it_reads_the_classes_better(tiny_data: Path, 
     assert metrics["protocol"]["judge"] == {**judge, "used": "effnet_probe"}
     # the quality grid and the sweep are judged by the probe too
     j, batch = load_judge(ref, "effnet_probe", None, {}, device="cpu")
-    assert batch == 16  # the ImageNet networks' default feature batch
+    assert batch == IMAGENET_CPU_BATCH == 4  # the ImageNet networks' default feature batch on the CPU
     assert isinstance(j, ProbeJudge) and j.probe.config == probe.config
     rows = json.loads((tiny_data / "auto_probe" / "quality.json").read_text())
     from components.generation import LatentDiffusionGenerator
