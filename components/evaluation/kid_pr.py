@@ -69,8 +69,8 @@ def polynomial_mmd2(feats_a, feats_b) -> float:
 
 
 # Up to this many entries per kernel matrix (8 bytes each: 32 MiB), KID computes the three kernels of the whole sets once
-# and reads each subset's from them (evaluate's 500 x 500 EfficientNet-Lite0 sets: 100 subsets in a tenth of the time of
-# 100 x 3 products of 1280-d features); above it, each subset's kernels are computed on their own.
+# and reads each subset's from them (evaluate's 500 x 500 EfficientNet-Lite0 sets: 100 subsets of 250 in a sixth of the
+# time of 100 x 3 products of 1280-d features, measured); above it, each subset's kernels are computed on their own.
 _KID_FULL_KERNEL_ELEMENTS = 1 << 22
 
 
