@@ -1,4 +1,5 @@
-"""The evaluation's fixed costs, each against the way it was computed before, in one process (issue 14, item 3).
+"""The evaluation's fixed costs (and the training loop's optimizer step), each against the way it was computed
+before, in one process (issue 14, item 3).
 
 Three pieces of ``reference_stats`` and ``evaluate`` that the stage profile (``benchmarks/stage_profile.py``) found to
 take most of those stages' time apart from sampling:
@@ -13,6 +14,10 @@ take most of those stages' time apart from sampling:
   same images, and the largest feature difference (a convolution computes each image on its own: expect 0).
 - **The reference classifier's training step** (``components.evaluation.classifier``, batch 128 as in params.yaml):
   channels-last model and input against the default format, same initial weights.
+- **The training loop's AdamW step** on the CPU (``components.training.loop.Trainer``) on the default U-Net's and
+  autoencoder's parameters with fixed gradients: the multi-tensor (foreach) implementation it builds against torch's
+  default there (a loop over the parameters), and torch's fused CPU kernel for reference; with the largest parameter
+  difference after the same steps (the foreach one must give 0).
 - **The Fréchet distance** of 1280-d statistics from fewer images than dimensions (as in evaluate: 500 images):
   ``components.evaluation.metrics.frechet_distance`` (two symmetric eigendecompositions) against pytorch-fid's
   ``calculate_frechet_distance`` (``scipy.linalg.sqrtm`` of the product, with its diagonal offset when that is singular), and the
@@ -131,6 +136,60 @@ def classifier_steps(batch: int, side: int, steps: int, repeats: int) -> dict:
             "peer_s_per_step": round(peer_s / steps, 4), "speedup": round(peer_s / ours_s, 3)}
 
 
+def optimizer_steps(network: str, steps: int, repeats: int) -> dict:
+    """Seconds per AdamW step on the parameters of the default ``network`` (``unet`` or ``autoencoder``, as params.yaml
+    builds them), fixed gradients: the optimizer the training loop builds on the CPU
+    (:class:`~components.training.loop.Trainer`: foreach) against torch's default there (a loop over the parameters),
+    and torch's fused CPU kernel for reference. Also the largest parameter difference after the same number of steps:
+    0 for the foreach one, rounding for the fused one."""
+    from components.config import load_params
+    from components.models.autoencoder import build_autoencoder
+    from components.models.unet import UNet, UNetConfig
+    from components.training.autoencoder import autoencoder_config
+    from components.training.distributed import DistContext
+    from components.training.loop import LoopConfig, Trainer
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    torch.manual_seed(0)
+    if network == "unet":
+        model = UNet(UNetConfig.from_params(params.train_diffusion.unet, in_channels=4, out_channels=4, sample_size=8, num_classes=10))
+    else:
+        model = build_autoencoder(autoencoder_config(params.train_autoencoder, 1, 32))
+    grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 1e-3 for i, p in enumerate(model.parameters())]
+
+    def optimizer(kind: str) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+        net = copy.deepcopy(model)
+        if kind == "ours":
+            opt = Trainer(net, LoopConfig(batch_size=1, max_images=1, lr=1e-3), dataset_size=1, seed=0, ctx=DistContext(),
+                          progress=False).optimizer
+        else:
+            opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.0, **({"fused": True} if kind == "fused" else {}))
+        ps = list(net.parameters())
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = g.clone()
+        return opt, ps
+
+    opts = {kind: optimizer(kind) for kind in ("ours", "peer", "fused")}
+
+    def stepper(kind: str) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(steps):
+                opts[kind][0].step()
+        return run
+
+    ours_s, peer_s = _median_pair(stepper("ours"), stepper("peer"), repeats)
+    fused_s, _ = _median_pair(stepper("fused"), lambda: None, repeats)  # the same number of steps as the other two
+
+    def max_difference(kind: str) -> float:
+        return max(float((a - b).abs().max().detach()) for a, b in zip(opts[kind][1], opts["peer"][1], strict=True))
+
+    return {"network": network, "parameters": sum(p.numel() for p in model.parameters()), "tensors": len(grads), "steps": steps,
+            "ours": "foreach (the training loop on the CPU)", "peer": "torch's default on the CPU (per-parameter loop)",
+            "ours_s_per_step": round(ours_s / steps, 5), "peer_s_per_step": round(peer_s / steps, 5), "speedup": round(peer_s / ours_s, 3),
+            "max_abs_parameter_difference": max_difference("ours"), "fused_s_per_step": round(fused_s / steps, 5),
+            "fused_speedup": round(peer_s / fused_s, 3), "fused_max_abs_parameter_difference": max_difference("fused")}
+
+
 def frechet(n: int, dim: int, repeats: int) -> dict:
     """Seconds for one Fréchet distance of ``dim``-d statistics of ``n`` images each: ours vs pytorch-fid's formula."""
     rng = np.random.default_rng(0)
@@ -150,6 +209,7 @@ def main() -> None:
     ap.add_argument("--feature-batch", type=int, default=16, help="images per forward pass in the fusion and layout pairs")
     ap.add_argument("--small-batch", type=int, default=IMAGENET_CPU_BATCH, help="the batch pair's ours (evaluate's CPU default); its peer is --feature-batch")
     ap.add_argument("--classifier-steps", type=int, default=10, help="optimizer steps per classifier timing run")
+    ap.add_argument("--optimizer-steps", type=int, default=20, help="AdamW steps per optimizer timing run")
     ap.add_argument("--fd-images", type=int, default=500, help="images behind each Fréchet statistic (evaluate: 500)")
     ap.add_argument("--fd-dim", type=int, default=1280, help="feature dimension (EfficientNet-Lite0: 1280)")
     ap.add_argument("--repeats", type=int, default=5)
@@ -168,6 +228,7 @@ def main() -> None:
         "effnet_lite0_batch": effnet_batch(images, a.small_batch, a.feature_batch, a.repeats),
         "classifier_training": classifier_steps(128, 32, a.classifier_steps, a.repeats),
         "frechet_distance": frechet(a.fd_images, a.fd_dim, a.repeats),
+        "training_optimizer": [optimizer_steps(net, a.optimizer_steps, a.repeats) for net in ("unet", "autoencoder")],
         "provenance": provenance(),
     }
     atomic_write_json(a.out, result)

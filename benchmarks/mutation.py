@@ -128,10 +128,10 @@ EQUIVALENT: dict[str, str] = {
        for line, ds in (("steps: int = 0", ("0 -> -1", "0 -> 1")), ("images_seen: int = 0", ("0 -> -1", "0 -> 1")),
                         ("train_seconds: float = 0.0", ("0.0 -> -1.0", "0.0 -> 1.0"))) for d in ds},
     f"{_L} | Trainer.__init__ | progress: bool = True, | True -> False": "display only: the progress bar",
-    f"{_L} | Trainer._fused_kwargs | if not self.cfg.fused_optimizer or self.device.type != \"cuda\": | drop not": _CUDA,
-    **{f"{_L} | Trainer._fused_kwargs | torch.optim.AdamW([torch.zeros(1, device=self.device, requires_grad=True)], fused=True) | {d}": _CUDA
+    f"{_L} | Trainer._optimizer_kwargs | if not self.cfg.fused_optimizer: | drop not": _CUDA,
+    **{f"{_L} | Trainer._optimizer_kwargs | torch.optim.AdamW([torch.zeros(1, device=self.device, requires_grad=True)], fused=True) | {d}": _CUDA
        for d in ("remove statement", "1 -> 0", "1 -> 2", "True -> False")},
-    f"{_L} | Trainer._fused_kwargs | return {{\"fused\": True}} | True -> False": _CUDA,
+    f"{_L} | Trainer._optimizer_kwargs | return {{\"fused\": True}} | True -> False": _CUDA,
     f"{_L} | Trainer.local_indices | range(self.dataset_size), num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, "
     "seed=self.seed, drop_last=True | True -> False @136": "drop_last (the second True): padding only appends to the end of a rank's slice, and the "
     "loop uses the first dataset_size // batch_size batches, which padding never reaches",

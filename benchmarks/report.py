@@ -432,9 +432,13 @@ def stage_profile_section(r: dict | None) -> list[str]:
     return lines
 
 
+NETWORK_NAMES = {"unet": "U-Net"}  # eval_speed.json's network keys as the report writes them
+
+
 def eval_speed_section(r: dict | None) -> list[str]:
-    """The evaluation's fixed costs, each against its former way in the same process (``benchmarks/eval_speed.py``)."""
-    title = "## The evaluation's fixed costs (EfficientNet features, classifier training, Fréchet distance)"
+    """The evaluation's fixed costs and the training loop's AdamW step, each against its former way in the same process
+    (``benchmarks/eval_speed.py``)."""
+    title = "## The evaluation's fixed costs (EfficientNet features, classifier training, Fréchet distance) and the training loop's optimizer step"
     if r is None:
         return [title, "", "Not measured yet: `.venv/bin/python -m benchmarks.eval_speed` writes `reports/benchmarks/eval_speed.json`.", ""]
     e, c, f = r["effnet_lite0_features"], r["classifier_training"], r["frechet_distance"]
@@ -451,11 +455,19 @@ def eval_speed_section(r: dict | None) -> list[str]:
         f"| reference classifier, one training step of {c['batch_size']} | channels-last | contiguous | {c['ours_s_per_step']:.3f} s | "
         f"{c['peer_s_per_step']:.3f} s | {c['speedup']:.2f}x |",
         f"| Fréchet distance, {f['dim']}-d statistics of {f['images']} images | two `eigh` | pytorch-fid's `sqrtm` | {f['ours_s']:.3f} s | "
-        f"{f['peer_s']:.3f} s | {f['speedup']:.2f}x |", "",
+        f"{f['peer_s']:.3f} s | {f['speedup']:.2f}x |",
+        *(f"| AdamW step, the default {NETWORK_NAMES.get(o['network'], o['network'])}'s {o['parameters']:,} parameters ({o['tensors']} tensors) | foreach | "
+          f"torch's default on the CPU (a loop) | {1000 * o['ours_s_per_step']:.2f} ms | {1000 * o['peer_s_per_step']:.2f} ms | "
+          f"{o['speedup']:.2f}x |" for o in r.get("training_optimizer", [])), "",
         f"The features differ by at most {e['max_abs_feature_difference']:.1e} (rounding)"
         + (f", across the two batch sizes by {r['effnet_lite0_batch']['max_abs_feature_difference']:.1e}" if "effnet_lite0_batch" in r else "")
         + f"; the two Fréchet distances by "
-        f"{f['relative_difference']:.1e} relative.", "",
+        f"{f['relative_difference']:.1e} relative."
+        + "".join(f" The {NETWORK_NAMES.get(o['network'], o['network'])}'s parameters after the same AdamW steps differ by "
+                  f"{o['max_abs_parameter_difference']:.1e} "
+                  f"(foreach against the loop); torch's fused CPU kernel takes {1000 * o['fused_s_per_step']:.2f} ms "
+                  f"({o['fused_speedup']:.2f}x the loop's speed) and differs by {o['fused_max_abs_parameter_difference']:.1e}."
+                  for o in r.get("training_optimizer", [])), "",
     ]
 
 

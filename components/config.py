@@ -88,7 +88,7 @@ class RuntimeParams(_Section):
     max_time_minutes: float | None = Field(None, gt=0.0, description="wall-clock budget; stops early with a checkpoint")
     compile: bool = Field(False, description="torch.compile the model")
     channels_last: bool = Field(False, description="channels_last memory format (faster convolutions on GPUs)")
-    fused_optimizer: bool = Field(True, description="fused AdamW on CUDA (the CPU keeps the faster foreach path)")
+    fused_optimizer: bool = Field(True, description="fused AdamW on CUDA (the CPU runs the foreach AdamW: the default's numbers, faster)")
     data_workers: int = Field(0, ge=0, description="DataLoader worker processes reading image batches (0 = the training "
                               "process reads them); the batches do not depend on it")
 

@@ -9,6 +9,7 @@ holds and what resuming restores, the LR schedule, ...
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -99,6 +100,31 @@ def test_channels_last_is_off_by_default_and_applies_when_on():
                  progress=False)
     assert on.model[0].weight.is_contiguous(memory_format=torch.channels_last) and not on.model[0].weight.is_contiguous()
     assert on.final_model()[0].weight.is_contiguous()  # handed back in the default format
+
+
+def test_on_the_cpu_adamw_is_the_foreach_one_and_trains_the_defaults_numbers_to_the_bit():
+    """The CPU runs AdamW's multi-tensor implementation (faster), never the fused kernel (which rounds differently,
+    whatever runtime.fused_optimizer says): a loop of steps ends at the parameters torch's default AdamW reaches."""
+    conv = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.GroupNorm(1, 3), torch.nn.Conv2d(3, 2, 3))
+    x = torch.randn(8, 2, 9, 9, generator=torch.Generator().manual_seed(0))
+    for fused in (True, False):
+        torch.manual_seed(0)
+        net = copy.deepcopy(conv)
+        trainer = Trainer(net, LoopConfig(batch_size=8, max_images=8, lr=1e-2, fused_optimizer=fused), dataset_size=64, seed=0,
+                          ctx=DistContext(), progress=False)
+        group = trainer.optimizer.param_groups[0]
+        assert group["foreach"] is True and not group["fused"]
+        reference = copy.deepcopy(conv)
+        plain = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.0)
+        assert plain.param_groups[0]["foreach"] is None  # torch's own choice on the CPU: the per-parameter loop
+        for model, opt in ((trainer.model, trainer.optimizer), (reference, plain)):
+            for step in range(5):
+                opt.zero_grad()
+                (model(x + step) ** 2).mean().backward()
+                opt.step()
+        for a, b in zip(trainer.model.parameters(), reference.parameters(), strict=True):
+            assert torch.equal(a, b)
+        assert not torch.equal(trainer.model[0].weight, conv[0].weight)  # it did train
 
 
 def test_loop_config_from_section_maps_every_field():

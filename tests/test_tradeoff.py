@@ -63,6 +63,59 @@ def test_ratios_are_about_one_for_real_like_data_and_far_from_it_for_shifted_or_
         assert collapsed["recall_ratio_x"] < 0.1 and collapsed["precision_ratio_x"] > 0.9 and collapsed["fd_ratio_x"] > 10.0, seed
 
 
+def test_the_sweep_runs_each_network_at_its_own_default_batch(monkeypatch):
+    """Without feature_batch_sizes the sweep passes each extractor the batch extractor_batch_size gives it (500 for the
+    classifier, 4 for an ImageNet network), and the judge IMAGENET_CPU_BATCH; a given size wins. Every library entry that
+    runs an ImageNet network defaults to the same constant, so no caller gets the batch of 16 that ran 2.25x slower."""
+    import inspect
+
+    from components.evaluation import classifier as classifier_module
+    from components.evaluation import probe, protocol, tradeoff
+
+    calls: list[tuple[str, int]] = []
+
+    def recorder(name: str, dim: int = 4):
+        def extract(images, batch_size):
+            calls.append((name, batch_size))
+            return _gaussian(len(images), dim, seed=len(calls))
+        return extract
+
+    def classify(model, images, batch_size):
+        calls.append(("classifier", batch_size))
+        return _gaussian(len(images), 4, seed=len(calls)), np.zeros(len(images), dtype=np.int64)
+
+    class Generator:
+        num_classes = 2
+
+        def generate(self, labels, **kwargs):
+            return np.zeros((len(labels), 8, 8, 1), dtype=np.uint8)
+
+    class Judge:
+        def predict(self, images, batch_size):
+            calls.append(("judge", batch_size))
+            return np.zeros(len(images), dtype=np.int64)
+
+    monkeypatch.setattr(classifier_module, "classify", classify)
+    extractors = {"classifier": recorder("classifier"), "effnet_lite0": recorder("effnet_lite0")}
+    refs = {name: _ref(_gaussian(40, 4, seed=100)) for name in extractors}
+    train_labels = np.repeat(np.arange(2), 20)
+    kwargs = dict(guidances=[1.0], num_per_class=10, sampler="ddim", steps=2, seed=0, baseline_seed=0, eta=0.0,
+                  timestep_spacing="leading", pr_k=3, judge=Judge())
+    tradeoff.guidance_sweep(Generator(), None, extractors, refs, np.zeros((40, 8, 8, 1), np.uint8), train_labels, **kwargs)
+    assert sorted(set(calls)) == [("classifier", 500), ("effnet_lite0", protocol.IMAGENET_CPU_BATCH), ("judge", protocol.IMAGENET_CPU_BATCH)]
+    calls.clear()
+    tradeoff.guidance_sweep(Generator(), None, extractors, refs, np.zeros((40, 8, 8, 1), np.uint8), train_labels,
+                            feature_batch_sizes={"effnet_lite0": 7}, judge_batch_size=3, **{k: v for k, v in kwargs.items()})
+    assert sorted(set(calls)) == [("classifier", 500), ("effnet_lite0", 7), ("judge", 3)]
+
+    def default(fn, arg):
+        return inspect.signature(fn).parameters[arg].default
+
+    assert protocol.IMAGENET_CPU_BATCH == default(protocol.quality_vs_steps, "judge_batch_size") == default(
+        tradeoff.guidance_sweep, "judge_batch_size") == default(probe.ProbeJudge.predict, "batch_size") == default(
+        probe.train_probe_judge, "batch_size")
+
+
 def test_ratio_of_a_zero_baseline_is_undefined_not_infinite():
     m = {"fd_x": 2.0, "fd_real_x": 0.0, "precision_x": 0.5, "precision_real_x": 0.5, "recall_x": 0.4, "recall_real_x": 0.8}
     assert ratio_metrics(m, "x") == {"fd_ratio_x": None, "precision_ratio_x": 1.0, "recall_ratio_x": 0.5}

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.evaluation.protocol import IMAGENET_CPU_BATCH
+
 log = logging.getLogger("latentflow")
 
 JUDGES = ("classifier", "effnet_probe", "auto")
@@ -285,8 +287,8 @@ class ProbeJudge:
                              f"{extractor.info.feature_dim}-d ones")
         self.extractor, self.probe = extractor, probe
 
-    def predict(self, images, batch_size: int = 16) -> np.ndarray:
-        """Predicted labels ``[N]`` of uint8 ``[N, H, W, C]`` images."""
+    def predict(self, images, batch_size: int = IMAGENET_CPU_BATCH) -> np.ndarray:
+        """Predicted labels ``[N]`` of uint8 ``[N, H, W, C]`` images, ``batch_size`` images per forward pass of the extractor."""
         return self.probe.predict(self.extractor(images, batch_size=batch_size))
 
 
@@ -314,7 +316,7 @@ def load_probe(ckpt_dir: str | Path) -> tuple[LinearProbe, dict]:
 
 
 def train_probe_judge(extractor, images, labels, num_classes: int, *, max_train_images: int | None, weight_decays: Sequence[float],
-                      holdout_fraction: float, seed: int, max_iter: int = 300, batch_size: int = 16,
+                      holdout_fraction: float, seed: int, max_iter: int = 300, batch_size: int = IMAGENET_CPU_BATCH,
                       chunk: int = 512) -> tuple[LinearProbe, dict]:
     """Extract ``extractor`` features of a class-stratified subset of at most ``max_train_images`` training images
     (:func:`subset_indices`, seeded; read ``chunk`` images at a time, so memory holds one chunk of images whatever their

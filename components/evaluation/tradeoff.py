@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from components.evaluation.protocol import IMAGENET_CPU_BATCH, extractor_batch_size
+
 log = logging.getLogger("latentflow")
 
 REAL_SUFFIX = "real"  # fd_real_<extractor>: the real-vs-real baseline of fd_<extractor>
@@ -133,7 +135,7 @@ def set_metrics(feats: np.ndarray, ref: Mapping[str, np.ndarray], extractor: str
 def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str, Mapping], train_images: np.ndarray,
                    train_labels: np.ndarray, *, guidances: Sequence[float], num_per_class: int, sampler: str, steps: int, seed: int,
                    baseline_seed: int, eta: float, timestep_spacing: str, pr_k: int, batch_size: int = 500,
-                   feature_batch_sizes: Mapping[str, int] | None = None, judge=None, judge_batch_size: int = 16,
+                   feature_batch_sizes: Mapping[str, int] | None = None, judge=None, judge_batch_size: int = IMAGENET_CPU_BATCH,
                    generate_kwargs: Mapping | None = None) -> list[dict]:
     """One row per guidance scale (Ho & Salimans 2022, eq. 6): ``num_per_class`` images per class generated with
     ``sampler`` x ``steps`` from ``seed`` (the same seed for every guidance: same noise, same per-image generators),
@@ -142,7 +144,9 @@ def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str
     and their ratios to the real-vs-real baseline at the same n (``fd_real_<e>`` ... also in every row, constant).
     The baseline is :func:`stratified_subset` of the train split drawn with ``baseline_seed``. ``judge`` (anything with
     ``predict(images, batch_size)``, ``protocol.load_judge``) gives ``class_consistency`` when set (the classifier's then in ``class_consistency_classifier``);
-    default the classifier. ``generate_kwargs`` go to every ``generator.generate`` call (e.g. ``guidance_rescale``)."""
+    default the classifier. ``feature_batch_sizes`` (name -> images per forward pass) default per extractor to
+    :func:`~components.evaluation.protocol.extractor_batch_size`'s, the judge's to :data:`~components.evaluation.protocol.IMAGENET_CPU_BATCH`.
+    ``generate_kwargs`` go to every ``generator.generate`` call (e.g. ``guidance_rescale``)."""
     from components.evaluation import class_consistency
     from components.evaluation.classifier import classify
 
@@ -152,12 +156,12 @@ def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str
     if missing:
         raise ValueError(f"evaluate.guidance_sweep.extractors {missing} have no reference statistics (skipped or not computed by "
                          "reference_stats); drop them from the sweep or re-run reference_stats with them")
-    sizes = dict(feature_batch_sizes or {})
+    sizes = {name: extractor_batch_size(name, (feature_batch_sizes or {}).get(name)) for name in extractors}
     labels = np.repeat(np.arange(generator.num_classes), num_per_class)
     subset = stratified_subset(train_labels, labels, baseline_seed)
     baseline: dict = {}
     for name, extractor in extractors.items():
-        feats = extractor(train_images[subset], batch_size=sizes.get(name, 500))
+        feats = extractor(train_images[subset], batch_size=sizes[name])
         baseline.update(set_metrics(feats, refs[name], f"{REAL_SUFFIX}_{name}", pr_k=pr_k, seed=seed))
     rows = []
     for guidance in guidances:
@@ -168,13 +172,13 @@ def guidance_sweep(generator, classifier, extractors: Mapping, refs: Mapping[str
         row: dict = {"guidance": float(guidance), "num_generated": int(len(labels))}
         for name, extractor in extractors.items():
             if name == "classifier":
-                feats, pred = classify(classifier, images, sizes.get(name, 500))
+                feats, pred = classify(classifier, images, sizes[name])
                 if judge is not None:  # the classifier's verdict too, as in metrics.json
                     row["class_consistency_classifier"] = class_consistency(pred, labels, generator.num_classes)["overall"]
                     pred = judge.predict(images, judge_batch_size)
                 row["class_consistency"] = class_consistency(pred, labels, generator.num_classes)["overall"]
             else:
-                feats = extractor(images, batch_size=sizes.get(name, 500))
+                feats = extractor(images, batch_size=sizes[name])
             row.update(set_metrics(feats, refs[name], name, pr_k=pr_k, seed=seed))
             row.update({real_key(m, name): baseline[real_key(m, name)] for m in ("fd", "precision", "recall")})
             row.update(ratio_metrics(row, name))

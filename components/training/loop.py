@@ -172,7 +172,7 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = ema_model(self.model, cfg.ema_decay) if cfg.ema_decay else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0, **self._fused_kwargs())
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0, **self._optimizer_kwargs())
         self.extra_state: dict[str, Any] = {}
         self.steps_per_epoch = dataset_size // cfg.batch_size
         self.total_steps = math.ceil(cfg.max_images / cfg.batch_size)
@@ -183,9 +183,14 @@ class Trainer:
             raise ValueError(f"{len(images)} images for a dataset of {dataset_size}")
         self.images, self.augment = images, dict(augment or {})
 
-    def _fused_kwargs(self) -> dict:
-        # CUDA only: torch's fused CPU AdamW measured ~100x slower than the default foreach path here (0.9 s a step, 0.4 M params)
-        if not self.cfg.fused_optimizer or self.device.type != "cuda":
+    def _optimizer_kwargs(self) -> dict:
+        """AdamW's implementation. On the CPU the multi-tensor (foreach) one: the numbers of torch's default there (a
+        Python loop over the parameters) to the bit, at 1.4-1.6x its speed (``benchmarks/eval_speed.py``,
+        ``training_optimizer``). torch's fused CPU kernel is faster still but rounds differently, so a run would no longer
+        repeat the runs before it; it stays CUDA's (``runtime.fused_optimizer``)."""
+        if self.device.type != "cuda":
+            return {"foreach": True}
+        if not self.cfg.fused_optimizer:
             return {}
         try:  # probe once on a dummy
             torch.optim.AdamW([torch.zeros(1, device=self.device, requires_grad=True)], fused=True)
