@@ -112,8 +112,9 @@ TRAINING_VARIANTS["ae_40k_v_prediction_lr_2e-3_min_snr_5_batch_32_images_240k"] 
 # mean over pixels, the KL a sum over latents) the posterior's variance is 1.9x the variance of its means, most channels
 # nearly N(0, 1) noise, and the judge reads 0.892 of decoded posterior draws against 0.926 of decoded means
 # (reports/benchmarks/judges_decoded_shapes64_kl_weight.json)
-# (and the other way: three times the KL weight, a noisier, less informative latent)
-for _kl in ("1e-6", "3e-5"):
+# (and the other way: three times the KL weight, a noisier, less informative latent; then ten times, 1e-4, the next point
+# of that trend)
+for _kl in ("1e-6", "3e-5", "1e-4"):
     AUTOENCODER_VARIANTS[f"ae_kl_{_kl}_res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"] = {"kl_weight": float(_kl)}
     TRAINING_VARIANTS[f"ae_kl_{_kl}_res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"] = dict(
         TRAINING_VARIANTS["res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"])
