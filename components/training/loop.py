@@ -185,7 +185,7 @@ class Trainer:
 
     def _optimizer_kwargs(self) -> dict:
         """AdamW's implementation. On the CPU the multi-tensor (foreach) one: the numbers of torch's default there (a
-        Python loop over the parameters) to the bit, at 1.4-1.6x its speed (``benchmarks/eval_speed.py``,
+        Python loop over the parameters) to the bit, at 1.5-1.7x its speed (``benchmarks/eval_speed.py``,
         ``training_optimizer``). torch's fused CPU kernel is faster still but rounds differently, so a run would no longer
         repeat the runs before it; it stays CUDA's (``runtime.fused_optimizer``)."""
         if self.device.type != "cuda":
