@@ -128,6 +128,13 @@ for _kl in ("3e-5", "1e-4"):
     TRAINING_VARIANTS[f"ae_l1_kl_{_kl}_res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"] = dict(
         TRAINING_VARIANTS["res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"])
 
+# the preset's autoencoder (KL 3e-5) on half as many images again: at this U-Net budget the samples nearly reach what
+# the judge reads of decoded posterior draws (0.73-0.77 against 0.79), so the next gain has to come from the autoencoder;
+# 60,000 images fit the preset's "about 30 minutes" (21 min at 40,000)
+AUTOENCODER_VARIANTS["ae_60k_kl_3e-5_res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"] = {"kl_weight": 3.0e-5, "max_images": 60000}
+TRAINING_VARIANTS["ae_60k_kl_3e-5_res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"] = dict(
+    TRAINING_VARIANTS["res_res_v_prediction_lr_2e-3_min_snr_5_batch_32_images_150k"])
+
 # the U-Net on the posterior means instead of fresh posterior draws (train_diffusion.latents: posterior_mean): decoded
 # draws of the MNIST default autoencoder sit at FD ratio 4.99 / 2.97 (classifier / EfficientNet-Lite0) where decoded means
 # sit at 3.26 / 2.54, so a U-Net that learnt the draws perfectly is bounded by the former
